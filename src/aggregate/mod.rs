@@ -1,0 +1,533 @@
+//! Aggregation: records to per-client and per-account evidence. An [`Aggregator`] is
+//! owned by one worker and merged with the others at the end; every structure in it
+//! merges commutatively, so the result never depends on line order or on how the
+//! input was cut into chunks.
+
+pub mod topk;
+pub mod window;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::client::{ClientKey, ClientPolicy};
+use crate::detect::{RULES, RuleId};
+use crate::parse::{Record, RecordKind};
+use topk::TopK;
+use window::EventTimes;
+
+/// How many evidence lines are kept per client or account, and unparsed lines per scan.
+pub const SAMPLES: usize = 3;
+/// How many unparsed lines are kept to show.
+pub const UNPARSED_SAMPLES: usize = 5;
+/// Distinct clients remembered per account before counting stops growing the set.
+pub const ACCOUNT_CLIENTS: usize = 1024;
+/// Requests slower than this (seconds) count as slow in the incident summary.
+pub const SLOW_REQUEST_SECONDS: f64 = 5.0;
+/// Evidence text is cut to this many characters.
+const SAMPLE_CHARS: usize = 400;
+
+/// Where a line came from.
+#[derive(Clone, Copy, Debug)]
+pub struct LineRef<'s> {
+    pub source: &'s str,
+    pub line: u64,
+}
+
+/// One line kept as evidence or as an example of what could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Sample {
+    /// Event time, when the line had one (sorts first, so the earliest are kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<i64>,
+    pub source: String,
+    pub line: u64,
+    pub text: String,
+}
+
+impl Sample {
+    fn new(at: LineRef<'_>, time: Option<i64>, raw: &[u8]) -> Sample {
+        let text = String::from_utf8_lossy(raw);
+        let text = match text.char_indices().nth(SAMPLE_CHARS) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text.into_owned(),
+        };
+        Sample {
+            time,
+            source: at.source.to_string(),
+            line: at.line,
+            text,
+        }
+    }
+}
+
+/// Keeps the `n` smallest samples, so the kept set does not depend on arrival order.
+fn keep_sample(samples: &mut Vec<Sample>, n: usize, sample: Sample) {
+    if samples.len() >= n && samples.last().is_some_and(|last| *last <= sample) {
+        return;
+    }
+    let at = samples.partition_point(|s| *s < sample);
+    samples.insert(at, sample);
+    samples.truncate(n);
+}
+
+fn merge_samples(into: &mut Vec<Sample>, from: Vec<Sample>, n: usize) {
+    for s in from {
+        keep_sample(into, n, s);
+    }
+}
+
+/// Counts for one source (a file, stdin, or a pod/container in a kubectl stream).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceStats {
+    pub lines: u64,
+    pub parsed: u64,
+    pub unparsed: u64,
+    /// Lines read per format name.
+    pub formats: BTreeMap<String, u64>,
+}
+
+/// Scan-wide counts: every line is accounted for.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    pub lines: u64,
+    pub parsed: u64,
+    pub unparsed: u64,
+    pub bytes: u64,
+    /// Lines longer than the limit (also counted in `unparsed`).
+    pub oversized: u64,
+    /// Partial container lines whose end never arrived.
+    pub unfinished_partial_lines: u64,
+    /// Parsed records that carried no event time.
+    pub untimed: u64,
+    /// Detections on records with no client address.
+    pub unattributed_detections: u64,
+    pub sources: BTreeMap<String, SourceStats>,
+    pub unparsed_samples: Vec<Sample>,
+    /// Inputs that could not be read to their end, with the reason.
+    pub read_errors: Vec<ReadError>,
+}
+
+/// An input that failed part-way: lines before the failure were scanned.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadError {
+    pub source: String,
+    pub error: String,
+}
+
+/// Evidence about one client.
+#[derive(Clone, Debug)]
+pub struct ClientStats {
+    pub requests: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub auth_failures: u64,
+    pub rules: BTreeMap<RuleId, u64>,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub paths: TopK,
+    pub user_agents: TopK,
+    pub accounts: TopK,
+    pub times_4xx: EventTimes,
+    pub times_auth: EventTimes,
+    pub times_rules: BTreeMap<RuleId, EventTimes>,
+    pub samples: Vec<Sample>,
+}
+
+impl Default for ClientStats {
+    fn default() -> Self {
+        ClientStats {
+            requests: 0,
+            status_4xx: 0,
+            status_5xx: 0,
+            statuses: BTreeMap::new(),
+            auth_failures: 0,
+            rules: BTreeMap::new(),
+            first_seen: None,
+            last_seen: None,
+            paths: TopK::new(32),
+            user_agents: TopK::new(16),
+            accounts: TopK::new(16),
+            times_4xx: EventTimes::default(),
+            times_auth: EventTimes::default(),
+            times_rules: BTreeMap::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+impl ClientStats {
+    fn merge(&mut self, o: ClientStats) {
+        self.requests += o.requests;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        add_counts(&mut self.statuses, o.statuses);
+        self.auth_failures += o.auth_failures;
+        add_counts(&mut self.rules, o.rules);
+        merge_seen(
+            &mut self.first_seen,
+            &mut self.last_seen,
+            o.first_seen,
+            o.last_seen,
+        );
+        self.paths.merge(o.paths);
+        self.user_agents.merge(o.user_agents);
+        self.accounts.merge(o.accounts);
+        self.times_4xx.merge(o.times_4xx);
+        self.times_auth.merge(o.times_auth);
+        for (rule, times) in o.times_rules {
+            self.times_rules.entry(rule).or_default().merge(times);
+        }
+        merge_samples(&mut self.samples, o.samples, SAMPLES);
+    }
+}
+
+/// Evidence about one account.
+#[derive(Clone, Debug, Default)]
+pub struct AccountStats {
+    pub auth_failures: u64,
+    /// Distinct clients that failed on this account (at most [`ACCOUNT_CLIENTS`]).
+    pub clients: BTreeSet<ClientKey>,
+    /// More distinct clients were seen than are remembered.
+    pub clients_overflow: bool,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub times: EventTimes,
+    pub samples: Vec<Sample>,
+}
+
+impl AccountStats {
+    fn add_client(&mut self, key: ClientKey) {
+        if self.clients.len() < ACCOUNT_CLIENTS {
+            self.clients.insert(key);
+        } else if !self.clients.contains(&key) {
+            self.clients_overflow = true;
+        }
+    }
+
+    fn merge(&mut self, o: AccountStats) {
+        self.auth_failures += o.auth_failures;
+        self.clients_overflow |= o.clients_overflow;
+        for key in o.clients {
+            self.add_client(key);
+        }
+        merge_seen(
+            &mut self.first_seen,
+            &mut self.last_seen,
+            o.first_seen,
+            o.last_seen,
+        );
+        self.times.merge(o.times);
+        merge_samples(&mut self.samples, o.samples, SAMPLES);
+    }
+}
+
+/// The runbook's symptoms: 5xx over time, slow requests, where the errors are.
+#[derive(Clone, Debug)]
+pub struct IncidentStats {
+    /// Per minute (Unix seconds / 60): requests and 5xx answers.
+    pub minutes: HashMap<i64, (u64, u64)>,
+    /// Requests that logged a `$request_time`.
+    pub timed_requests: u64,
+    pub slow_requests: u64,
+    pub slow_paths: TopK,
+    pub paths_5xx: TopK,
+}
+
+impl Default for IncidentStats {
+    fn default() -> Self {
+        IncidentStats {
+            minutes: HashMap::new(),
+            timed_requests: 0,
+            slow_requests: 0,
+            slow_paths: TopK::new(256),
+            paths_5xx: TopK::new(256),
+        }
+    }
+}
+
+impl IncidentStats {
+    fn observe(&mut self, record: &Record<'_>) {
+        let status = record.status.unwrap_or(0);
+        let path = record.path.as_deref().map(endpoint);
+        if let Some(t) = record.time {
+            let m = self.minutes.entry(t.div_euclid(60)).or_default();
+            m.0 += 1;
+            m.1 += u64::from(status >= 500);
+        }
+        if status >= 500 {
+            self.paths_5xx.add(path.unwrap_or("-"));
+        }
+        if let Some(rt) = record.request_time {
+            self.timed_requests += 1;
+            if rt > SLOW_REQUEST_SECONDS {
+                self.slow_requests += 1;
+                self.slow_paths.add(path.unwrap_or("-"));
+            }
+        }
+    }
+
+    fn merge(&mut self, o: IncidentStats) {
+        for (minute, (r, e)) in o.minutes {
+            let m = self.minutes.entry(minute).or_default();
+            m.0 += r;
+            m.1 += e;
+        }
+        self.timed_requests += o.timed_requests;
+        self.slow_requests += o.slow_requests;
+        self.slow_paths.merge(o.slow_paths);
+        self.paths_5xx.merge(o.paths_5xx);
+    }
+}
+
+/// A path without its query string, for grouping endpoints.
+pub fn endpoint(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+/// Everything one scan has learned.
+#[derive(Clone, Debug, Default)]
+pub struct Aggregator {
+    pub stats: Stats,
+    pub clients: HashMap<ClientKey, ClientStats>,
+    /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
+    pub accounts: BTreeMap<&'static str, HashMap<String, AccountStats>>,
+    pub incident: IncidentStats,
+}
+
+impl Aggregator {
+    /// Counts a line of `source` that was read but not parsed, keeping the first few
+    /// to show (`at` is where the line stands in its input).
+    pub fn unparsed(&mut self, source: &str, at: LineRef<'_>, raw: &[u8]) {
+        self.stats.lines += 1;
+        self.stats.unparsed += 1;
+        let source = self.source(source);
+        source.lines += 1;
+        source.unparsed += 1;
+        keep_sample(
+            &mut self.stats.unparsed_samples,
+            UNPARSED_SAMPLES,
+            Sample::new(at, None, raw),
+        );
+    }
+
+    /// Counts a line that was too long to read.
+    pub fn oversized(&mut self, at: LineRef<'_>) {
+        self.unparsed(at.source, at, b"(line longer than the limit; skipped)");
+        self.stats.oversized += 1;
+    }
+
+    fn source(&mut self, name: &str) -> &mut SourceStats {
+        if !self.stats.sources.contains_key(name) {
+            self.stats
+                .sources
+                .insert(name.to_string(), SourceStats::default());
+        }
+        self.stats.sources.get_mut(name).expect("inserted above")
+    }
+
+    /// Counts a parsed record of `source` and its detection.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        source: &str,
+        at: LineRef<'_>,
+        format: &str,
+        raw: &[u8],
+        record: &Record<'_>,
+        rule: Option<RuleId>,
+        policy: &ClientPolicy,
+    ) {
+        self.stats.lines += 1;
+        self.stats.parsed += 1;
+        self.stats.untimed += u64::from(record.time.is_none());
+        let source = self.source(source);
+        source.lines += 1;
+        source.parsed += 1;
+        match source.formats.get_mut(format) {
+            Some(n) => *n += 1,
+            None => {
+                source.formats.insert(format.to_string(), 1);
+            }
+        }
+        let key = record
+            .remote_addr
+            .map(|remote| policy.key(policy.resolve(remote, record.forwarded_for.as_deref())));
+        if record.kind == Some(RecordKind::Access) {
+            self.incident.observe(record);
+        }
+        match key {
+            Some(key) => self.observe_client(key, at, raw, record, rule),
+            None if rule.is_some() => self.stats.unattributed_detections += 1,
+            None => {}
+        }
+        if let Some(rule) = rule.filter(|r| RULES[*r as usize].auth_failure) {
+            self.observe_account(key, at, raw, record, rule);
+        }
+    }
+
+    fn observe_client(
+        &mut self,
+        key: ClientKey,
+        at: LineRef<'_>,
+        raw: &[u8],
+        record: &Record<'_>,
+        rule: Option<RuleId>,
+    ) {
+        let c = self.clients.entry(key).or_default();
+        let time = record.time;
+        merge_seen(&mut c.first_seen, &mut c.last_seen, time, time);
+        let mut evidence = false;
+        if record.kind == Some(RecordKind::Access) {
+            c.requests += 1;
+            if let Some(status) = record.status {
+                *c.statuses.entry(status).or_default() += 1;
+                if (400..500).contains(&status) {
+                    c.status_4xx += 1;
+                    c.times_4xx.add(time);
+                    evidence = true;
+                }
+                c.status_5xx += u64::from(status >= 500);
+            }
+            if let Some(path) = &record.path {
+                c.paths.add(endpoint(path));
+            }
+            if let Some(ua) = &record.user_agent {
+                c.user_agents.add(ua);
+            }
+        }
+        if let Some(rule) = rule {
+            evidence = true;
+            *c.rules.entry(rule).or_default() += 1;
+            let info = &RULES[rule as usize];
+            if info.auth_failure {
+                c.auth_failures += 1;
+                c.times_auth.add(time);
+                if let Some(user) = record.user.as_deref() {
+                    c.accounts.add(user);
+                }
+            } else if info.client_threshold.is_some() {
+                c.times_rules.entry(rule).or_default().add(time);
+            }
+        }
+        if evidence {
+            keep_sample(&mut c.samples, SAMPLES, Sample::new(at, time, raw));
+        }
+    }
+
+    fn observe_account(
+        &mut self,
+        key: Option<ClientKey>,
+        at: LineRef<'_>,
+        raw: &[u8],
+        record: &Record<'_>,
+        rule: RuleId,
+    ) {
+        let Some(user) = record.user.as_deref().filter(|u| !u.is_empty() && *u != "-") else {
+            return;
+        };
+        let realm = self.accounts.entry(RULES[rule as usize].realm).or_default();
+        if !realm.contains_key(user) {
+            realm.insert(user.to_string(), AccountStats::default());
+        }
+        let a = realm.get_mut(user).expect("inserted above");
+        a.auth_failures += 1;
+        a.times.add(record.time);
+        merge_seen(&mut a.first_seen, &mut a.last_seen, record.time, record.time);
+        if let Some(key) = key {
+            a.add_client(key);
+        }
+        keep_sample(&mut a.samples, SAMPLES, Sample::new(at, record.time, raw));
+    }
+
+    /// Adds everything `other` has learned.
+    pub fn merge(&mut self, other: Aggregator) {
+        self.merge_stats(other.stats);
+        for (key, c) in other.clients {
+            match self.clients.get_mut(&key) {
+                Some(mine) => mine.merge(c),
+                None => {
+                    self.clients.insert(key, c);
+                }
+            }
+        }
+        for (realm, accounts) in other.accounts {
+            let mine = self.accounts.entry(realm).or_default();
+            for (user, a) in accounts {
+                match mine.get_mut(&user) {
+                    Some(m) => m.merge(a),
+                    None => {
+                        mine.insert(user, a);
+                    }
+                }
+            }
+        }
+        self.incident.merge(other.incident);
+    }
+
+    fn merge_stats(&mut self, o: Stats) {
+        let s = &mut self.stats;
+        s.lines += o.lines;
+        s.parsed += o.parsed;
+        s.unparsed += o.unparsed;
+        s.bytes += o.bytes;
+        s.oversized += o.oversized;
+        s.unfinished_partial_lines += o.unfinished_partial_lines;
+        s.untimed += o.untimed;
+        s.unattributed_detections += o.unattributed_detections;
+        for (name, src) in o.sources {
+            let mine = s.sources.entry(name).or_default();
+            mine.lines += src.lines;
+            mine.parsed += src.parsed;
+            mine.unparsed += src.unparsed;
+            add_counts(&mut mine.formats, src.formats);
+        }
+        merge_samples(&mut s.unparsed_samples, o.unparsed_samples, UNPARSED_SAMPLES);
+        s.read_errors.extend(o.read_errors);
+        s.read_errors
+            .sort_by(|a, b| (&a.source, &a.error).cmp(&(&b.source, &b.error)));
+    }
+}
+
+fn add_counts<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+fn merge_seen(first: &mut Option<i64>, last: &mut Option<i64>, of: Option<i64>, ol: Option<i64>) {
+    *first = match (*first, of) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    *last = match (*last, ol) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_keep_the_smallest_regardless_of_order() {
+        let mk = |line| Sample {
+            time: Some(10),
+            source: "s".into(),
+            line,
+            text: String::new(),
+        };
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for l in [5, 1, 9, 3, 7] {
+            keep_sample(&mut a, 3, mk(l));
+        }
+        for l in [9, 7, 3, 1, 5] {
+            keep_sample(&mut b, 3, mk(l));
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3, 5]);
+    }
+}

@@ -1,0 +1,121 @@
+//! A bounded "most frequent values" counter (space-saving): it keeps at most `capacity`
+//! values, so an attacker who sends a million distinct paths costs a fixed amount of
+//! memory. Counts are exact while fewer than `capacity` distinct values were seen; past
+//! that a newcomer replaces the smallest entry and inherits its count, so a reported
+//! count may overestimate by at most the evicted entry's count (flagged by `approximate`).
+
+use std::collections::HashMap;
+
+/// Counts values, keeping the heaviest `capacity` of them.
+#[derive(Clone, Debug)]
+pub struct TopK {
+    capacity: usize,
+    counts: HashMap<Box<str>, u64>,
+    /// Whether any value was ever evicted.
+    pub approximate: bool,
+}
+
+impl TopK {
+    /// A counter that keeps at most `capacity` values.
+    pub fn new(capacity: usize) -> Self {
+        TopK {
+            capacity,
+            counts: HashMap::new(),
+            approximate: false,
+        }
+    }
+
+    /// Counts one occurrence of `value`.
+    pub fn add(&mut self, value: &str) {
+        self.add_n(value, 1);
+    }
+
+    fn add_n(&mut self, value: &str, n: u64) {
+        if let Some(c) = self.counts.get_mut(value) {
+            *c += n;
+            return;
+        }
+        let inherited = if self.counts.len() >= self.capacity {
+            self.evict_min()
+        } else {
+            0
+        };
+        self.counts.insert(value.into(), inherited + n);
+    }
+
+    fn evict_min(&mut self) -> u64 {
+        self.approximate = true;
+        // Ties break on the value so the result does not depend on hash order.
+        let min = self
+            .counts
+            .iter()
+            .min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
+        let key = min.map(|(k, _)| k.clone()).expect("full counter is not empty");
+        self.counts.remove(&key).unwrap_or(0)
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: TopK) {
+        self.approximate |= other.approximate;
+        let mut entries: Vec<_> = other.counts.into_iter().collect();
+        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (value, n) in entries {
+            self.add_n(&value, n);
+        }
+    }
+
+    /// The `n` heaviest values, heaviest first, ties by value.
+    pub fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<_> = self.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// How many distinct values are held.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_below_capacity_and_bounded_above() {
+        let mut t = TopK::new(3);
+        for v in ["a", "b", "a", "c", "a", "b"] {
+            t.add(v);
+        }
+        assert_eq!(t.top(2), vec![("a".into(), 3), ("b".into(), 2)]);
+        assert!(!t.approximate);
+        // A heavy value survives any spray: space-saving keeps every value whose count
+        // exceeds total / capacity.
+        for i in 0..1000 {
+            t.add(&format!("spray-{i}"));
+            t.add("a");
+        }
+        assert_eq!(t.len(), 3);
+        assert!(t.approximate);
+        let (value, count) = t.top(1).remove(0);
+        assert_eq!(value, "a");
+        assert!(count >= 1003);
+    }
+
+    #[test]
+    fn merge_adds_counts() {
+        let mut a = TopK::new(8);
+        let mut b = TopK::new(8);
+        a.add("x");
+        b.add("x");
+        b.add("y");
+        a.merge(b);
+        assert_eq!(a.top(5), vec![("x".into(), 2), ("y".into(), 1)]);
+    }
+}

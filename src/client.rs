@@ -1,0 +1,241 @@
+//! Who the client is, and whether it may ever be proposed for blocking.
+//!
+//! The client is `$remote_addr` unless that hop is a configured trusted proxy; then
+//! X-Forwarded-For is walked from the right, skipping trusted hops, the way nginx's realip
+//! module does with `real_ip_recursive on`. An X-Forwarded-For from any other hop is the
+//! client's own claim and is never believed. IPv6 clients are grouped per prefix (/64 by
+//! default: one host usually owns a whole /64, and rotating within it is free).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Serialize, Serializer};
+
+use crate::parse::parse_ip;
+
+/// The unit logwarden counts and blocks: an IPv4 address or an IPv6 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(pub IpNet);
+
+impl ClientKey {
+    /// The network address (the IPv4 address itself).
+    pub fn addr(&self) -> IpAddr {
+        self.0.network()
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl Serialize for ClientKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for ClientKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map(|n| ClientKey(n.trunc()))
+            .map_err(|e| format!("{s:?} is not an IP address or CIDR: {e}"))
+    }
+}
+
+/// How client addresses are resolved and grouped.
+#[derive(Clone, Debug)]
+pub struct ClientPolicy {
+    /// Hops whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients are grouped per this prefix length.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+impl ClientPolicy {
+    /// The client address of a request that arrived from `remote` with `forwarded_for`.
+    pub fn resolve(&self, remote: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if !self.is_trusted(remote) {
+            return remote;
+        }
+        let Some(xff) = forwarded_for else { return remote };
+        let mut client = remote;
+        for hop in xff.rsplit(',') {
+            match parse_ip(hop.as_bytes()) {
+                Some(ip) => client = ip,
+                // A malformed hop ends the walk: nothing left of it can be believed.
+                None => break,
+            }
+            if !self.is_trusted(client) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// Whether `ip` is a configured trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The counting unit for `ip`.
+    pub fn key(&self, ip: IpAddr) -> ClientKey {
+        match ip {
+            IpAddr::V4(v4) => ClientKey(IpNet::V4(Ipv4Net::new(v4, 32).expect("/32 is valid"))),
+            IpAddr::V6(v6) => {
+                let net = Ipv6Net::new(v6, self.ipv6_prefix).expect("prefix validated at build");
+                ClientKey(IpNet::V6(net.trunc()))
+            }
+        }
+    }
+}
+
+/// Which clients are never proposed for blocking.
+#[derive(Clone, Debug, Default)]
+pub struct SparePolicy {
+    /// `--allow` and `--allow-file` entries.
+    pub allow: Vec<IpNet>,
+    /// Trusted proxies are never blocked: blocking one blocks everyone behind it.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `--block-private`: private, loopback, link-local and shared ranges become blockable.
+    pub block_private: bool,
+}
+
+impl SparePolicy {
+    /// Why `key` must not be blocked, or `None` when it may be.
+    pub fn spare_reason(&self, key: &ClientKey) -> Option<String> {
+        if let Some(n) = self.allow.iter().find(|n| overlaps(n, &key.0)) {
+            return Some(format!("allowlisted ({n})"));
+        }
+        if let Some(n) = self.trusted_proxies.iter().find(|n| overlaps(n, &key.0)) {
+            return Some(format!("trusted proxy ({n})"));
+        }
+        if self.block_private {
+            return None;
+        }
+        special_range(key.addr()).map(|r| format!("{r} address (use --block-private to allow blocking it)"))
+    }
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// Ranges that are not the public Internet, and so not an attacker's own address.
+fn special_range(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                Some("shared (100.64.0.0/10)")
+            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                Some("non-unicast")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                Some("non-unicast")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_forwarded_for_is_ignored() {
+        let p = ClientPolicy::default();
+        assert_eq!(p.resolve(ip("203.0.113.5"), Some("6.6.6.6")), ip("203.0.113.5"));
+    }
+
+    #[test]
+    fn trusted_hops_are_skipped_from_the_right() {
+        let p = ClientPolicy {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ipv6_prefix: 64,
+        };
+        // The client forged the leftmost entry; the proxy appended the real address.
+        let xff = "6.6.6.6, 203.0.113.5, 10.0.0.7";
+        assert_eq!(p.resolve(ip("10.0.0.1"), Some(xff)), ip("203.0.113.5"));
+        assert_eq!(p.resolve(ip("10.0.0.1"), Some("garbage")), ip("10.0.0.1"));
+        assert_eq!(
+            p.resolve(ip("10.0.0.1"), Some("::ffff:198.51.100.1")),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn ipv6_grouped_per_prefix() {
+        let p = ClientPolicy::default();
+        let a = p.key(ip("2001:db8:1:2:aaaa::1"));
+        let b = p.key(ip("2001:db8:1:2:bbbb::2"));
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(p.key(ip("192.0.2.1")).to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn spare_reasons() {
+        let p = ClientPolicy::default();
+        let spare = SparePolicy {
+            allow: vec!["198.51.100.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(
+            spare
+                .spare_reason(&p.key(ip("198.51.100.4")))
+                .unwrap()
+                .starts_with("allowlisted")
+        );
+        assert!(spare.spare_reason(&p.key(ip("10.1.2.3"))).is_some());
+        assert!(spare.spare_reason(&p.key(ip("100.64.0.1"))).is_some());
+        assert!(spare.spare_reason(&p.key(ip("fd00::1"))).is_some());
+        assert!(spare.spare_reason(&p.key(ip("203.0.113.9"))).is_none());
+        let open = SparePolicy {
+            block_private: true,
+            ..spare
+        };
+        assert!(open.spare_reason(&p.key(ip("10.1.2.3"))).is_none());
+        assert!(open.spare_reason(&p.key(ip("198.51.100.4"))).is_some());
+    }
+}

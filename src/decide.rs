@@ -1,0 +1,359 @@
+//! Decisions: from evidence to proposals. A client is proposed for blocking, or an
+//! account for locking, only when a count inside a sliding window of event time crosses
+//! its threshold (fail2ban's findtime/maxretry), never on a windowless total, and never
+//! for a spared address. 5xx answers are the server's failure and never count against a
+//! client. The result is the scan document that every output format renders.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::aggregate::{Aggregator, IncidentStats, Sample, Stats};
+use crate::client::{ClientKey, SparePolicy};
+use crate::detect::{APP_REALM, RULES};
+use crate::time::format_rfc3339;
+
+/// Thresholds for proposals, all counted within `window` seconds of event time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Thresholds {
+    /// The sliding window, in seconds.
+    pub window: i64,
+    /// 4xx answers to one client.
+    pub client_4xx: u64,
+    /// Failed logins from one client.
+    pub client_auth_failures: u64,
+    /// Failed logins against one account.
+    pub account_auth_failures: u64,
+}
+
+impl Default for Thresholds {
+    /// 10 minutes and 5 failed logins are fail2ban's defaults for its nginx-http-auth
+    /// jail. 60 4xx in 10 minutes is one every 10 s sustained: far above a browser
+    /// hitting a few broken links, far below any scanner. 10 failures against one
+    /// account is twice the per-client bar, because several honest users may share one.
+    fn default() -> Self {
+        Thresholds {
+            window: 600,
+            client_4xx: 60,
+            client_auth_failures: 5,
+            account_auth_failures: 10,
+        }
+    }
+}
+
+/// A proposal is shown at most this many clients deep in the document.
+pub const REPORT_CLIENTS: usize = 1000;
+
+/// One client in the scan document.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientReport {
+    pub ip: ClientKey,
+    pub requests: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub auth_failures: u64,
+    pub rules: BTreeMap<String, u64>,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    /// The busiest window's counts, for the reasons and for sorting.
+    pub window_4xx: u64,
+    pub window_auth_failures: u64,
+    pub block: bool,
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spared: Option<String>,
+    pub accounts: Vec<(String, u64)>,
+    pub top_paths: Vec<(String, u64)>,
+    pub top_user_agents: Vec<(String, u64)>,
+    pub samples: Vec<Sample>,
+}
+
+impl ClientReport {
+    /// Whether anything about this client is worth a reader's attention.
+    pub fn has_evidence(&self) -> bool {
+        self.status_4xx > 0 || self.auth_failures > 0 || !self.rules.is_empty()
+    }
+}
+
+/// One account in the scan document.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountReport {
+    pub user: String,
+    /// `app` (the application's accounts) or `nginx-basic-auth` (htpasswd users).
+    pub realm: &'static str,
+    pub auth_failures: u64,
+    /// Distinct clients that failed on this account.
+    pub ips: usize,
+    /// `ips` is a lower bound: more clients were seen than remembered.
+    pub ips_at_least: bool,
+    pub clients: Vec<ClientKey>,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub window_auth_failures: u64,
+    pub lock: bool,
+    pub reasons: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+/// An address that crossed a threshold but will not be blocked.
+#[derive(Clone, Debug, Serialize)]
+pub struct Spared {
+    pub ip: ClientKey,
+    pub reason: String,
+}
+
+/// The runbook's symptoms.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncidentReport {
+    pub requests: u64,
+    pub status_5xx: u64,
+    /// Minutes in which more than 5% of answers were 5xx.
+    pub minutes_over_5pct_5xx: Vec<MinuteReport>,
+    pub timed_requests: u64,
+    pub slow_requests: u64,
+    pub slow_threshold_seconds: f64,
+    pub top_slow_endpoints: Vec<(String, u64)>,
+    pub top_5xx_endpoints: Vec<(String, u64)>,
+}
+
+/// One minute of traffic.
+#[derive(Clone, Debug, Serialize)]
+pub struct MinuteReport {
+    pub minute: String,
+    pub requests: u64,
+    pub status_5xx: u64,
+    pub rate_5xx: f64,
+}
+
+/// A detection's id and meaning, for readers of the document.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleReport {
+    pub id: &'static str,
+    pub description: &'static str,
+}
+
+/// The whole scan document (`--output json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ScanReport {
+    pub stats: Stats,
+    pub thresholds: Thresholds,
+    pub ips: Vec<ClientReport>,
+    /// Clients left out of `ips`, which holds the first 1000 (proposals first, then by
+    /// the busiest window's failed logins and 4xx, then by requests).
+    pub ips_omitted: usize,
+    pub accounts: Vec<AccountReport>,
+    pub blocklist: Vec<String>,
+    pub lock_accounts: Vec<String>,
+    pub spared: Vec<Spared>,
+    pub incident: IncidentReport,
+    pub rules: Vec<RuleReport>,
+}
+
+/// Turns what a scan learned into proposals.
+pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> ScanReport {
+    let mut ips: Vec<ClientReport> = agg
+        .clients
+        .into_iter()
+        .map(|(key, c)| client_report(key, c, thresholds, spare))
+        .collect();
+    ips.sort_by(|a, b| client_rank(b).cmp(&client_rank(a)).then_with(|| a.ip.cmp(&b.ip)));
+    let mut accounts: Vec<AccountReport> = agg
+        .accounts
+        .into_iter()
+        .flat_map(|(realm, users)| users.into_iter().map(move |(user, a)| (realm, user, a)))
+        .map(|(realm, user, a)| account_report(realm, user, a, thresholds))
+        .collect();
+    accounts.sort_by(|a, b| {
+        (b.lock, b.window_auth_failures, b.auth_failures)
+            .cmp(&(a.lock, a.window_auth_failures, a.auth_failures))
+            .then_with(|| (a.realm, &a.user).cmp(&(b.realm, &b.user)))
+    });
+    let blocklist = ips.iter().filter(|c| c.block).map(|c| c.ip.to_string()).collect();
+    let spared = ips
+        .iter()
+        .filter_map(|c| c.spared.clone().map(|reason| Spared { ip: c.ip, reason }))
+        .collect();
+    let lock_accounts = accounts
+        .iter()
+        .filter(|a| a.lock)
+        .map(|a| a.user.clone())
+        .collect();
+    let ips_omitted = ips.len().saturating_sub(REPORT_CLIENTS);
+    ips.truncate(REPORT_CLIENTS);
+    ScanReport {
+        stats: agg.stats,
+        thresholds: thresholds.clone(),
+        ips,
+        ips_omitted,
+        accounts,
+        blocklist,
+        lock_accounts,
+        spared,
+        incident: incident_report(agg.incident),
+        rules: RULES
+            .iter()
+            .map(|r| RuleReport {
+                id: r.id,
+                description: r.description,
+            })
+            .collect(),
+    }
+}
+
+fn client_rank(c: &ClientReport) -> (bool, bool, u64, u64, u64) {
+    (
+        c.block,
+        c.spared.is_some(),
+        c.window_auth_failures,
+        c.window_4xx,
+        c.requests,
+    )
+}
+
+fn client_report(
+    ip: ClientKey,
+    mut c: crate::aggregate::ClientStats,
+    t: &Thresholds,
+    spare: &SparePolicy,
+) -> ClientReport {
+    let window = human_window(t.window);
+    let mut reasons = Vec::new();
+    let (window_4xx, start_4xx) = c.times_4xx.busiest(t.window);
+    if window_4xx >= t.client_4xx {
+        reasons.push(format!(
+            "{window_4xx} 4xx answers within {window}{} (threshold {})",
+            since(start_4xx),
+            t.client_4xx
+        ));
+    }
+    let (window_auth, start_auth) = c.times_auth.busiest(t.window);
+    if window_auth >= t.client_auth_failures {
+        reasons.push(format!(
+            "{window_auth} failed logins within {window}{} (threshold {})",
+            since(start_auth),
+            t.client_auth_failures
+        ));
+    }
+    for (rule, times) in c.times_rules.iter_mut() {
+        let info = &RULES[*rule as usize];
+        let threshold = u64::from(info.client_threshold.unwrap_or(u32::MAX));
+        let (n, start) = times.busiest(t.window);
+        if n >= threshold {
+            reasons.push(format!(
+                "{n} × {} within {window}{} (threshold {threshold})",
+                info.id,
+                since(start)
+            ));
+        }
+    }
+    let spared = (!reasons.is_empty()).then(|| spare.spare_reason(&ip)).flatten();
+    ClientReport {
+        ip,
+        requests: c.requests,
+        status_4xx: c.status_4xx,
+        status_5xx: c.status_5xx,
+        statuses: c.statuses,
+        auth_failures: c.auth_failures,
+        rules: c
+            .rules
+            .iter()
+            .map(|(r, n)| (RULES[*r as usize].id.to_string(), *n))
+            .collect(),
+        first_seen: c.first_seen.map(format_rfc3339),
+        last_seen: c.last_seen.map(format_rfc3339),
+        window_4xx,
+        window_auth_failures: window_auth,
+        block: !reasons.is_empty() && spared.is_none(),
+        reasons,
+        spared,
+        accounts: c.accounts.top(5),
+        top_paths: c.paths.top(5),
+        top_user_agents: c.user_agents.top(3),
+        samples: c.samples,
+    }
+}
+
+fn account_report(
+    realm: &'static str,
+    user: String,
+    mut a: crate::aggregate::AccountStats,
+    t: &Thresholds,
+) -> AccountReport {
+    let (window_auth, start) = a.times.busiest(t.window);
+    let mut reasons = Vec::new();
+    if window_auth >= t.account_auth_failures {
+        reasons.push(format!(
+            "{window_auth} failed logins within {}{} from {} client(s) (threshold {})",
+            human_window(t.window),
+            since(start),
+            a.clients.len(),
+            t.account_auth_failures
+        ));
+    }
+    // Only the application's accounts can be locked; an htpasswd user is reported so
+    // that someone rotates or removes it by hand.
+    let lock = !reasons.is_empty() && realm == APP_REALM;
+    if !reasons.is_empty() && !lock {
+        reasons.push(format!(
+            "{realm} user: not locked by logwarden; review the htpasswd entry"
+        ));
+    }
+    AccountReport {
+        user,
+        realm,
+        auth_failures: a.auth_failures,
+        ips: a.clients.len(),
+        ips_at_least: a.clients_overflow,
+        clients: a.clients.iter().take(20).copied().collect(),
+        first_seen: a.first_seen.map(format_rfc3339),
+        last_seen: a.last_seen.map(format_rfc3339),
+        window_auth_failures: window_auth,
+        lock,
+        reasons,
+        samples: a.samples,
+    }
+}
+
+fn incident_report(i: IncidentStats) -> IncidentReport {
+    let mut minutes: Vec<_> = i.minutes.into_iter().collect();
+    minutes.sort_unstable();
+    let requests = minutes.iter().map(|m| m.1.0).sum();
+    let status_5xx = minutes.iter().map(|m| m.1.1).sum();
+    let over = minutes
+        .iter()
+        .filter(|(_, (r, e))| *e * 20 > *r)
+        .map(|(m, (r, e))| MinuteReport {
+            minute: format_rfc3339(m * 60),
+            requests: *r,
+            status_5xx: *e,
+            rate_5xx: (*e as f64 / *r as f64 * 1000.0).round() / 1000.0,
+        })
+        .collect();
+    IncidentReport {
+        requests,
+        status_5xx,
+        minutes_over_5pct_5xx: over,
+        timed_requests: i.timed_requests,
+        slow_requests: i.slow_requests,
+        slow_threshold_seconds: crate::aggregate::SLOW_REQUEST_SECONDS,
+        top_slow_endpoints: i.slow_paths.top(10),
+        top_5xx_endpoints: i.paths_5xx.top(10),
+    }
+}
+
+fn since(start: Option<i64>) -> String {
+    start
+        .map(|s| format!(" from {}", format_rfc3339(s)))
+        .unwrap_or_default()
+}
+
+/// `600` → `10m`.
+pub fn human_window(secs: i64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

@@ -1,0 +1,38 @@
+//! The typed error of the library. Every variant names the input it came from and,
+//! where one exists, the line, so that a message read at 3 a.m. says what to fix.
+
+use std::path::PathBuf;
+
+/// What can go wrong while reading inputs or building a scan.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input file could not be opened or read.
+    #[error("{path}: {source} (check the path and that this user may read it)")]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `log_format` definition could not be compiled.
+    #[error("log format {name:?}: {message}")]
+    LogFormat { name: String, message: String },
+    /// A command-line value is out of range or malformed.
+    #[error("{option}: {message}")]
+    Option { option: &'static str, message: String },
+    /// Writing the result failed.
+    #[error("writing output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Builds an [`Error::Option`] with a formatted message.
+    pub fn option(option: &'static str, message: impl Into<String>) -> Self {
+        Error::Option {
+            option,
+            message: message.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,374 @@
+//! Framing: bytes to whole lines. A reader fills pooled buffers; each buffer handed on
+//! holds a whole number of lines, and the partial tail is carried into the next buffer,
+//! so nothing downstream ever sees half a line. This is the unit of parallel work.
+//!
+//! Two cases are explicit and counted rather than silently handled:
+//! - a line longer than the configured limit is skipped up to its newline and reported
+//!   as [`Frame::Oversized`] with its line number;
+//! - a buffer never ends on a container runtime's partial line (CRI `P`, Docker json-file
+//!   without `\n`), so the pieces of one logical line always reach the same worker.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use crate::wrapper::is_partial_line;
+
+/// A block of whole lines from one source.
+pub struct Chunk {
+    /// The source's display name.
+    pub source: Arc<str>,
+    /// The 1-based number of the first line in `data` within its source.
+    pub first_line: u64,
+    /// Whole lines; the last may lack `\n` only at end of input.
+    pub data: Vec<u8>,
+}
+
+/// What the framer hands to the parsing stage.
+pub enum Frame {
+    /// Whole lines to parse.
+    Lines(Chunk),
+    /// A line longer than the limit was skipped.
+    Oversized { source: Arc<str>, line: u64 },
+    /// Reading the source failed part-way (e.g. a truncated gzip); what came before was
+    /// delivered, what came after was not read.
+    ReadError { source: Arc<str>, message: String },
+}
+
+/// How framing cuts its input.
+#[derive(Clone, Copy, Debug)]
+pub struct FramingConfig {
+    /// Target size of one chunk in bytes.
+    pub chunk_bytes: usize,
+    /// Lines longer than this are skipped and counted.
+    pub max_line_bytes: usize,
+}
+
+impl Default for FramingConfig {
+    fn default() -> Self {
+        FramingConfig {
+            chunk_bytes: 1 << 20,
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A pool of reusable buffers, so steady-state framing allocates nothing.
+#[derive(Clone)]
+pub struct BufferPool {
+    returned: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl BufferPool {
+    /// An empty pool; buffers are created on demand and come back via [`BufferPool::give`].
+    pub fn new() -> Self {
+        BufferPool {
+            returned: Arc::new(std::sync::Mutex::new(Vec::new())),
+        }
+    }
+
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.returned.lock().ok().and_then(|mut v| v.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
+    /// Returns a buffer once its lines have been consumed.
+    pub fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.returned.lock() {
+            // Keep a handful: one per worker plus the one being filled.
+            if v.len() < 16 {
+                v.push(buf);
+            }
+        }
+    }
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads `reader` to its end, sending frames. Returns the number of bytes read, or
+/// `Err` only when the receiver has gone away (the scan was abandoned).
+pub fn frame_source(
+    source: Arc<str>,
+    mut reader: impl Read,
+    config: FramingConfig,
+    pool: &BufferPool,
+    out: &SyncSender<Frame>,
+) -> Result<u64, Abandoned> {
+    let mut state = Framer {
+        source,
+        config,
+        next_line: 1,
+        bytes: 0,
+    };
+    let mut buf = pool.take(config.chunk_bytes);
+    loop {
+        let eof = match state.fill(&mut reader, &mut buf) {
+            Ok(eof) => eof,
+            Err(e) => {
+                state.flush_tail(std::mem::take(&mut buf), out)?;
+                let message = e.to_string();
+                send(
+                    out,
+                    Frame::ReadError {
+                        source: state.source.clone(),
+                        message,
+                    },
+                )?;
+                return Ok(state.bytes);
+            }
+        };
+        if eof {
+            state.flush_tail(buf, out)?;
+            return Ok(state.bytes);
+        }
+        buf = state.cut(buf, pool, &mut reader, out)?;
+    }
+}
+
+/// The receiving side hung up; stop reading.
+#[derive(Debug)]
+pub struct Abandoned;
+
+struct Framer {
+    source: Arc<str>,
+    config: FramingConfig,
+    next_line: u64,
+    bytes: u64,
+}
+
+impl Framer {
+    /// Reads until `buf` holds at least a chunk's worth, or end of input (`Ok(true)`).
+    fn fill(&mut self, reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let target = self.config.chunk_bytes.max(buf.len() + 64 * 1024);
+        while buf.len() < target {
+            let start = buf.len();
+            buf.resize(target, 0);
+            let n = match reader.read(&mut buf[start..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(e);
+                }
+            };
+            buf.truncate(start + n);
+            self.bytes += n as u64;
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends the whole lines of `buf` and returns a fresh buffer holding the carried tail.
+    fn cut(
+        &mut self,
+        mut buf: Vec<u8>,
+        pool: &BufferPool,
+        reader: &mut impl Read,
+        out: &SyncSender<Frame>,
+    ) -> Result<Vec<u8>, Abandoned> {
+        match cut_point(&buf) {
+            Some(end) => {
+                let mut next = pool.take(self.config.chunk_bytes);
+                next.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                self.send_lines(buf, out)?;
+                Ok(next)
+            }
+            None if buf.len() > self.config.max_line_bytes => self.skip_oversized(buf, reader, out),
+            // The line continues: keep filling the same buffer.
+            None => Ok(buf),
+        }
+    }
+
+    /// Discards the rest of an oversized logical line and carries what follows it.
+    fn skip_oversized(
+        &mut self,
+        mut buf: Vec<u8>,
+        reader: &mut impl Read,
+        out: &SyncSender<Frame>,
+    ) -> Result<Vec<u8>, Abandoned> {
+        let line = self.next_line;
+        send(
+            out,
+            Frame::Oversized {
+                source: self.source.clone(),
+                line,
+            },
+        )?;
+        loop {
+            if let Some(end) = first_logical_end(&buf) {
+                self.next_line += newlines(&buf[..end]);
+                buf.drain(..end);
+                return Ok(buf);
+            }
+            // Keep an unfinished physical line only while it is short enough to judge
+            // whether it is partial; a longer one is part of the oversized line anyway.
+            let keep = match memchr::memrchr(b'\n', &buf) {
+                Some(p) if buf.len() - p <= self.config.max_line_bytes => p + 1,
+                _ => buf.len(),
+            };
+            self.next_line += newlines(&buf[..keep]);
+            buf.drain(..keep);
+            let eof = self.fill(reader, &mut buf).unwrap_or(true);
+            if eof && first_logical_end(&buf).is_none() {
+                // The stream ended inside the oversized line.
+                self.next_line += newlines(&buf);
+                buf.clear();
+                return Ok(buf);
+            }
+        }
+    }
+
+    fn flush_tail(&mut self, buf: Vec<u8>, out: &SyncSender<Frame>) -> Result<(), Abandoned> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.send_lines(buf, out)
+    }
+
+    fn send_lines(&mut self, data: Vec<u8>, out: &SyncSender<Frame>) -> Result<(), Abandoned> {
+        let first_line = self.next_line;
+        self.next_line += newlines(&data);
+        if !data.ends_with(b"\n") {
+            self.next_line += 1;
+        }
+        let chunk = Chunk {
+            source: self.source.clone(),
+            first_line,
+            data,
+        };
+        send(out, Frame::Lines(chunk))
+    }
+}
+
+fn send(out: &SyncSender<Frame>, frame: Frame) -> Result<(), Abandoned> {
+    out.send(frame).map_err(|_| Abandoned)
+}
+
+/// Where to cut `buf`: just after the last newline that does not end a partial line.
+fn cut_point(buf: &[u8]) -> Option<usize> {
+    let mut end = memchr::memrchr(b'\n', buf)?;
+    loop {
+        let start = memchr::memrchr(b'\n', &buf[..end]).map_or(0, |p| p + 1);
+        if !is_partial_line(&buf[start..end]) {
+            return Some(end + 1);
+        }
+        if start == 0 {
+            return None;
+        }
+        end = start - 1;
+    }
+}
+
+/// The end (after its newline) of the first physical line that completes a logical line.
+fn first_logical_end(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(pos) = memchr::memchr(b'\n', &buf[start..]) {
+        let end = start + pos;
+        if !is_partial_line(&buf[start..end]) {
+            return Some(end + 1);
+        }
+        start = end + 1;
+    }
+    None
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
+/// Collects every frame of one reader, for tests and small inputs.
+pub fn frame_all(source: &str, reader: impl Read, config: FramingConfig) -> Vec<Frame> {
+    let (tx, rx): (SyncSender<Frame>, Receiver<Frame>) = std::sync::mpsc::sync_channel(1 << 16);
+    let _ = frame_source(source.into(), reader, config, &BufferPool::new(), &tx);
+    drop(tx);
+    rx.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(chunk: usize, max: usize) -> FramingConfig {
+        FramingConfig {
+            chunk_bytes: chunk,
+            max_line_bytes: max,
+        }
+    }
+
+    fn lines_of(frames: &[Frame]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for f in frames {
+            if let Frame::Lines(c) = f {
+                for (i, l) in c.data.split_inclusive(|&b| b == b'\n').enumerate() {
+                    out.push((c.first_line + i as u64, l.to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_and_numbers_continue() {
+        let input = b"aaaa\nbb\ncccccc\nd".repeat(50);
+        let frames = frame_all("t", &input[..], small(7, 1000));
+        let lines = lines_of(&frames);
+        let joined: Vec<u8> = lines.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(joined, input);
+        for (i, (n, _)) in lines.iter().enumerate() {
+            assert_eq!(*n, i as u64 + 1);
+        }
+        for f in &frames {
+            if let Frame::Lines(c) = f {
+                assert!(c.data.ends_with(b"\n") || std::ptr::eq(f, frames.last().unwrap()));
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_line_is_counted_and_skipped() {
+        let mut input = b"short\n".to_vec();
+        input.extend(vec![b'x'; 200_000]);
+        input.extend(b"\nafter\n");
+        let frames = frame_all("t", &input[..], small(64, 1000));
+        let over: Vec<u64> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Oversized { line, .. } => Some(*line),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(over, vec![2]);
+        let lines = lines_of(&frames);
+        assert_eq!(lines, vec![(1, b"short\n".to_vec()), (3, b"after\n".to_vec())]);
+    }
+
+    #[test]
+    fn never_cuts_after_a_partial_cri_line() {
+        let p = b"2024-01-15T10:00:00.000000001Z stdout P part-one-";
+        let f = b"2024-01-15T10:00:00.000000002Z stdout F part-two\n";
+        let mut input = Vec::new();
+        for _ in 0..20 {
+            input.extend_from_slice(p);
+            input.push(b'\n');
+            input.extend_from_slice(f);
+        }
+        for chunk in [10, 60, 100, 150] {
+            for frame in frame_all("t", &input[..], small(chunk, 10_000)) {
+                if let Frame::Lines(c) = frame {
+                    let last = c.data[..c.data.len() - 1].rsplit(|&b| b == b'\n').next().unwrap();
+                    assert!(!is_partial_line(last), "chunk {chunk} ends on a partial line");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! logwarden reads web server and application logs during an incident, finds the clients
+//! and accounts behind an attack, and writes proposals for a human to review.
+//!
+//! The modules follow the pipeline: [`source`] (bytes in) → [`framing`] (whole lines) →
+//! [`wrapper`] (Kubernetes and container wrappers off) → [`parse`] (line to record) →
+//! [`detect`] (what a record means) → [`aggregate`] (evidence per client and account) →
+//! [`decide`] (thresholds over time windows) → [`report`] (what the reader sees).
+
+pub mod aggregate;
+pub mod client;
+pub mod decide;
+pub mod detect;
+pub mod error;
+pub mod framing;
+pub mod parse;
+pub mod pipeline;
+pub mod report;
+pub mod source;
+pub mod time;
+pub mod wrapper;
+
+pub use error::{Error, Result};

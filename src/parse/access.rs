@@ -1,0 +1,151 @@
+//! Access log records from a compiled `log_format`: the captured values are decoded into
+//! a [`Record`]. A line that matches the format's shape but has no valid status or client
+//! address is not an access record (it is reported as unparsed).
+
+use std::sync::Arc;
+
+use super::logformat::{Escape, LogFormat, Var, unescape};
+use super::{Record, RecordKind, parse_ip, text, text_cow};
+use crate::time;
+
+/// Parses `line` with `format`.
+pub fn parse_with_format<'a>(format: &Arc<LogFormat>, line: &'a [u8]) -> Option<Record<'a>> {
+    let caps = format.captures(line)?;
+    let mut record = Record {
+        kind: Some(RecordKind::Access),
+        ..Record::default()
+    };
+    let mut uri: Option<&[u8]> = None;
+    let mut args: Option<&[u8]> = None;
+    for (var, raw) in caps {
+        if is_empty(raw) {
+            continue;
+        }
+        match var {
+            Var::Uri => uri = Some(raw),
+            Var::Args => args = Some(raw),
+            _ => apply(&mut record, var, raw, format.escape)?,
+        }
+    }
+    if record.path.is_none() {
+        record.path = uri.map(|u| join_uri_args(u, args, format.escape));
+    }
+    (record.remote_addr.is_some() && record.status.is_some()).then_some(record)
+}
+
+/// nginx logs `-` for an empty value.
+fn is_empty(raw: &[u8]) -> bool {
+    raw.is_empty() || raw == b"-"
+}
+
+/// Stores one variable's value; `None` when a value that must be valid is not.
+fn apply<'a>(record: &mut Record<'a>, var: Var, raw: &'a [u8], escape: Escape) -> Option<()> {
+    let decoded = || text_cow(unescape(raw, escape));
+    match var {
+        Var::RemoteAddr => record.remote_addr = Some(parse_ip(raw)?),
+        Var::Status => record.status = Some(parse_status(raw)?),
+        Var::TimeLocal => record.time = time::parse_time_local(raw),
+        Var::TimeIso8601 => record.time = time::parse_rfc3339(raw),
+        Var::Msec => record.time = time::parse_epoch(raw),
+        Var::Request => split_request(record, unescape(raw, escape)),
+        Var::RequestMethod => record.method = Some(decoded()),
+        Var::RequestUri => record.path = Some(decoded()),
+        Var::RemoteUser => record.user = Some(decoded()),
+        Var::UserAgent => record.user_agent = Some(decoded()),
+        Var::ForwardedFor => record.forwarded_for = Some(decoded()),
+        Var::RequestTime => record.request_time = text(raw).parse().ok(),
+        Var::Uri | Var::Args | Var::Referer | Var::Host | Var::Other => {}
+    }
+    Some(())
+}
+
+/// A status is three digits, 100 to 599 (nginx also logs 499 and 444).
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
+    match raw {
+        [a @ b'1'..=b'5', b, c] if b.is_ascii_digit() && c.is_ascii_digit() => {
+            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => None,
+    }
+}
+
+/// Splits `$request` (`METHOD URI PROTOCOL`). A malformed request line (TLS bytes sent
+/// to a plain port, an empty request) keeps its text as the path so rules can see it.
+fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, [u8]>) {
+    use std::borrow::Cow;
+    match text_cow(request) {
+        Cow::Borrowed(s) => match split_http(s) {
+            Some((m, t)) => (record.method, record.path) = (Some(m.into()), Some(t.into())),
+            None => record.path = Some(s.into()),
+        },
+        Cow::Owned(s) => match split_http(&s) {
+            Some((m, t)) => {
+                (record.method, record.path) = (Some(m.to_owned().into()), Some(t.to_owned().into()))
+            }
+            None => record.path = Some(s.into()),
+        },
+    }
+}
+
+/// `METHOD TARGET[ PROTOCOL]` with an upper-case method, or `None`.
+fn split_http(s: &str) -> Option<(&str, &str)> {
+    let (method, rest) = s.split_once(' ')?;
+    let target = rest.split(' ').next().unwrap_or(rest);
+    let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && !target.is_empty();
+    valid.then_some((method, target))
+}
+
+fn join_uri_args<'a>(uri: &'a [u8], args: Option<&[u8]>, escape: Escape) -> std::borrow::Cow<'a, str> {
+    match args {
+        None => text_cow(unescape(uri, escape)),
+        Some(a) => {
+            let (u, a) = (text_cow(unescape(uri, escape)), text_cow(unescape(a, escape)));
+            format!("{u}?{a}").into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::logformat::{COMBINED, MAIN};
+
+    fn combined() -> Arc<LogFormat> {
+        Arc::new(LogFormat::compile("combined", COMBINED, Escape::Default).unwrap())
+    }
+
+    #[test]
+    fn combined_record() {
+        let line = br#"203.0.113.7 - alice [15/Jan/2024:10:23:45 +0000] "POST /login?next=%2F HTTP/1.1" 401 12 "-" "Mozilla/5.0""#;
+        let r = parse_with_format(&combined(), line).unwrap();
+        assert_eq!(r.remote_addr, "203.0.113.7".parse().ok());
+        assert_eq!(r.status, Some(401));
+        assert_eq!(r.method.as_deref(), Some("POST"));
+        assert_eq!(r.path.as_deref(), Some("/login?next=%2F"));
+        assert_eq!(r.user.as_deref(), Some("alice"));
+        assert_eq!(r.time, Some(1705314225));
+    }
+
+    #[test]
+    fn malformed_request_keeps_its_text() {
+        let line = br#"198.51.100.9 - - [15/Jan/2024:10:23:45 +0000] "\x16\x03\x01\x00\xA5" 400 157 "-" "-""#;
+        let r = parse_with_format(&combined(), line).unwrap();
+        assert_eq!(r.status, Some(400));
+        assert!(r.method.is_none());
+        assert!(r.path.as_deref().unwrap().starts_with('\u{16}'));
+        let empty = br#"198.51.100.9 - - [15/Jan/2024:10:23:45 +0000] "" 400 0 "-" "-""#;
+        assert_eq!(parse_with_format(&combined(), empty).unwrap().path, None);
+    }
+
+    #[test]
+    fn main_keeps_forwarded_for_and_rejects_bad_values() {
+        let f = Arc::new(LogFormat::compile("main", MAIN, Escape::Default).unwrap());
+        let line = br#"10.0.0.2 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" "203.0.113.5, 10.0.0.1""#;
+        let r = parse_with_format(&f, line).unwrap();
+        assert_eq!(r.forwarded_for.as_deref(), Some("203.0.113.5, 10.0.0.1"));
+        let bad_status = br#"10.0.0.2 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 2000 1 "-" "ua" "-""#;
+        assert!(parse_with_format(&f, bad_status).is_none());
+        let bad_ip = br#"10.0.0.999 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" "-""#;
+        assert!(parse_with_format(&f, bad_ip).is_none());
+    }
+}

@@ -1,0 +1,287 @@
+//! Application logs: JSON objects, logfmt and plain text. The same field names are
+//! recognised in JSON and logfmt (the common spellings of client address, account,
+//! time, level, message and event), so a team can switch encoders without losing
+//! detection. A JSON object shaped like an access log (a status plus a request or path)
+//! becomes an access record: nginx's `escape=json` formats and many ingress setups log so.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::access::parse_status;
+use super::{Record, RecordKind, parse_ip, text};
+use crate::time;
+
+/// Which record slot a field name fills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Client,
+    ForwardedFor,
+    User,
+    Time,
+    Level,
+    Message,
+    Event,
+    Status,
+    Method,
+    Path,
+    Request,
+    UserAgent,
+    RequestTime,
+}
+
+fn slot_of(key: &str) -> Option<Slot> {
+    Some(match key {
+        "client_ip" | "clientip" | "clientIp" | "client_addr" | "client" | "remote_addr" | "remoteAddr"
+        | "remote_ip" | "remoteip" | "remoteIp" | "ip" | "src_ip" | "source_ip" | "sourceIp" => Slot::Client,
+        "http_x_forwarded_for"
+        | "x_forwarded_for"
+        | "x-forwarded-for"
+        | "forwarded_for"
+        | "xff"
+        | "x-forward-for" => Slot::ForwardedFor,
+        "user" | "username" | "user_name" | "userName" | "login" | "account" | "email" | "user_email"
+        | "remote_user" => Slot::User,
+        "ts" | "time" | "timestamp" | "@timestamp" | "datetime" | "time_iso8601" | "time_local" | "date"
+        | "msec" => Slot::Time,
+        "level" | "severity" | "lvl" | "loglevel" | "log_level" => Slot::Level,
+        "msg" | "message" | "error" | "err" => Slot::Message,
+        "event" | "event_type" | "eventType" | "action" => Slot::Event,
+        "status" | "status_code" | "statusCode" | "response_code" | "http_status" => Slot::Status,
+        "method" | "request_method" | "http_method" => Slot::Method,
+        "request_uri" | "uri" | "path" | "url" | "request_path" => Slot::Path,
+        "request" => Slot::Request,
+        "http_user_agent" | "user_agent" | "userAgent" | "ua" | "agent" => Slot::UserAgent,
+        "request_time" => Slot::RequestTime,
+        _ => return None,
+    })
+}
+
+/// Fields gathered from a JSON object or logfmt pairs, before they become a record.
+#[derive(Default)]
+struct Fields<'a> {
+    record: Record<'a>,
+    status_seen: bool,
+    request_seen: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// Fills the slot for `key`; the first value for a slot wins.
+    fn set(&mut self, key: &str, value: Cow<'a, str>) {
+        let Some(slot) = slot_of(key) else { return };
+        let r = &mut self.record;
+        let empty = value.is_empty() || value == "-";
+        match slot {
+            _ if empty => {}
+            Slot::Client if r.remote_addr.is_none() => r.remote_addr = parse_ip(value.as_bytes()),
+            Slot::ForwardedFor if r.forwarded_for.is_none() => r.forwarded_for = Some(value),
+            Slot::User if r.user.is_none() => r.user = Some(value),
+            Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
+            Slot::Level if r.level.is_none() => r.level = Some(value.to_ascii_lowercase().into()),
+            Slot::Message if r.message.is_none() => r.message = Some(value),
+            Slot::Event if r.event.is_none() => r.event = Some(value),
+            Slot::Status if r.status.is_none() => {
+                r.status = parse_status(value.as_bytes());
+                self.status_seen = r.status.is_some();
+            }
+            Slot::Method if r.method.is_none() => r.method = Some(value),
+            Slot::Path if r.path.is_none() => {
+                r.path = Some(value);
+                self.request_seen = true;
+            }
+            Slot::Request => self.set_request(value),
+            Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
+            Slot::RequestTime => r.request_time = value.parse().ok(),
+            _ => {}
+        }
+    }
+
+    fn set_request(&mut self, request: Cow<'a, str>) {
+        let mut parts = request.split(' ');
+        if let (Some(m), Some(p)) = (parts.next(), parts.next()) {
+            self.record.method.get_or_insert_with(|| m.to_owned().into());
+            self.record.path = Some(p.to_owned().into());
+            self.request_seen = true;
+        }
+    }
+
+    fn finish(mut self) -> Record<'a> {
+        let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
+        self.record.kind = Some(if access {
+            RecordKind::Access
+        } else {
+            RecordKind::Backend
+        });
+        self.record
+    }
+}
+
+/// Parses a JSON object line (access-shaped or not).
+pub fn parse_json(line: &[u8]) -> Option<Record<'static>> {
+    if line.first() != Some(&b'{') {
+        return None;
+    }
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+    let mut fields = Fields::default();
+    for (key, value) in object {
+        let value: Cow<'static, str> = match value {
+            serde_json::Value::String(s) => s.into(),
+            serde_json::Value::Number(n) => n.to_string().into(),
+            serde_json::Value::Bool(b) => b.to_string().into(),
+            _ => continue,
+        };
+        fields.set(&key, value);
+    }
+    Some(fields.finish())
+}
+
+/// Parses `key=value key="quoted value" ...`; needs at least two pairs, the first at the
+/// start of the line, so prose with one `=` in it is not mistaken for logfmt.
+pub fn parse_logfmt(line: &[u8]) -> Option<Record<'_>> {
+    let s = std::str::from_utf8(line).ok()?;
+    let pairs = logfmt_pairs(s)?;
+    if pairs.len() < 2 {
+        return None;
+    }
+    let mut fields = Fields::default();
+    for (key, value) in pairs {
+        fields.set(key, value);
+    }
+    Some(fields.finish())
+}
+
+fn logfmt_pairs(s: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
+    let mut pairs = Vec::new();
+    let mut rest = s.trim_start();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = &rest[..eq];
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+        {
+            return None;
+        }
+        let (value, after) = logfmt_value(&rest[eq + 1..])?;
+        pairs.push((key, value));
+        rest = after.trim_start();
+    }
+    Some(pairs)
+}
+
+/// A bare value runs to the next space; a quoted one to its closing quote, with `\"`,
+/// `\\` and `\n` escapes as Go's logfmt encoders write them.
+fn logfmt_value(s: &str) -> Option<(Cow<'_, str>, &str)> {
+    let Some(body) = s.strip_prefix('"') else {
+        let end = s.find(' ').unwrap_or(s.len());
+        return Some((Cow::Borrowed(&s[..end]), &s[end..]));
+    };
+    let mut out = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((Cow::Owned(out), &body[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+static PLAIN_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?\s")
+        .unwrap()
+});
+static PLAIN_LEVEL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\[?(trace|debug|info|notice|warn|warning|error|err|fatal|critical|crit)\]?:?(?:\s|$)")
+        .unwrap()
+});
+static PLAIN_CLIENT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)(?:\bfrom|\bip|\bclient(?:_ip)?|\bremote(?:_addr)?|\baddr(?:ess)?)[=:]?\s*\[?"?([0-9A-Fa-f:.]{3,45})"#).unwrap()
+});
+static PLAIN_USER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)(?:\b(?:user(?:name)?|account|login|email)[=:]\s*|\bfor (?:invalid )?user\s+|\buser\s+)["']?([^\s"',;]+)"#).unwrap()
+});
+
+/// Parses free text: an optional leading timestamp and level, then the message. A line
+/// with neither a time, a level nor a client address is not recognised as a log line.
+pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
+    let s = std::str::from_utf8(line).ok()?;
+    let mut rest = s;
+    let mut record = Record {
+        kind: Some(RecordKind::Backend),
+        ..Record::default()
+    };
+    if let Some(c) = PLAIN_TIME.captures(rest) {
+        record.time = time::parse_rfc3339(c[1].as_bytes());
+        rest = &rest[c[0].len()..];
+    }
+    if let Some(c) = PLAIN_LEVEL.captures(rest) {
+        record.level = Some(c[1].to_ascii_lowercase().into());
+        rest = rest[c[0].len()..].trim_start();
+    }
+    record.remote_addr = PLAIN_CLIENT
+        .captures_iter(rest)
+        .find_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
+    record.user = PLAIN_USER
+        .captures(rest)
+        .map(|c| Cow::Borrowed(c.get(1).unwrap().as_str()));
+    if record.time.is_none() && record.level.is_none() && record.remote_addr.is_none() {
+        return None;
+    }
+    record.message = Some(text(rest.as_bytes()));
+    Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_backend_fields() {
+        let r = parse_json(br#"{"ts":"2024-01-15T10:23:45Z","level":"WARN","event":"auth.failed","user":"bob","client_ip":"203.0.113.9","msg":"bad password"}"#).unwrap();
+        assert_eq!(r.kind, Some(RecordKind::Backend));
+        assert_eq!(r.user.as_deref(), Some("bob"));
+        assert_eq!(r.remote_addr, "203.0.113.9".parse().ok());
+        assert_eq!(r.event.as_deref(), Some("auth.failed"));
+        assert_eq!(r.level.as_deref(), Some("warn"));
+        assert_eq!(r.time, Some(1705314225));
+    }
+
+    #[test]
+    fn json_access_shape() {
+        let r = parse_json(br#"{"time_iso8601":"2024-01-15T10:23:45+00:00","remote_addr":"1.2.3.4","request":"GET /x HTTP/1.1","status":"404","http_user_agent":"ua"}"#).unwrap();
+        assert_eq!(r.kind, Some(RecordKind::Access));
+        assert_eq!((r.status, r.path.as_deref()), (Some(404), Some("/x")));
+        let n = parse_json(br#"{"remote_addr":"1.2.3.4","uri":"/x","status":500}"#).unwrap();
+        assert_eq!((n.kind, n.status), (Some(RecordKind::Access), Some(500)));
+    }
+
+    #[test]
+    fn logfmt_pairs_and_quotes() {
+        let r = parse_logfmt(br#"time=2024-01-15T10:23:45Z level=warn msg="auth failed: \"bad\" password" user=alice ip=198.51.100.7"#).unwrap();
+        assert_eq!(r.message.as_deref(), Some(r#"auth failed: "bad" password"#));
+        assert_eq!(r.user.as_deref(), Some("alice"));
+        assert!(parse_logfmt(b"this is prose with a=b in it").is_none());
+        assert!(parse_logfmt(b"a=1").is_none());
+    }
+
+    #[test]
+    fn plain_text_shapes() {
+        let r =
+            parse_plain(b"2024-01-15 10:23:45,123 WARN auth failed for user bob from 203.0.113.7").unwrap();
+        assert_eq!(r.time, Some(1705314225));
+        assert_eq!(r.level.as_deref(), Some("warn"));
+        assert_eq!(r.user.as_deref(), Some("bob"));
+        assert_eq!(r.remote_addr, "203.0.113.7".parse().ok());
+        assert!(parse_plain(b"just some words").is_none());
+        let spoof = parse_plain(b"ERROR login failed user=1.1.1.1 from 203.0.113.8").unwrap();
+        assert_eq!(spoof.remote_addr, "203.0.113.8".parse().ok());
+    }
+}

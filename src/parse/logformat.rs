@@ -1,0 +1,440 @@
+//! nginx `log_format` definitions compiled into a line matcher.
+//!
+//! A definition such as `$remote_addr - $remote_user [$time_local] "$request" $status ...`
+//! becomes a list of literals and variables. Matching walks the line once: each variable
+//! ends where the literal after it begins (found with `memchr::memmem`), and a final
+//! literal is matched at the end of the line, so a hostile last field (the user agent in
+//! `combined`) cannot shift the fields before it. nginx escapes `"` inside values (`\x22`
+//! with `escape=default`, `\"` with `escape=json`), so a quoted value never contains a raw
+//! closing quote; with `escape=json` an escaped quote is skipped when looking for the end.
+
+use nom::IResult;
+use nom::Parser;
+use nom::branch::alt;
+use nom::bytes::complete::{escaped_transform, is_not, tag, take_while1};
+use nom::character::complete::{char, multispace0, multispace1};
+use nom::combinator::{map, opt, value};
+use nom::multi::many1;
+use nom::sequence::{delimited, preceded};
+
+use crate::error::{Error, Result};
+
+/// The nginx variables logwarden understands; any other variable is matched and ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Var {
+    RemoteAddr,
+    RemoteUser,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    Status,
+    RequestTime,
+    UserAgent,
+    Referer,
+    ForwardedFor,
+    Host,
+    Other,
+}
+
+impl Var {
+    fn from_name(name: &str) -> Var {
+        match name {
+            "remote_addr" | "proxy_protocol_addr" | "realip_remote_addr" => Var::RemoteAddr,
+            "remote_user" => Var::RemoteUser,
+            "time_local" => Var::TimeLocal,
+            "time_iso8601" => Var::TimeIso8601,
+            "msec" => Var::Msec,
+            "request" => Var::Request,
+            "request_method" => Var::RequestMethod,
+            "request_uri" => Var::RequestUri,
+            "uri" | "document_uri" => Var::Uri,
+            "args" | "query_string" => Var::Args,
+            "status" => Var::Status,
+            "request_time" => Var::RequestTime,
+            "http_user_agent" => Var::UserAgent,
+            "http_referer" => Var::Referer,
+            "http_x_forwarded_for" | "proxy_add_x_forwarded_for" => Var::ForwardedFor,
+            "host" | "http_host" | "server_name" => Var::Host,
+            _ => Var::Other,
+        }
+    }
+}
+
+/// How nginx escaped variable values in this format (`log_format ... escape=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// `"`, `\` and bytes outside printable ASCII as `\xHH`.
+    Default,
+    /// JSON string escaping.
+    Json,
+    /// Nothing escaped.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    Literal(Vec<u8>),
+    Var(Var),
+}
+
+/// A compiled `log_format`.
+#[derive(Clone, Debug)]
+pub struct LogFormat {
+    /// The format's name (`combined`, or the name given in the config).
+    pub name: String,
+    /// How values are escaped.
+    pub escape: Escape,
+    items: Vec<Item>,
+}
+
+/// The raw (still escaped) value of each variable in one line, by position.
+pub type Captures<'a> = Vec<(Var, &'a [u8])>;
+
+/// nginx's built-in `combined` format.
+pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
+/// The `main` format of nginx's stock nginx.conf and the official Docker image.
+pub const MAIN: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for""#;
+/// ingress-nginx's default `log-format-upstream` (its `upstreaminfo` format).
+pub const INGRESS: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"#;
+
+impl LogFormat {
+    /// Compiles a `log_format` string (the concatenated quoted parts of its definition).
+    pub fn compile(name: &str, definition: &str, escape: Escape) -> Result<LogFormat> {
+        let items = tokenize(definition);
+        let err = |message: &str| Error::LogFormat {
+            name: name.to_string(),
+            message: message.to_string(),
+        };
+        if !items.iter().any(|i| matches!(i, Item::Var(Var::RemoteAddr))) {
+            return Err(err(
+                "has no $remote_addr (or $proxy_protocol_addr): logwarden needs the client address",
+            ));
+        }
+        if !items.iter().any(|i| matches!(i, Item::Var(Var::Status))) {
+            return Err(err("has no $status: logwarden needs the response status"));
+        }
+        Ok(LogFormat {
+            name: name.to_string(),
+            escape,
+            items,
+        })
+    }
+
+    /// Matches a whole line; `None` when the line does not have this format's shape.
+    pub fn captures<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
+        let mut caps = Vec::with_capacity(self.items.len());
+        let mut pos = 0;
+        let mut i = 0;
+        while i < self.items.len() {
+            match &self.items[i] {
+                Item::Literal(lit) => {
+                    if !line[pos..].starts_with(lit) {
+                        return None;
+                    }
+                    pos += lit.len();
+                }
+                Item::Var(var) => {
+                    let end = self.var_end(line, pos, i)?;
+                    caps.push((*var, &line[pos..end]));
+                    pos = end;
+                }
+            }
+            i += 1;
+        }
+        (pos == line.len()).then_some(caps)
+    }
+
+    /// Where the variable at item `i`, starting at `pos`, ends.
+    fn var_end(&self, line: &[u8], pos: usize, i: usize) -> Option<usize> {
+        match self.items.get(i + 1) {
+            None => Some(line.len()),
+            Some(Item::Literal(lit)) if i + 2 == self.items.len() => {
+                // The format ends with this literal: anchor it at the end of the line.
+                (line.len() >= pos + lit.len() && line.ends_with(lit)).then(|| line.len() - lit.len())
+            }
+            Some(Item::Literal(lit)) => self.find_literal(&line[pos..], lit).map(|p| pos + p),
+            // Two variables with nothing between (`$host$request_uri`): the second starts
+            // at the first `/` when it is a URI, else at the next space.
+            Some(Item::Var(next)) => {
+                let stop = if matches!(next, Var::RequestUri | Var::Uri) {
+                    b'/'
+                } else {
+                    b' '
+                };
+                Some(memchr::memchr(stop, &line[pos..]).map_or(line.len(), |p| pos + p))
+            }
+        }
+    }
+
+    fn find_literal(&self, hay: &[u8], lit: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        loop {
+            let p = from + memchr::memmem::find(&hay[from..], lit)?;
+            if self.escape != Escape::Json || lit[0] != b'"' || !escaped_at(hay, p) {
+                return Some(p);
+            }
+            from = p + 1;
+        }
+    }
+
+    /// The variables this format logs, in order.
+    pub fn vars(&self) -> impl Iterator<Item = Var> + '_ {
+        self.items.iter().filter_map(|i| match i {
+            Item::Var(v) => Some(*v),
+            Item::Literal(_) => None,
+        })
+    }
+}
+
+/// Whether the byte at `p` is preceded by an odd number of backslashes.
+fn escaped_at(hay: &[u8], p: usize) -> bool {
+    hay[..p].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+fn tokenize(definition: &str) -> Vec<Item> {
+    let bytes = definition.as_bytes();
+    let mut items = Vec::new();
+    let mut literal = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some((name, len)) = variable_at(&bytes[i..]) {
+            if !literal.is_empty() {
+                items.push(Item::Literal(std::mem::take(&mut literal)));
+            }
+            items.push(Item::Var(Var::from_name(name)));
+            i += len;
+        } else {
+            literal.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if !literal.is_empty() {
+        items.push(Item::Literal(literal));
+    }
+    items
+}
+
+/// `$name` or `${name}` at the start of `s`: the name and the bytes it spans.
+fn variable_at(s: &[u8]) -> Option<(&str, usize)> {
+    let rest = s.strip_prefix(b"$")?;
+    let (braced, rest) = match rest.strip_prefix(b"{") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let n = rest
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+        .count();
+    if n == 0 || (braced && rest.get(n) != Some(&b'}')) {
+        return None;
+    }
+    let name = std::str::from_utf8(&rest[..n]).ok()?;
+    Some((name, 1 + n + if braced { 2 } else { 0 }))
+}
+
+/// Decodes a value as nginx escaped it. Borrowed when there is nothing to decode.
+pub fn unescape(raw: &[u8], escape: Escape) -> std::borrow::Cow<'_, [u8]> {
+    if escape == Escape::None || !raw.contains(&b'\\') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let (byte, used) = match (raw[i], escape) {
+            (b'\\', Escape::Default) => decode_hex_escape(&raw[i..]),
+            (b'\\', Escape::Json) => decode_json_escape(&raw[i..]),
+            (b, _) => (b, 1),
+        };
+        out.push(byte);
+        i += used;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn decode_hex_escape(s: &[u8]) -> (u8, usize) {
+    match s {
+        [b'\\', b'x', h, l, ..] => match (hex(*h), hex(*l)) {
+            (Some(h), Some(l)) => (h << 4 | l, 4),
+            _ => (b'\\', 1),
+        },
+        _ => (b'\\', 1),
+    }
+}
+
+/// nginx's `escape=json` writes `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f` and `\u00XX`.
+fn decode_json_escape(s: &[u8]) -> (u8, usize) {
+    match s {
+        [b'\\', b'u', b'0', b'0', h, l, ..] => match (hex(*h), hex(*l)) {
+            (Some(h), Some(l)) => (h << 4 | l, 6),
+            _ => (b'\\', 1),
+        },
+        [b'\\', c, ..] => match c {
+            b'"' | b'\\' | b'/' => (*c, 2),
+            b'n' => (b'\n', 2),
+            b'r' => (b'\r', 2),
+            b't' => (b'\t', 2),
+            b'b' => (8, 2),
+            b'f' => (12, 2),
+            _ => (b'\\', 1),
+        },
+        _ => (b'\\', 1),
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Finds `log_format NAME [escape=...] 'part' 'part' ...;` in an nginx configuration.
+pub fn from_nginx_conf(conf: &str, wanted: &str) -> Result<LogFormat> {
+    let mut rest = conf;
+    while let Some(p) = rest.find("log_format") {
+        rest = &rest[p + "log_format".len()..];
+        if let Ok((_, (name, escape, parts))) = log_format_directive(rest)
+            && name == wanted
+        {
+            return LogFormat::compile(name, &parts.concat(), escape);
+        }
+    }
+    Err(Error::LogFormat {
+        name: wanted.to_string(),
+        message: "no `log_format` directive with this name in the configuration \
+                  (check --log-format-name against the nginx.conf given)"
+            .to_string(),
+    })
+}
+
+type Directive<'a> = (&'a str, Escape, Vec<String>);
+
+fn log_format_directive(input: &str) -> IResult<&str, Directive<'_>> {
+    let name = take_while1(|c: char| c.is_alphanumeric() || c == '_' || c == '-');
+    let escape = alt((
+        value(Escape::Default, tag("escape=default")),
+        value(Escape::Json, tag("escape=json")),
+        value(Escape::None, tag("escape=none")),
+    ));
+    let (rest, (_, name, escape, parts, _, _)) = (
+        multispace1,
+        name,
+        opt(preceded(multispace1, escape)),
+        many1(preceded(multispace0, quoted_part)),
+        multispace0,
+        char(';'),
+    )
+        .parse(input)?;
+    Ok((rest, (name, escape.unwrap_or(Escape::Default), parts)))
+}
+
+/// One quoted piece of a directive, in single or double quotes, with `\` escapes.
+fn quoted_part(input: &str) -> IResult<&str, String> {
+    let single = delimited(
+        char('\''),
+        map(
+            opt(escaped_transform(
+                is_not("\\'"),
+                '\\',
+                nom::character::complete::anychar,
+            )),
+            Option::unwrap_or_default,
+        ),
+        char('\''),
+    );
+    let double = delimited(
+        char('"'),
+        map(
+            opt(escaped_transform(
+                is_not("\\\""),
+                '\\',
+                nom::character::complete::anychar,
+            )),
+            Option::unwrap_or_default,
+        ),
+        char('"'),
+    );
+    alt((single, double)).parse(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(def: &str) -> LogFormat {
+        LogFormat::compile("t", def, Escape::Default).unwrap()
+    }
+
+    fn value_of<'a>(caps: &Captures<'a>, var: Var) -> &'a [u8] {
+        caps.iter().find(|(v, _)| *v == var).unwrap().1
+    }
+
+    #[test]
+    fn combined_line() {
+        let line = br#"203.0.113.7 - bob [15/Jan/2024:10:23:45 +0000] "GET /a?b=1 HTTP/1.1" 404 12 "-" "curl/8.0 \x22quoted\x22""#;
+        let caps = fmt(COMBINED).captures(line).unwrap();
+        assert_eq!(value_of(&caps, Var::RemoteAddr), b"203.0.113.7");
+        assert_eq!(value_of(&caps, Var::Status), b"404");
+        assert_eq!(value_of(&caps, Var::Request), b"GET /a?b=1 HTTP/1.1");
+        assert_eq!(
+            &*unescape(value_of(&caps, Var::UserAgent), Escape::Default),
+            br#"curl/8.0 "quoted""#
+        );
+    }
+
+    #[test]
+    fn a_user_agent_shaped_like_a_log_line_stays_one_field() {
+        let line =
+            br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "x" 500 1 "-" "9.9.9.9""#;
+        let caps = fmt(COMBINED).captures(line).unwrap();
+        assert_eq!(value_of(&caps, Var::RemoteAddr), b"1.1.1.1");
+        assert_eq!(value_of(&caps, Var::Status), b"200");
+    }
+
+    #[test]
+    fn trailing_text_is_not_combined() {
+        let line = br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" 55 0.1"#;
+        assert!(fmt(COMBINED).captures(line).is_none());
+    }
+
+    #[test]
+    fn json_escape_skips_escaped_quotes() {
+        let f = LogFormat::compile(
+            "j",
+            r#"{"ip":"$remote_addr","ua":"$http_user_agent","status":$status}"#,
+            Escape::Json,
+        )
+        .unwrap();
+        let line = br#"{"ip":"1.2.3.4","ua":"a \",\"status\":500} b","status":401}"#;
+        let caps = f.captures(line).unwrap();
+        assert_eq!(value_of(&caps, Var::Status), b"401");
+        assert_eq!(
+            &*unescape(value_of(&caps, Var::UserAgent), Escape::Json),
+            br#"a ","status":500} b"#
+        );
+    }
+
+    #[test]
+    fn reads_format_from_nginx_conf() {
+        let conf = r#"
+            http {
+                log_format  main  '$remote_addr - $remote_user [$time_local] "$request" '
+                                  '$status $body_bytes_sent "$http_referer" '
+                                  '"$http_user_agent" "$http_x_forwarded_for"';
+                log_format api escape=json '{"addr":"$remote_addr","s":$status}';
+            }"#;
+        let main = from_nginx_conf(conf, "main").unwrap();
+        assert_eq!(main.items, fmt(MAIN).items);
+        let api = from_nginx_conf(conf, "api").unwrap();
+        assert_eq!(api.escape, Escape::Json);
+        assert!(from_nginx_conf(conf, "nope").is_err());
+    }
+
+    #[test]
+    fn rejects_formats_without_client_or_status() {
+        assert!(LogFormat::compile("x", "$status $request", Escape::Default).is_err());
+        assert!(LogFormat::compile("x", "$remote_addr $request", Escape::Default).is_err());
+    }
+}

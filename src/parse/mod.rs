@@ -1,0 +1,279 @@
+//! Parsing: one line (wrappers already removed) to one [`Record`]. Each format has its own
+//! module; [`Parser`] picks the format per source, caching the last one that worked so
+//! that detection costs nothing while a source keeps its format, and re-detecting when an
+//! interleaved stream (`kubectl logs --all-containers`) switches.
+
+pub mod access;
+pub mod backend;
+pub mod error_log;
+pub mod logformat;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use logformat::{Escape, LogFormat};
+
+/// What kind of log a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// One HTTP request answered by nginx or ingress-nginx.
+    Access,
+    /// An nginx error log entry.
+    ErrorLog,
+    /// An application's own log line.
+    Backend,
+}
+
+/// What an nginx error log entry reports, for the entries logwarden acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorLogEvent {
+    /// `user "x" was not found in "..."` or `user "x": password mismatch`.
+    BasicAuthFailure,
+    /// `no user/password was provided for basic authentication`.
+    BasicAuthMissing,
+    /// `limiting requests, excess: ...`.
+    RateLimited,
+    /// `access forbidden by rule`.
+    Forbidden,
+    /// Anything else.
+    Other,
+}
+
+/// One parsed log line. Text fields are decoded (nginx escapes undone) and may hold any
+/// bytes an attacker sent, lossily converted to UTF-8.
+#[derive(Debug, Default)]
+pub struct Record<'a> {
+    pub kind: Option<RecordKind>,
+    /// Event time, Unix seconds.
+    pub time: Option<i64>,
+    /// The address that connected (`$remote_addr`, `client:`, a JSON `client_ip`...).
+    pub remote_addr: Option<IpAddr>,
+    /// The X-Forwarded-For header as logged, untrusted until the client resolver says so.
+    pub forwarded_for: Option<Cow<'a, str>>,
+    /// The account named by the line (`$remote_user`, basic-auth user, JSON `user`...).
+    pub user: Option<Cow<'a, str>>,
+    pub method: Option<Cow<'a, str>>,
+    /// Path with query string, as requested.
+    pub path: Option<Cow<'a, str>>,
+    pub status: Option<u16>,
+    /// Seconds, where `$request_time` is logged.
+    pub request_time: Option<f64>,
+    pub user_agent: Option<Cow<'a, str>>,
+    /// An application's event name (`event`, `action`, ...).
+    pub event: Option<Cow<'a, str>>,
+    /// An application's or the error log's message text.
+    pub message: Option<Cow<'a, str>>,
+    /// Log level, lower-cased.
+    pub level: Option<Cow<'a, str>>,
+    pub error_event: Option<ErrorLogEvent>,
+}
+
+/// The formats logwarden reads.
+#[derive(Clone, Debug)]
+pub enum Format {
+    /// An nginx access log with a known `log_format`.
+    Access(Arc<LogFormat>),
+    /// Access log lines written as JSON objects.
+    JsonAccess,
+    /// nginx's error log.
+    ErrorLog,
+    /// Application logs as JSON objects.
+    BackendJson,
+    /// Application logs as `key=value` pairs.
+    Logfmt,
+    /// Application logs as free text.
+    PlainText,
+}
+
+impl Format {
+    /// The name used in `--format` and in reports.
+    pub fn name(&self) -> &str {
+        match self {
+            Format::Access(f) => &f.name,
+            Format::JsonAccess => "json-access",
+            Format::ErrorLog => "nginx-error",
+            Format::BackendJson => "backend-json",
+            Format::Logfmt => "logfmt",
+            Format::PlainText => "plain",
+        }
+    }
+
+    /// Parses one line in this format.
+    pub fn parse<'a>(&self, line: &'a [u8]) -> Option<Record<'a>> {
+        match self {
+            Format::Access(f) => access::parse_with_format(f, line),
+            Format::JsonAccess => backend::parse_json(line).filter(|r| r.kind == Some(RecordKind::Access)),
+            Format::ErrorLog => error_log::parse(line),
+            Format::BackendJson => backend::parse_json(line).filter(|r| r.kind == Some(RecordKind::Backend)),
+            Format::Logfmt => backend::parse_logfmt(line),
+            Format::PlainText => backend::parse_plain(line),
+        }
+    }
+}
+
+/// The built-in access formats, most specific first so that detection settles on the
+/// richest one (an ingress line also starts like a `combined` line).
+pub fn builtin_access_formats() -> Vec<Arc<LogFormat>> {
+    [
+        ("ingress-nginx", logformat::INGRESS),
+        ("main", logformat::MAIN),
+        ("combined", logformat::COMBINED),
+    ]
+    .into_iter()
+    .map(|(name, def)| Arc::new(LogFormat::compile(name, def, Escape::Default).expect("built-in format")))
+    .collect()
+}
+
+/// Resolves a `--format` name to a format; custom formats are matched by their name.
+pub fn format_by_name(name: &str, custom: &[Arc<LogFormat>]) -> Option<Format> {
+    let access = custom.iter().cloned().chain(builtin_access_formats());
+    if let Some(f) = access.into_iter().find(|f| f.name == name) {
+        return Some(Format::Access(f));
+    }
+    Some(match name {
+        "json-access" => Format::JsonAccess,
+        "nginx-error" => Format::ErrorLog,
+        "backend-json" => Format::BackendJson,
+        "logfmt" => Format::Logfmt,
+        "plain" => Format::PlainText,
+        _ => return None,
+    })
+}
+
+/// The names `--format` accepts.
+pub const FORMAT_NAMES: &str = "combined, main, ingress-nginx, json-access, nginx-error, backend-json, logfmt, plain, or the name of a --log-format";
+
+/// Picks and applies a format per source.
+pub struct Parser {
+    candidates: Arc<Vec<Format>>,
+    forced: bool,
+    cache: HashMap<Box<[u8]>, usize>,
+}
+
+impl Parser {
+    /// A parser that detects among `custom` formats, then the built-in ones.
+    pub fn detecting(custom: &[Arc<LogFormat>]) -> Parser {
+        let mut candidates: Vec<Format> = custom.iter().cloned().map(Format::Access).collect();
+        candidates.extend(builtin_access_formats().into_iter().map(Format::Access));
+        candidates.extend([
+            Format::JsonAccess,
+            Format::BackendJson,
+            Format::ErrorLog,
+            Format::Logfmt,
+            Format::PlainText,
+        ]);
+        Parser {
+            candidates: Arc::new(candidates),
+            forced: false,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// A parser that only ever tries `format`.
+    pub fn forced(format: Format) -> Parser {
+        Parser {
+            candidates: Arc::new(vec![format]),
+            forced: true,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// A parser with the same formats and an empty cache, for another worker.
+    pub fn fresh(&self) -> Parser {
+        Parser {
+            candidates: self.candidates.clone(),
+            forced: self.forced,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Parses `line` from `source`; returns the record and the format that read it.
+    pub fn parse<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, &Format)> {
+        let cached = self.cache.get(source).copied();
+        if let Some(i) = cached
+            && let Some(r) = self.candidates[i].parse(line)
+        {
+            return Some((r, &self.candidates[i]));
+        }
+        let (i, record) = self
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != cached)
+            .find_map(|(i, f)| f.parse(line).map(|r| (i, r)))?;
+        if cached != Some(i) {
+            self.cache.insert(source.into(), i);
+        }
+        Some((record, &self.candidates[i]))
+    }
+}
+
+/// Lossy UTF-8 for text fields: borrowed when valid.
+pub fn text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// Lossy UTF-8 for an owned or borrowed byte value.
+pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match bytes {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b),
+        Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+    }
+}
+
+/// Parses an IP address as logs write it: plain, in brackets, or with a port, and folds
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as dual-stack listeners log it) to IPv4.
+pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(s).ok()?.trim();
+    let ip = s
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| strip_port(s).and_then(|h| h.parse().ok()))?;
+    Some(canonical_ip(ip))
+}
+
+/// Folds an IPv4-mapped IPv6 address to IPv4; other addresses are returned unchanged.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn strip_port(s: &str) -> Option<&str> {
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']').map(|(h, _)| h);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    (port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':')).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_shapes() {
+        assert_eq!(parse_ip(b"1.2.3.4"), "1.2.3.4".parse().ok());
+        assert_eq!(parse_ip(b"1.2.3.4:5555"), "1.2.3.4".parse().ok());
+        assert_eq!(parse_ip(b"::ffff:1.2.3.4"), "1.2.3.4".parse().ok());
+        assert_eq!(parse_ip(b"[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_ip(b"2001:db8::1"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_ip(b"1.2.3"), None);
+        assert_eq!(parse_ip(b"-"), None);
+    }
+
+    #[test]
+    fn detection_prefers_the_richest_access_format() {
+        let mut p = Parser::detecting(&[]);
+        let ingress = br#"1.2.3.4 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 5 "-" "ua" 100 0.005 [default-web-80] [] 10.0.0.5:80 5 0.004 200 abc123"#;
+        let (_, f) = p.parse(b"s", ingress).unwrap();
+        assert_eq!(f.name(), "ingress-nginx");
+        let combined = br#"1.2.3.4 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 5 "-" "ua""#;
+        let (_, f) = p.parse(b"s", combined).unwrap();
+        assert_eq!(f.name(), "combined");
+    }
+}
