@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use crate::wrapper::is_partial_line;
+use crate::wrapper::{container_stream, is_partial_line};
 
 /// A block of whole lines from one source.
 pub struct Chunk {
@@ -146,7 +146,13 @@ struct Framer {
 impl Framer {
     /// Reads until `buf` holds at least a chunk's worth, or end of input (`Ok(true)`).
     fn fill(&mut self, reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
-        let target = self.config.chunk_bytes.max(buf.len() + 64 * 1024);
+        // A carried tail as large as a chunk is one long line: grow in steps until its
+        // end (or the line limit) is reached.
+        let target = if buf.len() < self.config.chunk_bytes {
+            self.config.chunk_bytes
+        } else {
+            buf.len() + self.config.chunk_bytes.clamp(4096, 64 * 1024)
+        };
         while buf.len() < target {
             let start = buf.len();
             buf.resize(target, 0);
@@ -254,20 +260,41 @@ fn send(out: &SyncSender<Frame>, frame: Frame) -> Result<(), Abandoned> {
     out.send(frame).map_err(|_| Abandoned)
 }
 
-/// Where to cut `buf`: just after the last newline that does not end a partial line.
+/// Where to cut `buf`: after the last line at which no container stream has a partial
+/// line open (stdout and stderr interleave, so the line just before the cut is not enough).
 fn cut_point(buf: &[u8]) -> Option<usize> {
     let mut end = memchr::memrchr(b'\n', buf)?;
     loop {
-        let start = memchr::memrchr(b'\n', &buf[..end]).map_or(0, |p| p + 1);
-        if !is_partial_line(&buf[start..end]) {
+        if no_partial_open(&buf[..end]) {
             return Some(end + 1);
         }
-        if start == 0 {
-            return None;
-        }
-        end = start - 1;
+        end = memchr::memrchr(b'\n', &buf[..end])?;
     }
 }
+
+/// Whether, at the end of `text`, each stream's latest line (within the last
+/// [`PARTIAL_LOOKBACK`] lines) is complete.
+fn no_partial_open(text: &[u8]) -> bool {
+    let mut seen = [false; 2];
+    for line in text.rsplit(|&b| b == b'\n').take(PARTIAL_LOOKBACK) {
+        if let Some((stream, partial)) = container_stream(line) {
+            let slot = &mut seen[stream as usize];
+            if !*slot && partial {
+                return false;
+            }
+            *slot = true;
+            if seen == [true, true] {
+                return true;
+            }
+        }
+    }
+    true
+}
+
+/// How far back a cut looks for an open partial line. Container runtimes split lines at
+/// 16 KiB, so a logical line spans few physical ones; a piece older than this whose end
+/// is cut off is counted in `unfinished_partial_lines`, never silently joined wrongly.
+const PARTIAL_LOOKBACK: usize = 64;
 
 /// The end (after its newline) of the first physical line that completes a logical line.
 fn first_logical_end(buf: &[u8]) -> Option<usize> {
@@ -367,6 +394,26 @@ mod tests {
                 if let Frame::Lines(c) = frame {
                     let last = c.data[..c.data.len() - 1].rsplit(|&b| b == b'\n').next().unwrap();
                     assert!(!is_partial_line(last), "chunk {chunk} ends on a partial line");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn never_cuts_while_another_stream_has_a_partial_open() {
+        let mut input = Vec::new();
+        for _ in 0..30 {
+            input.extend_from_slice(b"2024-01-15T10:00:00.1Z stdout P first-half-\n");
+            input.extend_from_slice(b"2024-01-15T10:00:00.2Z stderr F an error line\n");
+            input.extend_from_slice(b"2024-01-15T10:00:00.3Z stdout F second-half\n");
+        }
+        for chunk in [30, 50, 90, 130, 200] {
+            for frame in frame_all("t", &input[..], small(chunk, 10_000)) {
+                if let Frame::Lines(c) = frame {
+                    assert!(
+                        c.data.ends_with(b"second-half\n"),
+                        "chunk {chunk} cut inside a partial line"
+                    );
                 }
             }
         }

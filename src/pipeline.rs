@@ -15,7 +15,7 @@ use crate::client::ClientPolicy;
 use crate::detect::{RULES, detect};
 use crate::error::{Error, Result};
 use crate::framing::{BufferPool, Chunk, Frame, FramingConfig, frame_source};
-use crate::parse::Parser;
+use crate::parse::{Parser, Record};
 use crate::source::Input;
 use crate::wrapper::{PartialJoiner, unwrap};
 
@@ -46,8 +46,6 @@ pub struct Worker {
     policy: Arc<ClientPolicy>,
     joiner: PartialJoiner,
     max_line_bytes: usize,
-    /// Sources whose lines parse whole although they start like `kubectl --timestamps`.
-    whole_lines: std::collections::HashSet<Box<[u8]>>,
     /// What has been learned so far.
     pub agg: Aggregator,
     /// Collected matches, when the worker serves `logwarden match`.
@@ -62,7 +60,6 @@ impl Worker {
             policy: config.policy.clone(),
             joiner: PartialJoiner::default(),
             max_line_bytes: config.framing.max_line_bytes,
-            whole_lines: Default::default(),
             agg: Aggregator::default(),
             matches: None,
         }
@@ -122,33 +119,11 @@ impl Worker {
         let source_name = wrapped.prefix.map(String::from_utf8_lossy);
         let stats_source = source_name.as_deref().unwrap_or(input);
         let cache_key = wrapped.prefix.unwrap_or(input.as_bytes());
-        // A source whose own lines start with a time is read whole; remembering that
-        // keeps it from re-detecting on every line.
-        let whole_first = wrapped.unstripped.is_some() && self.whole_lines.contains(cache_key);
-        let (first, second) = match wrapped.unstripped {
-            Some(whole) if whole_first => (whole, Some(&payload[..])),
-            Some(whole) => (&payload[..], Some(whole)),
-            None => (&payload[..], None),
-        };
-        let parsed = match self.parser.parse(cache_key, first) {
-            Some(found) => Some((found, whole_first)),
-            None => second
-                .and_then(|line| self.parser.parse(cache_key, line))
-                .map(|f| (f, !whole_first)),
-        };
-        let Some(((mut record, format), read_whole)) = parsed else {
+        let Some((record, format)) = self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time)
+        else {
             self.agg.unparsed(stats_source, at, raw);
             return;
         };
-        if !read_whole {
-            record.time = record.time.or(wrapped.time);
-        }
-        if read_whole != whole_first {
-            match read_whole {
-                true => self.whole_lines.insert(cache_key.into()),
-                false => self.whole_lines.remove(cache_key),
-            };
-        }
         let rule = detect(&record);
         if let (Some(matches), Some(rule)) = (self.matches.as_mut(), rule) {
             matches.push(MatchLine {
@@ -163,9 +138,37 @@ impl Worker {
                 user: record.user.as_deref().map(str::to_string),
             });
         }
-        let format = format.name().to_string();
+        let format = self.parser.format(format).name().to_string();
         self.agg
             .observe(stats_source, at, &format, raw, &record, rule, &self.policy);
+    }
+}
+
+impl Worker {
+    /// Reads the record in `payload`. When a leading timestamp was taken off as
+    /// `kubectl --timestamps`, the whole line (`unstripped`) may be the real shape (a
+    /// `log_format` that starts with `$time_iso8601`), so both are tried, in an order that
+    /// depends only on the line: a structured reading of the payload, then of the whole
+    /// line, then plain text of either.
+    fn read_record<'a>(
+        &mut self,
+        source: &[u8],
+        payload: &'a [u8],
+        unstripped: Option<&'a [u8]>,
+        wrapper_time: Option<i64>,
+    ) -> Option<(Record<'a>, usize)> {
+        if let Some((mut record, i)) = self.parser.parse_structured(source, payload) {
+            record.time = record.time.or(wrapper_time);
+            return Some((record, i));
+        }
+        if let Some(found) = unstripped.and_then(|whole| self.parser.parse_structured(source, whole)) {
+            return Some(found);
+        }
+        if let Some((mut record, i)) = self.parser.parse_plain(payload) {
+            record.time = record.time.or(wrapper_time);
+            return Some((record, i));
+        }
+        unstripped.and_then(|whole| self.parser.parse_plain(whole))
     }
 }
 

@@ -66,7 +66,7 @@ pub fn unwrap(line: &[u8]) -> Unwrapped<'_> {
         },
         unstripped: None,
     };
-    if rest.starts_with(b"{\"log\":") {
+    if rest.starts_with(b"{\"log\":\"") {
         unwrap_docker(rest, &mut out);
     } else if let Some((time, after)) = split_timestamp(rest) {
         out.time = Some(time);
@@ -90,15 +90,23 @@ pub fn unwrap(line: &[u8]) -> Unwrapped<'_> {
 /// Whether a physical line is one piece of a longer logical line (framing must not cut
 /// after it). Cheap: only looks at the line's head and, for Docker, one substring.
 pub fn is_partial_line(line: &[u8]) -> bool {
+    matches!(container_stream(line), Some((_, true)))
+}
+
+/// For a CRI or Docker json-file line: its stream, and whether it is partial.
+pub fn container_stream(line: &[u8]) -> Option<(Stream, bool)> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.starts_with(b"{\"log\":\"") {
-        return memchr::memmem::find(line, b"\\n\",\"stream\"").is_none()
+        let partial = memchr::memmem::find(line, b"\\n\",\"stream\"").is_none()
             && memchr::memmem::find(line, b"\\n\"}").is_none();
+        let stream = match memchr::memmem::find(line, b"\"stream\":\"stderr\"") {
+            Some(_) => Stream::Stderr,
+            None => Stream::Stdout,
+        };
+        return Some((stream, partial));
     }
-    match split_timestamp(line) {
-        Some((_, after)) => matches!(split_cri(after), Some((_, true, _))),
-        None => false,
-    }
+    let (_, after) = split_timestamp(line)?;
+    split_cri(after).map(|(stream, partial, _)| (stream, partial))
 }
 
 fn split_prefix(line: &[u8]) -> (Option<&[u8]>, &[u8]) {

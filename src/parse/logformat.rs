@@ -140,7 +140,11 @@ impl LogFormat {
                 }
                 Item::Var(var) => {
                     let end = self.var_end(line, pos, i)?;
-                    caps.push((*var, &line[pos..end]));
+                    let value = &line[pos..end];
+                    if !self.may_hold(value) {
+                        return None;
+                    }
+                    caps.push((*var, value));
                     pos = end;
                 }
             }
@@ -168,6 +172,17 @@ impl LogFormat {
                 };
                 Some(memchr::memchr(stop, &line[pos..]).map_or(line.len(), |p| pos + p))
             }
+        }
+    }
+
+    /// nginx escapes `"` in every value (`\x22`, or `\"` with `escape=json`), so a raw
+    /// quote means the line has another shape. This keeps formats that share a prefix
+    /// (`combined` and `main`) from reading each other's lines.
+    fn may_hold(&self, value: &[u8]) -> bool {
+        match self.escape {
+            Escape::None => true,
+            Escape::Default => memchr::memchr(b'"', value).is_none(),
+            Escape::Json => memchr::memchr_iter(b'"', value).all(|p| escaped_at(value, p)),
         }
     }
 
@@ -386,11 +401,21 @@ mod tests {
 
     #[test]
     fn a_user_agent_shaped_like_a_log_line_stays_one_field() {
-        let line =
-            br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "x" 500 1 "-" "9.9.9.9""#;
+        let line = br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "x\x22 500 1 \x22-\x22 \x229.9.9.9""#;
         let caps = fmt(COMBINED).captures(line).unwrap();
         assert_eq!(value_of(&caps, Var::RemoteAddr), b"1.1.1.1");
         assert_eq!(value_of(&caps, Var::Status), b"200");
+        // Raw quotes cannot come from nginx: such a line is not `combined` at all.
+        let raw =
+            br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "x" 500 1 "-" "9.9.9.9""#;
+        assert!(fmt(COMBINED).captures(raw).is_none());
+    }
+
+    #[test]
+    fn combined_does_not_read_main_lines() {
+        let line = br#"1.1.1.1 - - [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 200 1 "-" "ua" "6.6.6.6""#;
+        assert!(fmt(COMBINED).captures(line).is_none());
+        assert!(fmt(MAIN).captures(line).is_some());
     }
 
     #[test]

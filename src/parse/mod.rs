@@ -146,7 +146,10 @@ pub fn format_by_name(name: &str, custom: &[Arc<LogFormat>]) -> Option<Format> {
 /// The names `--format` accepts.
 pub const FORMAT_NAMES: &str = "combined, main, ingress-nginx, json-access, nginx-error, backend-json, logfmt, plain, or the name of a --log-format";
 
-/// Picks and applies a format per source.
+/// Picks and applies a format per source. The answer for a line never depends on what
+/// came before it: formats are tried most specific first, and no two structured formats
+/// accept the same line (an nginx value never holds a raw `"`, which keeps `combined`
+/// from swallowing `main`), so the per-source cache only saves time.
 pub struct Parser {
     candidates: Arc<Vec<Format>>,
     forced: bool,
@@ -192,22 +195,45 @@ impl Parser {
 
     /// Parses `line` from `source`; returns the record and the format that read it.
     pub fn parse<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, &Format)> {
+        let (record, i) = self
+            .parse_structured(source, line)
+            .or_else(|| self.parse_plain(line))?;
+        Some((record, &self.candidates[i]))
+    }
+
+    /// The format at index `i`, as returned by the `parse_*` methods.
+    pub fn format(&self, i: usize) -> &Format {
+        &self.candidates[i]
+    }
+
+    /// Parses `line` with a structured format (anything but plain text): the cached one
+    /// for `source` first, then every candidate in order. Structured formats are mutually
+    /// exclusive, so the cache changes the cost, never the answer.
+    pub fn parse_structured<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, usize)> {
         let cached = self.cache.get(source).copied();
         if let Some(i) = cached
             && let Some(r) = self.candidates[i].parse(line)
         {
-            return Some((r, &self.candidates[i]));
+            return Some((r, i));
         }
         let (i, record) = self
             .candidates
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != cached)
+            .filter(|(i, f)| Some(*i) != cached && !matches!(f, Format::PlainText))
             .find_map(|(i, f)| f.parse(line).map(|r| (i, r)))?;
-        if cached != Some(i) {
-            self.cache.insert(source.into(), i);
-        }
-        Some((record, &self.candidates[i]))
+        self.cache.insert(source.into(), i);
+        Some((record, i))
+    }
+
+    /// Parses `line` as plain text, when plain text is among the candidates. Plain text
+    /// accepts almost anything, so it is only ever the last resort.
+    pub fn parse_plain<'a>(&self, line: &'a [u8]) -> Option<(Record<'a>, usize)> {
+        let i = self
+            .candidates
+            .iter()
+            .position(|f| matches!(f, Format::PlainText))?;
+        Some((self.candidates[i].parse(line)?, i))
     }
 }
 

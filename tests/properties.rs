@@ -1,0 +1,164 @@
+//! Properties that must hold for any input and any way of reading it: the aggregates do
+//! not depend on how the input is cut into chunks, on read sizes, on the number of
+//! threads, or on whether it came from a file or stdin; and no byte sequence panics.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use logwarden::client::{ClientPolicy, SparePolicy};
+use logwarden::decide::{Thresholds, decide};
+use logwarden::framing::FramingConfig;
+use logwarden::parse::Parser;
+use logwarden::pipeline::{ScanConfig, scan};
+use logwarden::source::Input;
+
+fn fixture_corpus() -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut all = Vec::new();
+    for dir in ["fixtures/incident", "fixtures/formats"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "log")) {
+            all.extend(std::fs::read(f).unwrap());
+        }
+    }
+    all
+}
+
+/// A reader that hands out its bytes in pieces of the given sizes, as pipes do.
+struct Choppy {
+    data: Vec<u8>,
+    pos: usize,
+    sizes: Vec<usize>,
+    turn: usize,
+}
+
+impl Read for Choppy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = self.sizes[self.turn % self.sizes.len()].max(1);
+        self.turn += 1;
+        let n = want.min(buf.len()).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
+    ScanConfig {
+        framing: FramingConfig {
+            chunk_bytes,
+            max_line_bytes: 1 << 20,
+        },
+        threads,
+        parser: Parser::detecting(&[]),
+        policy: Arc::new(ClientPolicy::default()),
+    }
+}
+
+/// The scan document without the parts that are approximate by design: per-client top-k
+/// lists may differ once a client has more distinct values than they hold.
+fn document(input: Input, cfg: &ScanConfig) -> Value {
+    let agg = scan(vec![input], cfg).unwrap();
+    let report = decide(agg, &Thresholds::default(), &SparePolicy::default());
+    let mut doc = serde_json::to_value(&report).unwrap();
+    for ip in doc["ips"].as_array_mut().unwrap() {
+        for key in ["accounts", "top_paths", "top_user_agents"] {
+            ip.as_object_mut().unwrap().remove(key);
+        }
+    }
+    doc
+}
+
+fn baseline() -> &'static Value {
+    static BASE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        document(
+            Input::from_reader("corpus", std::io::Cursor::new(fixture_corpus())),
+            &config(1 << 20, 1),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunking_reads_and_threads_do_not_change_the_answer(
+        chunk in 16usize..20_000,
+        sizes in prop::collection::vec(1usize..9000, 1..8),
+        threads in 1usize..4,
+    ) {
+        let reader = Choppy { data: fixture_corpus(), pos: 0, sizes, turn: 0 };
+        let doc = document(Input::from_reader("corpus", reader), &config(chunk, threads));
+        prop_assert!(doc == *baseline(), "document differs for chunk {chunk}, threads {threads}");
+    }
+
+    #[test]
+    fn any_bytes_are_counted_and_never_panic(data in prop::collection::vec(any::<u8>(), 0..4000), chunk in 16usize..600) {
+        let agg = scan(vec![Input::from_reader("fuzz", std::io::Cursor::new(data))], &config(chunk, 2)).unwrap();
+        let s = &agg.stats;
+        prop_assert_eq!(s.lines, s.parsed + s.unparsed);
+    }
+
+    #[test]
+    fn log_shaped_garbage_never_panics(lines in prop::collection::vec(log_shaped_line(), 0..60)) {
+        let data = lines.join("\n").into_bytes();
+        let agg = scan(vec![Input::from_reader("fuzz", std::io::Cursor::new(data))], &config(64, 2)).unwrap();
+        prop_assert_eq!(agg.stats.lines, agg.stats.parsed + agg.stats.unparsed);
+    }
+}
+
+/// Real fixture lines with random damage: cut, spliced or sprinkled with hostile bytes.
+fn log_shaped_line() -> impl Strategy<Value = String> {
+    let corpus = String::from_utf8_lossy(&fixture_corpus()).into_owned();
+    let lines: Vec<String> = corpus.lines().step_by(37).map(str::to_string).collect();
+    (
+        prop::sample::select(lines),
+        0usize..400,
+        prop::sample::select(vec![
+            "",
+            "\"",
+            "\\x22",
+            "\u{1b}[2J",
+            "\0",
+            "\r",
+            "[pod/",
+            "{\"log\":\"",
+            " stdout P ",
+            ", client: 6.6.6.6, server: x",
+        ]),
+    )
+        .prop_map(|(line, cut, junk)| {
+            let cut = line
+                .char_indices()
+                .map(|(i, _)| i)
+                .find(|i| *i >= cut % (line.len() + 1))
+                .unwrap_or(line.len());
+            format!("{}{}{}", &line[..cut], junk, &line[cut..])
+        })
+}
+
+#[test]
+fn a_gzip_cut_short_is_reported_and_what_came_before_is_scanned() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&fixture_corpus()).unwrap();
+    let gz = enc.finish().unwrap();
+    let cut = gz[..gz.len() / 2].to_vec();
+    let agg = scan(
+        vec![Input::from_reader("cut.gz", std::io::Cursor::new(cut))],
+        &config(1 << 16, 2),
+    )
+    .unwrap();
+    assert_eq!(agg.stats.read_errors.len(), 1, "{:?}", agg.stats.read_errors);
+    assert_eq!(agg.stats.read_errors[0].source, "cut.gz");
+    assert!(agg.stats.lines > 100, "lines before the cut are scanned");
+}
