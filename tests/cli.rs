@@ -1,0 +1,184 @@
+//! The command line as a user meets it: exit codes, error messages, pipes, and what a
+//! hostile line can do to the reader's terminal.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn logwarden() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logwarden"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1");
+    cmd
+}
+
+const INCIDENT: [&str; 3] = [
+    "fixtures/incident/nginx-access.log",
+    "fixtures/incident/nginx-error.log",
+    "fixtures/incident/backend.log",
+];
+
+fn scan_json(args: &[&str], stdin: Option<Vec<u8>>) -> Value {
+    let mut child = logwarden()
+        .args(["scan", "--output", "json"])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || pipe.write_all(&data).unwrap());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_missing_file_is_an_error_that_names_it() {
+    let out = logwarden()
+        .args(["scan", "fixtures/incident/nginx-access.log", "no/such/file.log"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no/such/file.log"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is scanned when an input is missing"
+    );
+}
+
+#[test]
+fn bad_options_are_errors_that_say_what_to_write() {
+    for (args, needle) in [
+        (&["scan", "--window", "ten"][..], "--window"),
+        (&["scan", "--format", "apache"][..], "unknown format"),
+        (&["scan", "--log-format", "$request $status"][..], "remote_addr"),
+        (&["scan", "--threads", "0"][..], "--threads"),
+    ] {
+        let out = logwarden().args(args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn stdin_concatenation_proposes_what_the_paths_propose() {
+    let by_paths = scan_json(&INCIDENT, None);
+    let joined: Vec<u8> = INCIDENT
+        .iter()
+        .flat_map(|p| std::fs::read(Path::new(p)).unwrap())
+        .collect();
+    let by_stdin = scan_json(&[], Some(joined));
+    for key in ["blocklist", "lock_accounts", "spared"] {
+        assert_eq!(by_paths[key], by_stdin[key], "{key}");
+    }
+    let counts = |doc: &Value| {
+        let mut v: Vec<(String, u64, u64, u64)> = doc["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let n = |k: &str| c[k].as_u64().unwrap();
+                (
+                    c["ip"].as_str().unwrap().to_string(),
+                    n("requests"),
+                    n("status_4xx"),
+                    n("auth_failures"),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(counts(&by_paths), counts(&by_stdin));
+    assert_eq!(by_paths["stats"]["parsed"], by_stdin["stats"]["parsed"]);
+    assert!(!by_paths["blocklist"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let line = "2024/01/15 10:23:45 [error] 31#31: *7 user \"bob\": password mismatch, client: 203.0.113.5, server: x, request: \"GET / HTTP/1.1\", host: \"x\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("error.log");
+    std::fs::write(&path, line.repeat(200_000)).unwrap();
+    let mut child = logwarden()
+        .args(["match", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: logwarden's next writes hit a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("\"rule\":\"nginx-basic-auth-failure\""), "{first}");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn hostile_text_cannot_drive_the_terminal() {
+    let hostile = b"\x1b]0;pwned\x07\x1b[2J not a log line \x9b31m\n".to_vec();
+    let mut child = logwarden()
+        .args(["scan"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&hostile).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!out.stdout.contains(&0x1b), "raw ESC reached the terminal");
+    assert!(!out.stdout.contains(&0x07), "raw BEL reached the terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\\x1b]0;pwned\\x07"), "{text}");
+}
+
+#[test]
+fn fail_on_findings_exit_codes() {
+    let with = logwarden()
+        .args(["scan", "--fail-on-findings"])
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    assert_eq!(with.status.code(), Some(1));
+    let without = logwarden()
+        .args(["scan", "--fail-on-findings", "fixtures/formats/combined.log"])
+        .output()
+        .unwrap();
+    assert_eq!(without.status.code(), Some(0));
+    let plain = logwarden().args(["scan"]).args(INCIDENT).output().unwrap();
+    assert_eq!(plain.status.code(), Some(0), "findings alone never fail a scan");
+}
+
+#[test]
+fn ndjson_is_one_record_per_line() {
+    let out = logwarden()
+        .args(["scan", "--output", "ndjson"])
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.last().unwrap()["type"], "stats");
+    assert!(records.iter().any(|r| r["type"] == "ip" && r["block"] == true));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "account" && r["lock"] == true)
+    );
+}
