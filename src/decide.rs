@@ -148,6 +148,10 @@ pub struct ScanReport {
     pub spared: Vec<Spared>,
     pub incident: IncidentReport,
     pub rules: Vec<RuleReport>,
+    /// With `--follow`: every proposal announced during the run, including those whose
+    /// evidence has since been evicted from the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub follow_proposals: Vec<crate::follow::Announcement>,
 }
 
 /// Turns what a scan learned into proposals.
@@ -198,6 +202,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
                 description: r.description,
             })
             .collect(),
+        follow_proposals: Vec::new(),
     }
 }
 
@@ -211,42 +216,96 @@ fn client_rank(c: &ClientReport) -> (bool, bool, u64, u64, u64) {
     )
 }
 
+/// What the thresholds say about one client or account.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    /// One sentence per crossed threshold; empty when none was crossed.
+    pub reasons: Vec<String>,
+    /// The busiest window's 4xx answers (clients only).
+    pub window_4xx: u64,
+    /// The busiest window's failed logins.
+    pub window_auth_failures: u64,
+    /// The largest count behind any crossed threshold.
+    pub evidence: u64,
+}
+
+impl Verdict {
+    fn check(&mut self, count: u64, threshold: u64, what: impl FnOnce() -> String) {
+        if count >= threshold {
+            self.reasons.push(what());
+            self.evidence = self.evidence.max(count);
+        }
+    }
+}
+
+/// Checks every client threshold against the busiest window of `c`.
+pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds) -> Verdict {
+    let window = human_window(t.window);
+    let mut v = Verdict::default();
+    let (n, start) = c.times_4xx.busiest(t.window);
+    v.window_4xx = n;
+    v.check(n, t.client_4xx, || {
+        format!(
+            "{n} 4xx answers within {window}{} (threshold {})",
+            since(start),
+            t.client_4xx
+        )
+    });
+    let (n, start) = c.times_auth.busiest(t.window);
+    v.window_auth_failures = n;
+    v.check(n, t.client_auth_failures, || {
+        format!(
+            "{n} failed logins within {window}{} (threshold {})",
+            since(start),
+            t.client_auth_failures
+        )
+    });
+    for (rule, times) in c.times_rules.iter_mut() {
+        let info = &RULES[*rule as usize];
+        let threshold = u64::from(info.client_threshold.unwrap_or(u32::MAX));
+        let (n, start) = times.busiest(t.window);
+        v.check(n, threshold, || {
+            format!(
+                "{n} × {} within {window}{} (threshold {threshold})",
+                info.id,
+                since(start)
+            )
+        });
+    }
+    v
+}
+
+/// Checks the account threshold against the busiest window of `a`.
+pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds) -> Verdict {
+    let (n, start) = a.times.busiest(t.window);
+    let mut v = Verdict {
+        window_auth_failures: n,
+        ..Verdict::default()
+    };
+    v.check(n, t.account_auth_failures, || {
+        format!(
+            "{n} failed logins within {}{} from {} client(s) (threshold {})",
+            human_window(t.window),
+            since(start),
+            a.clients.len(),
+            t.account_auth_failures
+        )
+    });
+    v
+}
+
 fn client_report(
     ip: ClientKey,
     mut c: crate::aggregate::ClientStats,
     t: &Thresholds,
     spare: &SparePolicy,
 ) -> ClientReport {
-    let window = human_window(t.window);
-    let mut reasons = Vec::new();
-    let (window_4xx, start_4xx) = c.times_4xx.busiest(t.window);
-    if window_4xx >= t.client_4xx {
-        reasons.push(format!(
-            "{window_4xx} 4xx answers within {window}{} (threshold {})",
-            since(start_4xx),
-            t.client_4xx
-        ));
-    }
-    let (window_auth, start_auth) = c.times_auth.busiest(t.window);
-    if window_auth >= t.client_auth_failures {
-        reasons.push(format!(
-            "{window_auth} failed logins within {window}{} (threshold {})",
-            since(start_auth),
-            t.client_auth_failures
-        ));
-    }
-    for (rule, times) in c.times_rules.iter_mut() {
-        let info = &RULES[*rule as usize];
-        let threshold = u64::from(info.client_threshold.unwrap_or(u32::MAX));
-        let (n, start) = times.busiest(t.window);
-        if n >= threshold {
-            reasons.push(format!(
-                "{n} × {} within {window}{} (threshold {threshold})",
-                info.id,
-                since(start)
-            ));
-        }
-    }
+    let Verdict {
+        reasons,
+        window_4xx,
+        window_auth_failures: window_auth,
+        ..
+    } = client_verdict(&mut c, t);
     let spared = (!reasons.is_empty()).then(|| spare.spare_reason(&ip)).flatten();
     ClientReport {
         ip,
@@ -280,17 +339,11 @@ fn account_report(
     mut a: crate::aggregate::AccountStats,
     t: &Thresholds,
 ) -> AccountReport {
-    let (window_auth, start) = a.times.busiest(t.window);
-    let mut reasons = Vec::new();
-    if window_auth >= t.account_auth_failures {
-        reasons.push(format!(
-            "{window_auth} failed logins within {}{} from {} client(s) (threshold {})",
-            human_window(t.window),
-            since(start),
-            a.clients.len(),
-            t.account_auth_failures
-        ));
-    }
+    let Verdict {
+        mut reasons,
+        window_auth_failures: window_auth,
+        ..
+    } = account_verdict(&mut a, t);
     // Only the application's accounts can be locked; an htpasswd user is reported so
     // that someone rotates or removes it by hand.
     let lock = !reasons.is_empty() && realm == APP_REALM;

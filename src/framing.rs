@@ -42,6 +42,9 @@ pub struct FramingConfig {
     pub chunk_bytes: usize,
     /// Lines longer than this are skipped and counted.
     pub max_line_bytes: usize,
+    /// Hand on whole lines after every read instead of waiting for a full chunk
+    /// (`--follow`: a live stream must not wait for a megabyte to arrive).
+    pub eager: bool,
 }
 
 impl Default for FramingConfig {
@@ -49,6 +52,7 @@ impl Default for FramingConfig {
         FramingConfig {
             chunk_bytes: 1 << 20,
             max_line_bytes: 1 << 20,
+            eager: false,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Framer {
             self.bytes += n as u64;
             if n == 0 {
                 return Ok(true);
+            }
+            if self.config.eager && memchr::memchr(b'\n', &buf[start..]).is_some() {
+                break;
             }
         }
         Ok(false)
@@ -329,6 +336,7 @@ mod tests {
         FramingConfig {
             chunk_bytes: chunk,
             max_line_bytes: max,
+            eager: false,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod decide;
 pub mod detect;
 pub mod error;
+pub mod follow;
 pub mod framing;
 pub mod parse;
 pub mod pipeline;

@@ -13,12 +13,14 @@ use ipnet::IpNet;
 
 use logwarden::client::{ClientPolicy, SparePolicy};
 use logwarden::decide::{Thresholds, decide};
+use logwarden::follow::{Announcement, FollowOptions, Redraw, follow};
 use logwarden::framing::FramingConfig;
 use logwarden::parse::logformat::{Escape, LogFormat, from_nginx_conf};
 use logwarden::parse::{self, FORMAT_NAMES};
 use logwarden::pipeline::{self, ScanConfig};
 use logwarden::report::{self, terminal};
 use logwarden::time::parse_duration;
+use std::sync::atomic::AtomicBool;
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +115,13 @@ struct ScanArgs {
     /// Exit with 1 when anything is proposed.
     #[arg(long)]
     fail_on_findings: bool,
+    /// Keep reading a live stream: announce each proposal when its threshold is crossed,
+    /// print the summary on Ctrl-C, SIGTERM or end of input.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow on a terminal: redraw the summary this often.
+    #[arg(long, default_value = "10s", requires = "follow")]
+    interval: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -258,8 +267,11 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let spare = spare_policy(&args)?;
     let config = scan_config(&args.input)?;
     let inputs = pipeline::open_inputs(&args.input.paths)?;
-    let agg = pipeline::scan(inputs, &config)?;
-    let report = decide(agg, &thresholds, &spare);
+    let report = if args.follow {
+        run_follow(&args, inputs, &config, thresholds, spare)?
+    } else {
+        decide(pipeline::scan(inputs, &config)?, &thresholds, &spare)
+    };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     match args.output {
@@ -271,12 +283,59 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         OutputArg::Ndjson => report::write_ndjson(&mut out, &report)?,
     }
     out.flush()?;
-    let findings = !report.blocklist.is_empty() || !report.lock_accounts.is_empty();
+    let findings = !report.blocklist.is_empty()
+        || !report.lock_accounts.is_empty()
+        || !report.follow_proposals.is_empty();
     Ok(if args.fail_on_findings && findings {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn run_follow(
+    args: &ScanArgs,
+    inputs: Vec<logwarden::source::Input>,
+    config: &ScanConfig,
+    thresholds: Thresholds,
+    spare: SparePolicy,
+) -> anyhow::Result<logwarden::decide::ScanReport> {
+    let interval = parse_duration(&args.interval).with_context(|| {
+        format!(
+            "--interval {:?}: expected a duration such as 5s or 1m",
+            args.interval
+        )
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing the Ctrl-C/SIGTERM handler")?;
+    }
+    let redraw_on_tty = args.output == OutputArg::Text && io::stdout().is_terminal();
+    let top = args.top;
+    let color = stdout_is_color();
+    let redraw: Option<Redraw> = redraw_on_tty.then(|| {
+        Box::new(
+            move |report: &logwarden::decide::ScanReport, made: &[Announcement]| {
+                let mut report = report.clone();
+                report.follow_proposals = made.to_vec();
+                let mut out = io::stdout().lock();
+                write!(out, "\x1b[H\x1b[2J")?;
+                terminal::write_text(&mut out, &report, terminal::TextOptions { color, top })?;
+                out.flush()
+            },
+        ) as Box<dyn FnMut(&_, &[_]) -> io::Result<()>>
+    });
+    let opts = FollowOptions {
+        thresholds: thresholds.clone(),
+        spare: spare.clone(),
+        interval: std::time::Duration::from_secs(interval as u64),
+        redraw,
+        ndjson: args.output == OutputArg::Ndjson,
+    };
+    let (agg, made) = follow(inputs, config, opts, stop, &mut io::stdout())?;
+    let mut report = decide(agg, &thresholds, &spare);
+    report.follow_proposals = made;
+    Ok(report)
 }
 
 fn stdout_is_color() -> bool {

@@ -69,6 +69,9 @@ impl Worker {
     pub fn process(&mut self, frame: Frame, pool: &BufferPool) {
         match frame {
             Frame::Lines(chunk) => {
+                // The reader's own count (which also covers skipped oversized lines)
+                // replaces this when a scan reaches the end of its input.
+                self.agg.stats.bytes += chunk.data.len() as u64;
                 self.process_chunk(&chunk);
                 pool.give(chunk.data);
             }
@@ -186,7 +189,7 @@ pub fn open_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
 }
 
 /// Starts the reader thread: frames every input in turn into a bounded channel.
-fn spawn_reader(
+pub fn spawn_reader(
     inputs: Vec<Input>,
     framing: FramingConfig,
     pool: BufferPool,
@@ -230,7 +233,7 @@ pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
                 a
             })
     });
-    agg.stats.bytes = reader.join().unwrap_or(0);
+    agg.stats.bytes = reader.join().unwrap_or(agg.stats.bytes);
     Ok(agg)
 }
 
@@ -249,6 +252,6 @@ pub fn scan_matches(
         let found = worker.matches.as_mut().map(std::mem::take).unwrap_or_default();
         each(&found)?;
     }
-    worker.agg.stats.bytes = reader.join().unwrap_or(0);
+    worker.agg.stats.bytes = reader.join().unwrap_or(worker.agg.stats.bytes);
     Ok(worker.agg)
 }

@@ -55,7 +55,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
     ScanConfig {
         framing: FramingConfig {
             chunk_bytes,
-            max_line_bytes: 1 << 20,
+            ..FramingConfig::default()
         },
         threads,
         parser: Parser::detecting(&[]),

@@ -102,6 +102,8 @@ pub struct Stats {
     pub untimed: u64,
     /// Detections on records with no client address.
     pub unattributed_detections: u64,
+    /// The latest event time seen (Unix seconds).
+    pub last_event_time: Option<i64>,
     pub sources: BTreeMap<String, SourceStats>,
     pub unparsed_samples: Vec<Sample>,
     /// Inputs that could not be read to their end, with the reason.
@@ -342,6 +344,7 @@ impl Aggregator {
         self.stats.lines += 1;
         self.stats.parsed += 1;
         self.stats.untimed += u64::from(record.time.is_none());
+        self.stats.last_event_time = self.stats.last_event_time.max(record.time);
         let source = self.source(source);
         source.lines += 1;
         source.parsed += 1;
@@ -476,6 +479,7 @@ impl Aggregator {
         s.unfinished_partial_lines += o.unfinished_partial_lines;
         s.untimed += o.untimed;
         s.unattributed_detections += o.unattributed_detections;
+        s.last_event_time = s.last_event_time.max(o.last_event_time);
         for (name, src) in o.sources {
             let mine = s.sources.entry(name).or_default();
             mine.lines += src.lines;
@@ -487,6 +491,28 @@ impl Aggregator {
         s.read_errors.extend(o.read_errors);
         s.read_errors
             .sort_by(|a, b| (&a.source, &a.error).cmp(&(&b.source, &b.error)));
+    }
+}
+
+impl Aggregator {
+    /// Forgets evidence older than `cutoff` (event time), so that `--follow` runs for days
+    /// in flat memory: window counts before it are dropped, and clients and accounts not
+    /// seen since are removed. The incident's per-minute counts keep one day.
+    pub fn evict_before(&mut self, cutoff: i64) {
+        self.clients.retain(|_, c| {
+            c.times_4xx.evict_before(cutoff);
+            c.times_auth.evict_before(cutoff);
+            c.times_rules.values_mut().for_each(|t| t.evict_before(cutoff));
+            c.last_seen.is_none_or(|t| t >= cutoff)
+        });
+        for users in self.accounts.values_mut() {
+            users.retain(|_, a| {
+                a.times.evict_before(cutoff);
+                a.last_seen.is_none_or(|t| t >= cutoff)
+            });
+        }
+        let day_ago = (cutoff - 86_400).div_euclid(60);
+        self.incident.minutes.retain(|m, _| *m >= day_ago);
     }
 }
 
@@ -529,5 +555,49 @@ mod tests {
         }
         assert_eq!(a, b);
         assert_eq!(a.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn eviction_keeps_memory_flat_over_days() {
+        use crate::client::ClientPolicy;
+        let policy = ClientPolicy::default();
+        let mut agg = Aggregator::default();
+        let day = 86_400;
+        for minute in 0..(3 * day / 60) {
+            let t = minute * 60;
+            let ip = std::net::IpAddr::from([203, 0, 113, (minute % 250) as u8]);
+            let record = Record {
+                kind: Some(RecordKind::Access),
+                time: Some(t),
+                remote_addr: Some(ip),
+                status: Some(404),
+                ..Record::default()
+            };
+            agg.observe(
+                "s",
+                LineRef { source: "s", line: 1 },
+                "combined",
+                b"x",
+                &record,
+                None,
+                &policy,
+            );
+            if minute % 60 == 0 {
+                agg.evict_before(t - 600);
+            }
+        }
+        // Only clients seen in the last window (plus the last hour before an eviction) stay.
+        assert!(agg.clients.len() <= 70, "{} clients kept", agg.clients.len());
+        assert!(
+            agg.incident.minutes.len() <= 24 * 60 + 60 + 10,
+            "{} minutes kept",
+            agg.incident.minutes.len()
+        );
+        let entries: usize = agg
+            .clients
+            .values_mut()
+            .map(|c| c.times_4xx.busiest(600).0 as usize)
+            .sum();
+        assert!(entries <= 70);
     }
 }

@@ -39,6 +39,7 @@ impl Painter {
 pub fn write_text(out: &mut impl Write, r: &ScanReport, opts: TextOptions) -> io::Result<()> {
     let p = Painter(opts.color);
     write_header(out, r, &p)?;
+    write_follow_proposals(out, r, &p)?;
     write_blocks(out, r, &p, opts.top)?;
     write_accounts(out, r, &p, opts.top)?;
     write_spared(out, r, &p, opts.top)?;
@@ -68,6 +69,24 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
             terminal_safe(&e.source),
             terminal_safe(&e.error)
         )?;
+    }
+    Ok(())
+}
+
+fn write_follow_proposals(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result<()> {
+    if r.follow_proposals.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{}",
+        p.head(&format!(
+            "Proposals made while following ({})",
+            r.follow_proposals.len()
+        ))
+    )?;
+    for a in &r.follow_proposals {
+        writeln!(out, "  {}", a.line())?;
     }
     Ok(())
 }

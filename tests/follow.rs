@@ -1,0 +1,122 @@
+//! `scan --follow` on a live stream: proposals are announced once, when crossed, while
+//! the stream is still open; SIGTERM and end of input both end with the summary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_logwarden"))
+        .args(["scan", "--follow"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn failed_login(second: u32, user: &str) -> String {
+    format!(
+        "{{\"ts\":\"2024-01-15T10:00:{second:02}Z\",\"event\":\"auth.failed\",\"user\":\"{user}\",\"client_ip\":\"198.51.100.23\"}}\n"
+    )
+}
+
+/// Lines of stdout, delivered as they come.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {needle:?} in {seen:#?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn announces_a_block_once_while_the_stream_is_open_and_summarises_on_sigterm() {
+    let mut child = spawn(&[]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    for s in 0..3 {
+        stdin.write_all(failed_login(s, "a").as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    // Below the threshold: nothing is announced.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "announced below the threshold"
+    );
+    for s in 3..6 {
+        stdin.write_all(failed_login(s, "b").as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    let first = wait_for(&rx, "BLOCK 198.51.100.23");
+    assert!(
+        first.last().unwrap().starts_with("2024-01-15T10:00:0"),
+        "{first:?}"
+    );
+    // More evidence does not announce the same client again.
+    for s in 6..20 {
+        stdin
+            .write_all(failed_login(s, &format!("user{s}")).as_bytes())
+            .unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest = wait_for(&rx, "Proposals made while following (1)");
+    assert!(
+        rest.iter()
+            .all(|l| !l.contains("BLOCK 198.51.100.23") || l.starts_with("  ")),
+        "{rest:#?}"
+    );
+    let tail: Vec<String> = rx.iter().collect();
+    assert!(
+        tail.iter()
+            .any(|l| l.contains("Clients proposed for blocking (1)")),
+        "{tail:#?}"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    drop(stdin);
+}
+
+#[test]
+fn end_of_input_ends_with_the_summary() {
+    let mut child = spawn(&["--output", "ndjson"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    for s in 0..6 {
+        stdin.write_all(failed_login(s, "x").as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let lines: Vec<serde_json::Value> = rx.iter().map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let proposals: Vec<_> = lines.iter().filter(|l| l["type"] == "proposal").collect();
+    assert_eq!(proposals.len(), 1, "{lines:#?}");
+    assert_eq!(proposals[0]["action"], "block");
+    assert_eq!(proposals[0]["subject"], "198.51.100.23");
+    assert_eq!(lines.last().unwrap()["type"], "stats");
+}
