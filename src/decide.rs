@@ -156,12 +156,28 @@ pub struct ScanReport {
 
 /// Turns what a scan learned into proposals.
 pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> ScanReport {
-    let mut ips: Vec<ClientReport> = agg
+    let mut judged: Vec<Judged> = agg
         .clients
         .into_iter()
-        .map(|(key, c)| client_report(key, c, thresholds, spare))
+        .map(|(key, c)| judge(key, c, thresholds, spare))
         .collect();
-    ips.sort_by(|a, b| client_rank(b).cmp(&client_rank(a)).then_with(|| a.ip.cmp(&b.ip)));
+    judged.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.key.cmp(&b.key)));
+    let blocklist = judged
+        .iter()
+        .filter(|j| j.block())
+        .map(|j| j.key.to_string())
+        .collect();
+    let spared = judged
+        .iter()
+        .filter_map(|j| j.spared.clone().map(|reason| Spared { ip: j.key, reason }))
+        .collect();
+    let ips_omitted = judged.len().saturating_sub(REPORT_CLIENTS);
+    // Full reports (top lists, samples) only for the clients the document shows.
+    let ips: Vec<ClientReport> = judged
+        .into_iter()
+        .take(REPORT_CLIENTS)
+        .map(client_report)
+        .collect();
     let mut accounts: Vec<AccountReport> = agg
         .accounts
         .into_iter()
@@ -173,18 +189,11 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
             .cmp(&(a.lock, a.window_auth_failures, a.auth_failures))
             .then_with(|| (a.realm, &a.user).cmp(&(b.realm, &b.user)))
     });
-    let blocklist = ips.iter().filter(|c| c.block).map(|c| c.ip.to_string()).collect();
-    let spared = ips
-        .iter()
-        .filter_map(|c| c.spared.clone().map(|reason| Spared { ip: c.ip, reason }))
-        .collect();
     let lock_accounts = accounts
         .iter()
         .filter(|a| a.lock)
         .map(|a| a.user.clone())
         .collect();
-    let ips_omitted = ips.len().saturating_sub(REPORT_CLIENTS);
-    ips.truncate(REPORT_CLIENTS);
     ScanReport {
         stats: agg.stats,
         thresholds: thresholds.clone(),
@@ -206,14 +215,54 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
     }
 }
 
-fn client_rank(c: &ClientReport) -> (bool, bool, u64, u64, u64) {
-    (
-        c.block,
-        c.spared.is_some(),
-        c.window_auth_failures,
-        c.window_4xx,
-        c.requests,
-    )
+/// A client with its verdict, before its report is built.
+struct Judged {
+    key: ClientKey,
+    stats: Box<crate::aggregate::ClientStats>,
+    verdict: Verdict,
+    spared: Option<String>,
+}
+
+impl Judged {
+    fn block(&self) -> bool {
+        !self.verdict.reasons.is_empty() && self.spared.is_none()
+    }
+
+    /// Proposals first, then spared clients over a threshold, then by the busiest
+    /// window's failed logins and 4xx, then by requests.
+    fn rank(&self) -> (bool, bool, u64, u64, u64) {
+        let v = &self.verdict;
+        (
+            self.block(),
+            self.spared.is_some(),
+            v.window_auth_failures,
+            v.window_4xx,
+            self.stats.requests,
+        )
+    }
+}
+
+fn judge(
+    key: ClientKey,
+    mut c: Box<crate::aggregate::ClientStats>,
+    t: &Thresholds,
+    spare: &SparePolicy,
+) -> Judged {
+    let has_evidence = c.status_4xx > 0 || c.auth_failures > 0 || !c.times_rules.is_empty();
+    let verdict = if has_evidence {
+        client_verdict(&mut c, t)
+    } else {
+        Verdict::default()
+    };
+    let spared = (!verdict.reasons.is_empty())
+        .then(|| spare.spare_reason(&key))
+        .flatten();
+    Judged {
+        key,
+        stats: c,
+        verdict,
+        spared,
+    }
 }
 
 /// What the thresholds say about one client or account.
@@ -294,19 +343,20 @@ pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds) -
     v
 }
 
-fn client_report(
-    ip: ClientKey,
-    mut c: crate::aggregate::ClientStats,
-    t: &Thresholds,
-    spare: &SparePolicy,
-) -> ClientReport {
+fn client_report(j: Judged) -> ClientReport {
+    let block = j.block();
+    let Judged {
+        key: ip,
+        stats: c,
+        verdict,
+        spared,
+    } = j;
     let Verdict {
         reasons,
         window_4xx,
         window_auth_failures: window_auth,
         ..
-    } = client_verdict(&mut c, t);
-    let spared = (!reasons.is_empty()).then(|| spare.spare_reason(&ip)).flatten();
+    } = verdict;
     ClientReport {
         ip,
         requests: c.requests,
@@ -323,7 +373,7 @@ fn client_report(
         last_seen: c.last_seen.map(format_rfc3339),
         window_4xx,
         window_auth_failures: window_auth,
-        block: !reasons.is_empty() && spared.is_none(),
+        block,
         reasons,
         spared,
         accounts: c.accounts.top(5),

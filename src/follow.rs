@@ -81,7 +81,7 @@ pub fn follow(
     let pool = BufferPool::new();
     let mut framing = config.framing;
     framing.eager = true;
-    let (rx, _reader) = spawn_reader(inputs, framing, pool.clone(), 8);
+    let (rx, _reader) = spawn_reader(inputs, config, framing, pool.clone(), 8);
     let mut worker = Worker::new(config);
     let mut state = Announcer::default();
     let (mut last_check, mut last_redraw) = (Instant::now(), Instant::now());

@@ -200,6 +200,7 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
             trusted_proxies: input.trusted_proxy.clone(),
             ipv6_prefix: input.ipv6_prefix,
         }),
+        bytes_read: Default::default(),
     })
 }
 
@@ -270,7 +271,10 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let report = if args.follow {
         run_follow(&args, inputs, &config, thresholds, spare)?
     } else {
-        decide(pipeline::scan(inputs, &config)?, &thresholds, &spare)
+        let progress = Progress::start(&args.input.paths, config.bytes_read.clone());
+        let agg = pipeline::scan(inputs, &config);
+        progress.finish();
+        decide(agg?, &thresholds, &spare)
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -336,6 +340,64 @@ fn run_follow(
     let mut report = decide(agg, &thresholds, &spare);
     report.follow_proposals = made;
     Ok(report)
+}
+
+/// A progress bar on stderr for long inputs, only when stderr is a terminal: it appears
+/// after a second, so short scans print nothing extra.
+struct Progress {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(paths: &[PathBuf], bytes: Arc<std::sync::atomic::AtomicU64>) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        if !io::stderr().is_terminal() {
+            return Progress { done, thread: None };
+        }
+        let total: Option<u64> = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len()))
+            .sum::<Option<u64>>()
+            .filter(|t| *t > 0);
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let started = std::time::Instant::now();
+            while !flag.load(Relaxed) && started.elapsed() < std::time::Duration::from_secs(1) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("valid template"),
+                ),
+                None => indicatif::ProgressBar::new_spinner().with_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {bytes} read, {bytes_per_sec}")
+                        .expect("valid template"),
+                ),
+            };
+            while !flag.load(Relaxed) {
+                // Decompressed gzip can exceed the file size: keep the bar within its length.
+                bar.set_position(total.map_or(bytes.load(Relaxed), |t| bytes.load(Relaxed).min(t)));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Progress {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn stdout_is_color() -> bool {

@@ -3,8 +3,10 @@
 //! gzip, decompresses: a stage of its own, so parsing never waits behind inflate);
 //! workers parse chunks in parallel, each into its own [`Aggregator`], merged at the end.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use rayon::prelude::*;
@@ -27,6 +29,8 @@ pub struct ScanConfig {
     /// The format parser every worker clones.
     pub parser: Parser,
     pub policy: Arc<ClientPolicy>,
+    /// Bytes read so far, for a progress display.
+    pub bytes_read: Arc<AtomicU64>,
 }
 
 /// A line that matched a detection, as `logwarden match` prints it.
@@ -141,9 +145,9 @@ impl Worker {
                 user: record.user.as_deref().map(str::to_string),
             });
         }
-        let format = self.parser.format(format).name().to_string();
+        let format = self.parser.format(format).name();
         self.agg
-            .observe(stats_source, at, &format, raw, &record, rule, &self.policy);
+            .observe(stats_source, at, format, raw, &record, rule, &self.policy);
     }
 }
 
@@ -191,15 +195,21 @@ pub fn open_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
 /// Starts the reader thread: frames every input in turn into a bounded channel.
 pub fn spawn_reader(
     inputs: Vec<Input>,
+    config: &ScanConfig,
     framing: FramingConfig,
     pool: BufferPool,
     depth: usize,
 ) -> (Receiver<Frame>, std::thread::JoinHandle<u64>) {
     let (tx, rx) = sync_channel(depth);
+    let counter = config.bytes_read.clone();
     let handle = std::thread::spawn(move || {
         let mut bytes = 0;
         for input in inputs {
-            match frame_source(input.name.into(), input.reader, framing, &pool, &tx) {
+            let reader = Counting {
+                inner: input.reader,
+                counter: counter.clone(),
+            };
+            match frame_source(input.name.into(), reader, framing, &pool, &tx) {
                 Ok(n) => bytes += n,
                 Err(_abandoned) => break,
             }
@@ -209,10 +219,30 @@ pub fn spawn_reader(
     (rx, handle)
 }
 
+/// Counts the bytes that pass through, for progress.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Scans `inputs` to their end with `config.threads` parsing threads.
 pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
     let pool = BufferPool::new();
-    let (rx, reader) = spawn_reader(inputs, config.framing, pool.clone(), config.threads * 2 + 2);
+    let (rx, reader) = spawn_reader(
+        inputs,
+        config,
+        config.framing,
+        pool.clone(),
+        config.threads * 2 + 2,
+    );
     let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .build()
@@ -244,7 +274,7 @@ pub fn scan_matches(
     mut each: impl FnMut(&[MatchLine]) -> Result<()>,
 ) -> Result<Aggregator> {
     let pool = BufferPool::new();
-    let (rx, reader) = spawn_reader(inputs, config.framing, pool.clone(), 4);
+    let (rx, reader) = spawn_reader(inputs, config, config.framing, pool.clone(), 4);
     let mut worker = Worker::new(config);
     worker.matches = Some(Vec::new());
     for frame in rx {

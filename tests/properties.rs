@@ -60,6 +60,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
         threads,
         parser: Parser::detecting(&[]),
         policy: Arc::new(ClientPolicy::default()),
+        bytes_read: Default::default(),
     }
 }
 

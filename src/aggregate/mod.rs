@@ -6,7 +6,11 @@
 pub mod topk;
 pub mod window;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hash maps keyed by attacker-chosen values use foldhash: fast, and seeded per process
+/// so that colliding keys cannot be precomputed.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use serde::Serialize;
 
@@ -240,7 +244,7 @@ pub struct IncidentStats {
 impl Default for IncidentStats {
     fn default() -> Self {
         IncidentStats {
-            minutes: HashMap::new(),
+            minutes: HashMap::default(),
             timed_requests: 0,
             slow_requests: 0,
             slow_paths: TopK::new(256),
@@ -292,7 +296,9 @@ pub fn endpoint(path: &str) -> &str {
 #[derive(Clone, Debug, Default)]
 pub struct Aggregator {
     pub stats: Stats,
-    pub clients: HashMap<ClientKey, ClientStats>,
+    /// Boxed: the map rehashes as clients arrive, and moving a pointer is cheaper than
+    /// moving the whole record.
+    pub clients: HashMap<ClientKey, Box<ClientStats>>,
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
     pub accounts: BTreeMap<&'static str, HashMap<String, AccountStats>>,
     pub incident: IncidentStats,
@@ -449,7 +455,7 @@ impl Aggregator {
         self.merge_stats(other.stats);
         for (key, c) in other.clients {
             match self.clients.get_mut(&key) {
-                Some(mine) => mine.merge(c),
+                Some(mine) => mine.merge(*c),
                 None => {
                     self.clients.insert(key, c);
                 }

@@ -4,7 +4,7 @@
 //! that a newcomer replaces the smallest entry and inherits its count, so a reported
 //! count may overestimate by at most the evicted entry's count (flagged by `approximate`).
 
-use std::collections::HashMap;
+use super::HashMap;
 
 /// Counts values, keeping the heaviest `capacity` of them.
 #[derive(Clone, Debug)]
@@ -20,7 +20,7 @@ impl TopK {
     pub fn new(capacity: usize) -> Self {
         TopK {
             capacity,
-            counts: HashMap::new(),
+            counts: HashMap::default(),
             approximate: false,
         }
     }

@@ -17,6 +17,8 @@ use nom::combinator::{map, opt, value};
 use nom::multi::many1;
 use nom::sequence::{delimited, preceded};
 
+use memchr::memmem;
+
 use crate::error::{Error, Result};
 
 /// The nginx variables logwarden understands; any other variable is matched and ignored.
@@ -90,6 +92,9 @@ pub struct LogFormat {
     /// How values are escaped.
     pub escape: Escape,
     items: Vec<Item>,
+    /// A prebuilt substring searcher per literal (by item index), so matching a line
+    /// never builds one.
+    finders: Vec<Option<memmem::Finder<'static>>>,
 }
 
 /// The raw (still escaped) value of each variable in one line, by position.
@@ -118,10 +123,18 @@ impl LogFormat {
         if !items.iter().any(|i| matches!(i, Item::Var(Var::Status))) {
             return Err(err("has no $status: logwarden needs the response status"));
         }
+        let finders = items
+            .iter()
+            .map(|i| match i {
+                Item::Literal(lit) => Some(memmem::Finder::new(lit).into_owned()),
+                Item::Var(_) => None,
+            })
+            .collect();
         Ok(LogFormat {
             name: name.to_string(),
             escape,
             items,
+            finders,
         })
     }
 
@@ -161,7 +174,7 @@ impl LogFormat {
                 // The format ends with this literal: anchor it at the end of the line.
                 (line.len() >= pos + lit.len() && line.ends_with(lit)).then(|| line.len() - lit.len())
             }
-            Some(Item::Literal(lit)) => self.find_literal(&line[pos..], lit).map(|p| pos + p),
+            Some(Item::Literal(lit)) => self.find_literal(&line[pos..], lit, i + 1).map(|p| pos + p),
             // Two variables with nothing between (`$host$request_uri`): the second starts
             // at the first `/` when it is a URI, else at the next space.
             Some(Item::Var(next)) => {
@@ -186,10 +199,11 @@ impl LogFormat {
         }
     }
 
-    fn find_literal(&self, hay: &[u8], lit: &[u8]) -> Option<usize> {
+    fn find_literal(&self, hay: &[u8], lit: &[u8], item: usize) -> Option<usize> {
+        let finder = self.finders[item].as_ref()?;
         let mut from = 0;
         loop {
-            let p = from + memchr::memmem::find(&hay[from..], lit)?;
+            let p = from + finder.find(&hay[from..])?;
             if self.escape != Escape::Json || lit[0] != b'"' || !escaped_at(hay, p) {
                 return Some(p);
             }
