@@ -41,6 +41,13 @@ impl Serialize for ClientKey {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ClientKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for ClientKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

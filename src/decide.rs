@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregator, IncidentStats, Sample, Stats};
 use crate::client::{ClientKey, SparePolicy};
@@ -14,7 +14,7 @@ use crate::detect::{APP_REALM, RULES};
 use crate::time::format_rfc3339;
 
 /// Thresholds for proposals, all counted within `window` seconds of event time.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Thresholds {
     /// The sliding window, in seconds.
     pub window: i64,
@@ -45,7 +45,7 @@ impl Default for Thresholds {
 pub const REPORT_CLIENTS: usize = 1000;
 
 /// One client in the scan document.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClientReport {
     pub ip: ClientKey,
     pub requests: u64,
@@ -61,7 +61,7 @@ pub struct ClientReport {
     pub window_auth_failures: u64,
     pub block: bool,
     pub reasons: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spared: Option<String>,
     pub accounts: Vec<(String, u64)>,
     pub top_paths: Vec<(String, u64)>,
@@ -77,11 +77,11 @@ impl ClientReport {
 }
 
 /// One account in the scan document.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AccountReport {
     pub user: String,
     /// `app` (the application's accounts) or `nginx-basic-auth` (htpasswd users).
-    pub realm: &'static str,
+    pub realm: String,
     pub auth_failures: u64,
     /// Distinct clients that failed on this account.
     pub ips: usize,
@@ -97,14 +97,14 @@ pub struct AccountReport {
 }
 
 /// An address that crossed a threshold but will not be blocked.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spared {
     pub ip: ClientKey,
     pub reason: String,
 }
 
 /// The runbook's symptoms.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IncidentReport {
     pub requests: u64,
     pub status_5xx: u64,
@@ -118,7 +118,7 @@ pub struct IncidentReport {
 }
 
 /// One minute of traffic.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MinuteReport {
     pub minute: String,
     pub requests: u64,
@@ -127,14 +127,14 @@ pub struct MinuteReport {
 }
 
 /// A detection's id and meaning, for readers of the document.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RuleReport {
-    pub id: &'static str,
-    pub description: &'static str,
+    pub id: String,
+    pub description: String,
 }
 
 /// The whole scan document (`--output json`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScanReport {
     pub stats: Stats,
     pub thresholds: Thresholds,
@@ -150,7 +150,7 @@ pub struct ScanReport {
     pub rules: Vec<RuleReport>,
     /// With `--follow`: every proposal announced during the run, including those whose
     /// evidence has since been evicted from the window.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub follow_proposals: Vec<crate::follow::Announcement>,
 }
 
@@ -187,7 +187,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
     accounts.sort_by(|a, b| {
         (b.lock, b.window_auth_failures, b.auth_failures)
             .cmp(&(a.lock, a.window_auth_failures, a.auth_failures))
-            .then_with(|| (a.realm, &a.user).cmp(&(b.realm, &b.user)))
+            .then_with(|| (&a.realm, &a.user).cmp(&(&b.realm, &b.user)))
     });
     let lock_accounts = accounts
         .iter()
@@ -207,8 +207,8 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
         rules: RULES
             .iter()
             .map(|r| RuleReport {
-                id: r.id,
-                description: r.description,
+                id: r.id.to_string(),
+                description: r.description.to_string(),
             })
             .collect(),
         follow_proposals: Vec::new(),
@@ -404,7 +404,7 @@ fn account_report(
     }
     AccountReport {
         user,
-        realm,
+        realm: realm.to_string(),
         auth_failures: a.auth_failures,
         ips: a.clients.len(),
         ips_at_least: a.clients_overflow,

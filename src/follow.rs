@@ -27,10 +27,10 @@ use crate::time::format_rfc3339;
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// A proposal made while following.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Announcement {
     /// `block` or `lock`.
-    pub action: &'static str,
+    pub action: String,
     /// The client or account.
     pub subject: String,
     /// Event time of the latest evidence when the threshold was found crossed.
@@ -170,7 +170,7 @@ fn announcement(
     v: crate::decide::Verdict,
 ) -> Announcement {
     Announcement {
-        action,
+        action: action.to_string(),
         subject,
         time: time.map(format_rfc3339),
         evidence: v.evidence,

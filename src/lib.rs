@@ -4,7 +4,8 @@
 //! The modules follow the pipeline: [`source`] (bytes in) → [`framing`] (whole lines) →
 //! [`wrapper`] (Kubernetes and container wrappers off) → [`parse`] (line to record) →
 //! [`detect`] (what a record means) → [`aggregate`] (evidence per client and account) →
-//! [`decide`] (thresholds over time windows) → [`report`] (what the reader sees).
+//! [`decide`] (thresholds over time windows) → [`report`] (what the reader sees) and
+//! [`remedy`] (the review bundle: blocklist patch, account-lock SQL, their rollbacks).
 
 pub mod aggregate;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod follow;
 pub mod framing;
 pub mod parse;
 pub mod pipeline;
+pub mod remedy;
 pub mod report;
 pub mod source;
 pub mod time;

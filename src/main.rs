@@ -12,12 +12,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use logwarden::client::{ClientPolicy, SparePolicy};
-use logwarden::decide::{Thresholds, decide};
+use logwarden::decide::{ScanReport, Thresholds, decide};
 use logwarden::follow::{Announcement, FollowOptions, Redraw, follow};
 use logwarden::framing::FramingConfig;
 use logwarden::parse::logformat::{Escape, LogFormat, from_nginx_conf};
 use logwarden::parse::{self, FORMAT_NAMES};
 use logwarden::pipeline::{self, ScanConfig};
+use logwarden::remedy::blocklist::{BlocklistTarget, Collapse, CurrentConfigMap};
+use logwarden::remedy::sql::LockTarget;
+use logwarden::remedy::{RemedyConfig, write_bundle};
 use logwarden::report::{self, terminal};
 use logwarden::time::parse_duration;
 use std::sync::atomic::AtomicBool;
@@ -36,9 +39,87 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Scan logs and propose clients to block and accounts to lock.
-    Scan(ScanArgs),
+    Scan(Box<ScanArgs>),
     /// Print one JSON object per input line that matched a detection.
     Match(MatchArgs),
+    /// Rewrite a review bundle from a saved (possibly hand-edited) report.json.
+    Emit(EmitArgs),
+}
+
+#[derive(Args)]
+struct EmitArgs {
+    /// The scan document to emit from (report.json of a bundle, or `scan --output json`).
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    #[command(flatten)]
+    remedy: RemedyArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// ConfigMap nginx-config, key blocked-ips, then `kubectl rollout restart deployment/nginx`.
+    Runbook,
+    /// The ingress-nginx controller ConfigMap (ingress-nginx-controller, key block-cidrs).
+    IngressNginx,
+}
+
+/// Options of the review bundle (`--out`).
+#[derive(Args)]
+struct RemedyArgs {
+    /// Write the review bundle (report, blocklist patch, account-lock SQL, rollbacks) here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Which ConfigMap holds the blocklist.
+    #[arg(long, value_enum, default_value = "runbook")]
+    preset: Preset,
+    /// Namespace of the ConfigMap (and deployment).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// ConfigMap name (overrides the preset).
+    #[arg(long)]
+    configmap: Option<String>,
+    /// ConfigMap key holding the comma-separated list (overrides the preset).
+    #[arg(long)]
+    configmap_key: Option<String>,
+    /// Deployment to restart after patching (overrides the preset).
+    #[arg(long)]
+    deployment: Option<String>,
+    /// Do not restart anything after patching.
+    #[arg(long)]
+    no_restart: bool,
+    /// The live ConfigMap, as `kubectl get configmap NAME -o json` prints it (`-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    current: Option<PathBuf>,
+    /// Without --current, write a patch that replaces the value anyway.
+    #[arg(long)]
+    replace: bool,
+    /// Merge neighbouring entries into CIDRs (never broader than the bounds below).
+    #[arg(long)]
+    collapse: bool,
+    /// Broadest IPv4 range --collapse may write.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+    collapse_max_v4: u8,
+    /// Broadest IPv6 range --collapse may write.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(16..=128))]
+    collapse_max_v6: u8,
+    /// Table of accounts (schema-qualified allowed).
+    #[arg(long, default_value = "users")]
+    users_table: String,
+    /// Column holding the account name.
+    #[arg(long, default_value = "username")]
+    user_column: String,
+    /// Boolean column that locks the account.
+    #[arg(long, default_value = "account_locked")]
+    lock_column: String,
+    /// Table where the lock records what it changed (created if missing).
+    #[arg(long, default_value = "logwarden_account_locks")]
+    lock_record_table: String,
+    /// Also insert an `account_takeover` row per locked account into --events-table.
+    #[arg(long)]
+    record_events: bool,
+    /// Table for --record-events (columns event_type, username, details).
+    #[arg(long, default_value = "security_events")]
+    events_table: String,
 }
 
 #[derive(Args)]
@@ -122,6 +203,8 @@ struct ScanArgs {
     /// With --follow on a terminal: redraw the summary this often.
     #[arg(long, default_value = "10s", requires = "follow")]
     interval: String,
+    #[command(flatten)]
+    remedy: RemedyArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,8 +249,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Scan(args) => run_scan(args),
+        Command::Scan(args) => run_scan(*args),
         Command::Match(args) => run_match(args),
+        Command::Emit(args) => run_emit(args),
     }
 }
 
@@ -267,6 +351,22 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     };
     let spare = spare_policy(&args)?;
     let config = scan_config(&args.input)?;
+    let reads_stdin = args.input.paths.is_empty() || args.input.paths.iter().any(|p| p.as_os_str() == "-");
+    if reads_stdin
+        && args
+            .remedy
+            .current
+            .as_deref()
+            .is_some_and(|p| p.as_os_str() == "-")
+    {
+        bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");
+    }
+    let remedy = args
+        .remedy
+        .out
+        .is_some()
+        .then(|| remedy_config(&args.remedy))
+        .transpose()?;
     let inputs = pipeline::open_inputs(&args.input.paths)?;
     let report = if args.follow {
         run_follow(&args, inputs, &config, thresholds, spare)?
@@ -287,6 +387,9 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         OutputArg::Ndjson => report::write_ndjson(&mut out, &report)?,
     }
     out.flush()?;
+    if let (Some(dir), Some(cfg)) = (&args.remedy.out, &remedy) {
+        write_bundle_and_say(dir, &report, cfg)?;
+    }
     let findings = !report.blocklist.is_empty()
         || !report.lock_accounts.is_empty()
         || !report.follow_proposals.is_empty();
@@ -303,7 +406,7 @@ fn run_follow(
     config: &ScanConfig,
     thresholds: Thresholds,
     spare: SparePolicy,
-) -> anyhow::Result<logwarden::decide::ScanReport> {
+) -> anyhow::Result<ScanReport> {
     let interval = parse_duration(&args.interval).with_context(|| {
         format!(
             "--interval {:?}: expected a duration such as 5s or 1m",
@@ -398,6 +501,98 @@ impl Progress {
             let _ = t.join();
         }
     }
+}
+
+fn remedy_config(args: &RemedyArgs) -> anyhow::Result<RemedyConfig> {
+    let mut target = match args.preset {
+        Preset::Runbook => BlocklistTarget::runbook(&args.namespace),
+        Preset::IngressNginx => BlocklistTarget::ingress_nginx(&args.namespace),
+    };
+    if let Some(name) = &args.configmap {
+        target.configmap = name.clone();
+    }
+    if let Some(key) = &args.configmap_key {
+        target.key = key.clone();
+    }
+    if let Some(d) = &args.deployment {
+        target.restart = Some(d.clone());
+    }
+    if args.no_restart {
+        target.restart = None;
+    }
+    let current = args
+        .current
+        .as_ref()
+        .map(|p| read_current(p, &target.key))
+        .transpose()?;
+    let lock = LockTarget {
+        table: args.users_table.clone(),
+        user_column: args.user_column.clone(),
+        lock_column: args.lock_column.clone(),
+        record_table: args.lock_record_table.clone(),
+        events_table: args.record_events.then(|| args.events_table.clone()),
+    };
+    let collapse = Collapse {
+        enabled: args.collapse,
+        max_v4: args.collapse_max_v4,
+        max_v6: args.collapse_max_v6,
+    };
+    Ok(RemedyConfig {
+        target,
+        current,
+        replace: args.replace,
+        collapse,
+        lock,
+    }
+    .build()?)
+}
+
+fn read_current(path: &std::path::Path, key: &str) -> anyhow::Result<CurrentConfigMap> {
+    let text = if path.as_os_str() == "-" {
+        io::read_to_string(io::stdin()).context("--current -: reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("--current {}", path.display()))?
+    };
+    CurrentConfigMap::parse(&text, key).map_err(|e| anyhow::anyhow!("--current {}: {e}", path.display()))
+}
+
+fn write_bundle_and_say(
+    dir: &std::path::Path,
+    report: &ScanReport,
+    cfg: &RemedyConfig,
+) -> anyhow::Result<()> {
+    let plan = write_bundle(dir, report, cfg)?;
+    eprintln!(
+        "logwarden: review bundle {} written to {} ({} files)",
+        plan.bundle_id,
+        dir.display(),
+        plan.files.len()
+    );
+    eprintln!("logwarden: {}", plan.blocklist_note);
+    if !plan.refused.is_empty() {
+        eprintln!(
+            "logwarden: {} account name(s) could not be written as SQL; see report.md",
+            plan.refused.len()
+        );
+    }
+    Ok(())
+}
+
+fn run_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
+    let Some(dir) = args.remedy.out.clone() else {
+        bail!("emit: --out DIR is required (where to write the bundle)");
+    };
+    let cfg = remedy_config(&args.remedy)?;
+    let text =
+        std::fs::read_to_string(&args.from).with_context(|| format!("--from {}", args.from.display()))?;
+    let report: ScanReport = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "--from {}: not a logwarden scan document (report.json, or `scan --output json`)",
+            args.from.display()
+        )
+    })?;
+    write_bundle_and_say(&dir, &report, &cfg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stdout_is_color() -> bool {

@@ -39,10 +39,10 @@ pub struct LineRef<'s> {
 }
 
 /// One line kept as evidence or as an example of what could not be parsed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Sample {
     /// Event time, when the line had one (sorts first, so the earliest are kept).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<i64>,
     pub source: String,
     pub line: u64,
@@ -82,7 +82,7 @@ fn merge_samples(into: &mut Vec<Sample>, from: Vec<Sample>, n: usize) {
 }
 
 /// Counts for one source (a file, stdin, or a pod/container in a kubectl stream).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SourceStats {
     pub lines: u64,
     pub parsed: u64,
@@ -92,7 +92,7 @@ pub struct SourceStats {
 }
 
 /// Scan-wide counts: every line is accounted for.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Stats {
     pub lines: u64,
     pub parsed: u64,
@@ -115,7 +115,7 @@ pub struct Stats {
 }
 
 /// An input that failed part-way: lines before the failure were scanned.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ReadError {
     pub source: String,
     pub error: String,

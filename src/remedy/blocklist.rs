@@ -1,0 +1,373 @@
+//! The blocklist: what is blocked now, merged with what is proposed, as a ConfigMap patch
+//! that a human applies. The runbook's hand-written patch replaced the whole value and
+//! silently unblocked everyone blocked before; here the new value is always the union of
+//! the live value and the proposals, every entry validated and normalised, and the apply
+//! step refuses to run against a ConfigMap that changed since it was read.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::client::ClientKey;
+
+/// Kubernetes refuses a ConfigMap whose data exceeds 1 MiB.
+pub const CONFIGMAP_LIMIT: usize = 1 << 20;
+
+/// Where the blocklist lives and how it is written.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlocklistTarget {
+    pub namespace: String,
+    pub configmap: String,
+    pub key: String,
+    /// The deployment to restart after the patch; `None` when the controller reloads
+    /// the ConfigMap by itself (ingress-nginx does).
+    pub restart: Option<String>,
+}
+
+impl BlocklistTarget {
+    /// The runbook's ConfigMap: `nginx-config`, key `blocked-ips`, then a rollout restart.
+    pub fn runbook(namespace: &str) -> Self {
+        BlocklistTarget {
+            namespace: namespace.into(),
+            configmap: "nginx-config".into(),
+            key: "blocked-ips".into(),
+            restart: Some("nginx".into()),
+        }
+    }
+
+    /// The ingress-nginx controller's ConfigMap and its `block-cidrs` key.
+    pub fn ingress_nginx(namespace: &str) -> Self {
+        BlocklistTarget {
+            namespace: namespace.into(),
+            configmap: "ingress-nginx-controller".into(),
+            key: "block-cidrs".into(),
+            restart: None,
+        }
+    }
+}
+
+/// The live ConfigMap as `kubectl get configmap NAME -o json` prints it.
+#[derive(Clone, Debug)]
+pub struct CurrentConfigMap {
+    /// The whole object, for size checks.
+    pub object: Value,
+    /// The blocklist key's value, when present.
+    pub value: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl CurrentConfigMap {
+    /// Reads `kubectl get configmap -o json` output and takes `key` from it.
+    pub fn parse(json_text: &str, key: &str) -> Result<CurrentConfigMap, String> {
+        let object: Value = serde_json::from_str(json_text).map_err(|e| {
+            format!("not JSON ({e}); pass the output of `kubectl get configmap NAME -o json`")
+        })?;
+        if object.get("kind").and_then(Value::as_str) != Some("ConfigMap") {
+            return Err("not a ConfigMap (its \"kind\" is not \"ConfigMap\")".into());
+        }
+        let value = match object.pointer(&format!("/data/{}", escape_pointer(key))) {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(format!("data.{key} is not a string: {other}")),
+        };
+        let resource_version = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(CurrentConfigMap {
+            object,
+            value,
+            resource_version,
+        })
+    }
+}
+
+/// One entry of the live value that is not an address or CIDR: kept exactly as it was.
+#[derive(Clone, Debug, Serialize)]
+pub struct MalformedEntry {
+    pub entry: String,
+    pub why: String,
+}
+
+/// The merged blocklist and what it changes.
+#[derive(Clone, Debug, Serialize)]
+pub struct MergedBlocklist {
+    /// The value before (`None`: the key did not exist).
+    pub previous: Option<String>,
+    /// The value to write.
+    pub value: String,
+    /// Proposals that were not blocked before.
+    pub added: Vec<String>,
+    /// Proposals already covered by an entry of the live value.
+    pub already_blocked: Vec<(String, String)>,
+    /// Live entries that are not addresses; kept verbatim, at the end.
+    pub malformed: Vec<MalformedEntry>,
+}
+
+/// How entries may be merged.
+#[derive(Clone, Copy, Debug)]
+pub struct Collapse {
+    /// Merge neighbours into CIDRs.
+    pub enabled: bool,
+    /// Never broader than these prefix lengths.
+    pub max_v4: u8,
+    pub max_v6: u8,
+}
+
+impl Default for Collapse {
+    fn default() -> Self {
+        Collapse {
+            enabled: false,
+            max_v4: 24,
+            max_v6: 48,
+        }
+    }
+}
+
+/// Merges `proposed` into the live `previous` value (comma-separated entries).
+pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse) -> MergedBlocklist {
+    let mut existing = BTreeSet::new();
+    let mut malformed = Vec::new();
+    for raw in previous
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        match parse_entry(raw) {
+            Ok(net) => {
+                existing.insert(net);
+            }
+            Err(why) => malformed.push(MalformedEntry {
+                entry: raw.to_string(),
+                why,
+            }),
+        }
+    }
+    let (mut added, mut already_blocked) = (Vec::new(), Vec::new());
+    let mut all = existing.clone();
+    for key in proposed {
+        match existing.iter().find(|e| e.contains(&key.0)) {
+            Some(cover) => already_blocked.push((key.to_string(), show(cover))),
+            None => {
+                if all.insert(key.0) {
+                    added.push(key.to_string());
+                }
+            }
+        }
+    }
+    let nets: Vec<IpNet> = if collapse.enabled {
+        collapse_nets(&all, collapse)
+    } else {
+        all.into_iter().collect()
+    };
+    let mut entries: Vec<String> = nets.iter().map(show).collect();
+    entries.extend(malformed.iter().map(|m| m.entry.clone()));
+    MergedBlocklist {
+        previous: previous.map(str::to_string),
+        value: entries.join(","),
+        added,
+        already_blocked,
+        malformed,
+    }
+}
+
+/// An address or CIDR, normalised (host bits cleared, IPv4-mapped folded to IPv4).
+fn parse_entry(raw: &str) -> Result<IpNet, String> {
+    let key: ClientKey = raw.parse()?;
+    let net = key.0;
+    if net.prefix_len() == 0 {
+        return Err("a range that covers every address; never written by logwarden".into());
+    }
+    Ok(match net {
+        IpNet::V6(v6) if net.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(v4.into(), net.prefix_len() - 96).map_err(|e| e.to_string())?,
+            None => net,
+        },
+        _ => net,
+    })
+}
+
+/// A single address without `/32` or `/128`.
+fn show(net: &IpNet) -> String {
+    ClientKey(*net).to_string()
+}
+
+/// Exact aggregation (only ranges that are entirely blocked merge), then any range
+/// broader than the bound is split back into ranges of the bound.
+fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
+    let list: Vec<IpNet> = nets.iter().copied().collect();
+    let mut out = Vec::new();
+    for net in IpNet::aggregate(&list) {
+        let bound = if matches!(net, IpNet::V4(_)) {
+            c.max_v4
+        } else {
+            c.max_v6
+        };
+        // Only split what collapsing itself made broader: an entry that was already
+        // broader in the live value stays as the operator wrote it.
+        if net.prefix_len() >= bound || nets.contains(&net) {
+            out.push(net);
+        } else {
+            out.extend(net.subnets(bound).expect("bound is longer than the prefix"));
+        }
+    }
+    out
+}
+
+/// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The merge patch (`kubectl patch --type merge`).
+pub fn merge_patch(key: &str, value: Option<&str>) -> Value {
+    json!({ "data": { key: value } })
+}
+
+/// The guarded JSON patch: fails unless the ConfigMap still has the value (and the
+/// resourceVersion) that was read, then sets the new value.
+pub fn guarded_patch(key: &str, current: Option<&CurrentConfigMap>, new_value: &str) -> Value {
+    let path = format!("/data/{}", escape_pointer(key));
+    let mut ops = Vec::new();
+    if let Some(rv) = current.and_then(|c| c.resource_version.as_deref()) {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    match current.and_then(|c| c.value.as_deref()) {
+        Some(old) => {
+            ops.push(json!({"op": "test", "path": path, "value": old}));
+            ops.push(json!({"op": "replace", "path": path, "value": new_value}));
+        }
+        None if current.is_some_and(|c| c.object.get("data").is_some()) => {
+            ops.push(json!({"op": "add", "path": path, "value": new_value}));
+        }
+        None => ops.push(json!({"op": "add", "path": "/data", "value": { key: new_value }})),
+    }
+    Value::Array(ops)
+}
+
+/// The guarded rollback: fails unless the value is still the one logwarden wrote, then
+/// restores the previous value exactly (or removes the key that did not exist).
+pub fn guarded_rollback(key: &str, merged: &MergedBlocklist) -> Value {
+    let path = format!("/data/{}", escape_pointer(key));
+    let restore = match &merged.previous {
+        Some(old) => json!({"op": "replace", "path": path, "value": old}),
+        None => json!({"op": "remove", "path": path}),
+    };
+    json!([{"op": "test", "path": path, "value": merged.value}, restore])
+}
+
+/// The size the ConfigMap would have with `new_value` under `key`, in bytes of its data.
+pub fn configmap_data_size(current: Option<&CurrentConfigMap>, key: &str, new_value: &str) -> usize {
+    let others: usize = current
+        .and_then(|c| c.object.get("data"))
+        .and_then(Value::as_object)
+        .map(|data| {
+            data.iter()
+                .filter(|(k, _)| *k != key)
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    others + key.len() + new_value.len()
+}
+
+/// An nginx include: `deny` lines for short lists, a `geo` map for long ones (nginx checks
+/// each `deny` in turn, a `geo` map in one lookup).
+pub fn nginx_include(value: &str) -> String {
+    let entries: Vec<&str> = value.split(',').filter(|e| parse_entry(e).is_ok()).collect();
+    let mut out = String::from("# Generated by logwarden. Include inside a server or location block.\n");
+    if entries.len() <= 1000 {
+        for e in &entries {
+            out.push_str(&format!("deny {e};\n"));
+        }
+        return out;
+    }
+    out.push_str("# Put the geo block in the http context and, in the server block:\n");
+    out.push_str("#     if ($logwarden_blocked) { return 403; }\n");
+    out.push_str("geo $logwarden_blocked {\n    default 0;\n");
+    for e in &entries {
+        out.push_str(&format!("    {e} 1;\n"));
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<ClientKey> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn union_never_drops_what_was_blocked() {
+        let m = merge(
+            Some("5.6.7.8, 1.2.3.4,10.0.0.0/8"),
+            &keys(&["9.9.9.9", "1.2.3.4", "10.1.2.3"]),
+            Collapse::default(),
+        );
+        assert_eq!(m.value, "1.2.3.4,5.6.7.8,9.9.9.9,10.0.0.0/8");
+        assert_eq!(m.added, vec!["9.9.9.9"]);
+        assert_eq!(m.already_blocked.len(), 2);
+    }
+
+    #[test]
+    fn malformed_entries_are_kept_verbatim_and_reported() {
+        let m = merge(
+            Some("1.2.3.4,not-an-ip,0.0.0.0/0"),
+            &keys(&["2.2.2.2"]),
+            Collapse::default(),
+        );
+        assert_eq!(m.value, "1.2.3.4,2.2.2.2,not-an-ip,0.0.0.0/0");
+        assert_eq!(m.malformed.len(), 2);
+    }
+
+    #[test]
+    fn collapse_is_exact_and_bounded() {
+        let many: Vec<String> = (0..=255)
+            .map(|i| format!("198.51.100.{i}"))
+            .chain(["198.51.101.7".into()])
+            .collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let m = merge(
+            None,
+            &keys(&refs),
+            Collapse {
+                enabled: true,
+                max_v4: 24,
+                max_v6: 48,
+            },
+        );
+        assert_eq!(m.value, "198.51.100.0/24,198.51.101.7");
+        let m = merge(
+            None,
+            &keys(&refs),
+            Collapse {
+                enabled: true,
+                max_v4: 25,
+                max_v6: 48,
+            },
+        );
+        assert_eq!(m.value, "198.51.100.0/25,198.51.100.128/25,198.51.101.7");
+        let pair = merge(
+            None,
+            &keys(&["1.2.3.4", "1.2.3.6"]),
+            Collapse {
+                enabled: true,
+                ..Collapse::default()
+            },
+        );
+        assert_eq!(pair.value, "1.2.3.4,1.2.3.6", "non-neighbours stay apart");
+    }
+
+    #[test]
+    fn mapped_ipv6_entries_fold_to_ipv4() {
+        let m = merge(Some("::ffff:1.2.3.4"), &keys(&["1.2.3.4"]), Collapse::default());
+        assert_eq!(m.value, "1.2.3.4");
+        assert!(m.added.is_empty());
+    }
+}

@@ -1,0 +1,351 @@
+//! Remediation artifacts: the review bundle. logwarden never applies anything; it writes
+//! what a human reviews and applies, each with its way back:
+//!
+//! | file | what |
+//! |---|---|
+//! | `report.md`, `report.json` | the evidence, and the scan document (`emit --from` input) |
+//! | `blocklist.patch.json` | the merge patch: the union of the live value and the proposals |
+//! | `blocklist.guard.json`, `apply-blocklist.sh` | the guarded JSON patch and the command that applies it |
+//! | `rollback-blocklist.patch.json`, `rollback-blocklist.guard.json`, `rollback-blocklist.sh` | the way back |
+//! | `blocklist.nginx.conf`, `blocklist-rollback.nginx.conf` | the same list as an nginx include |
+//! | `account-lock.sql`, `account-unlock.sql` | account locks and their exact undo |
+//! | `README.md` | how to apply and how to undo |
+
+pub mod blocklist;
+pub mod markdown;
+pub mod sql;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::client::ClientKey;
+use crate::decide::ScanReport;
+use crate::error::{Error, Result};
+use blocklist::{BlocklistTarget, Collapse, CurrentConfigMap, MalformedEntry, MergedBlocklist};
+use sql::{LockTarget, RefusedName};
+
+/// Everything that shapes the bundle, validated once by [`RemedyConfig::build`].
+#[derive(Clone, Debug)]
+pub struct RemedyConfig {
+    pub target: BlocklistTarget,
+    pub current: Option<CurrentConfigMap>,
+    /// Write a patch that replaces the value without knowing it.
+    pub replace: bool,
+    pub collapse: Collapse,
+    pub lock: LockTarget,
+}
+
+impl RemedyConfig {
+    /// Checks names that end up in shell commands and SQL before anything is written.
+    pub fn build(self) -> Result<RemedyConfig> {
+        for (option, name) in [
+            ("--namespace", &self.target.namespace),
+            ("--configmap", &self.target.configmap),
+        ] {
+            check_k8s_name(option, name)?;
+        }
+        if let Some(d) = &self.target.restart {
+            check_k8s_name("--deployment", d)?;
+        }
+        if self.target.key.is_empty()
+            || !self
+                .target
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Error::option(
+                "--configmap-key",
+                "a ConfigMap key is letters, digits, '-', '_' and '.'",
+            ));
+        }
+        sql::lock_scripts(&self.lock, "check", &[]).map_err(|m| Error::option("--users-table", m))?;
+        Ok(self)
+    }
+}
+
+/// DNS-1123 names, as Kubernetes requires for namespaces, ConfigMaps and deployments.
+fn check_k8s_name(option: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    match ok {
+        true => Ok(()),
+        false => Err(Error::option(
+            option,
+            format!("{name:?} is not a Kubernetes name (lower-case letters, digits, '-', '.')"),
+        )),
+    }
+}
+
+/// What the bundle holds, for its README, report.md and the command's own summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct BundlePlan {
+    pub bundle_id: String,
+    /// Proposals not blocked before.
+    pub added: Vec<String>,
+    pub already_blocked: Vec<(String, String)>,
+    /// Accounts written into `account-lock.sql`.
+    pub locked: Vec<String>,
+    pub refused: Vec<RefusedName>,
+    pub malformed: Vec<MalformedEntry>,
+    /// What happened to the ConfigMap patch, in one sentence.
+    pub blocklist_note: String,
+    /// Files written, in order.
+    pub files: Vec<String>,
+}
+
+/// Computes every artifact, checks limits, then writes the bundle into `dir`.
+pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Result<BundlePlan> {
+    let report_json =
+        serde_json::to_string_pretty(report).map_err(|e| Error::option("report", e.to_string()))? + "\n";
+    let bundle_id = format!("lw-{:016x}", fnv1a(report_json.as_bytes()));
+    let proposed = proposed_keys(report)?;
+    let current_value = cfg.current.as_ref().and_then(|c| c.value.as_deref());
+    let merged = blocklist::merge(current_value, &proposed, cfg.collapse);
+    let patch = patch_decision(cfg, &merged, proposed.is_empty());
+    if patch.is_ok() {
+        let size = blocklist::configmap_data_size(cfg.current.as_ref(), &cfg.target.key, &merged.value);
+        if size > blocklist::CONFIGMAP_LIMIT {
+            return Err(Error::option(
+                "--current",
+                format!(
+                    "the ConfigMap would hold {size} bytes, over Kubernetes' 1 MiB limit; nothing was written \
+                     (use --collapse, or serve blocklist.nginx.conf as a geo map instead)"
+                ),
+            ));
+        }
+    }
+    let scripts = sql::lock_scripts(&cfg.lock, &bundle_id, &report.lock_accounts)
+        .map_err(|m| Error::option("--users-table", m))?;
+    let mut plan = BundlePlan {
+        bundle_id: bundle_id.clone(),
+        added: merged.added.clone(),
+        already_blocked: merged.already_blocked.clone(),
+        locked: scripts.locked.clone(),
+        refused: scripts.refused.clone(),
+        malformed: merged.malformed.clone(),
+        blocklist_note: match &patch {
+            Ok(()) => format!(
+                "{} written: {} new entr(y/ies) merged into the live value",
+                "blocklist.patch.json",
+                merged.added.len()
+            ),
+            Err(why) => why.clone(),
+        },
+        files: Vec::new(),
+    };
+    let mut files: Vec<(&str, String)> = vec![("report.json", report_json)];
+    if patch.is_ok() {
+        files.extend(configmap_files(cfg, &merged, &bundle_id));
+    }
+    files.push(("blocklist.nginx.conf", blocklist::nginx_include(&merged.value)));
+    if cfg.current.is_some() {
+        files.push((
+            "blocklist-rollback.nginx.conf",
+            blocklist::nginx_include(current_value.unwrap_or("")),
+        ));
+    }
+    files.push(("account-lock.sql", scripts.lock));
+    files.push(("account-unlock.sql", scripts.unlock));
+    plan.files = files
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain(["report.md".into(), "README.md".into()])
+        .collect();
+    files.push(("report.md", markdown::render(report, &plan)));
+    files.push(("README.md", bundle_readme(cfg, &plan, patch.is_ok())));
+    write_files(dir, &files)?;
+    Ok(plan)
+}
+
+/// The proposals of a (possibly hand-edited) report, validated.
+fn proposed_keys(report: &ScanReport) -> Result<Vec<ClientKey>> {
+    report
+        .blocklist
+        .iter()
+        .map(|entry| {
+            let key: ClientKey = entry
+                .parse()
+                .map_err(|e: String| Error::option("report blocklist", e))?;
+            if key.0.prefix_len() == 0 {
+                return Err(Error::option(
+                    "report blocklist",
+                    format!("{entry} covers every address"),
+                ));
+            }
+            Ok(key)
+        })
+        .collect()
+}
+
+/// Whether a ConfigMap patch is written, or why not.
+fn patch_decision(
+    cfg: &RemedyConfig,
+    merged: &MergedBlocklist,
+    nothing_proposed: bool,
+) -> Result<(), String> {
+    if nothing_proposed {
+        return Err("no ConfigMap patch: no client is proposed for blocking".into());
+    }
+    if cfg.current.is_none() && !cfg.replace {
+        return Err(
+            "no ConfigMap patch: without --current (the output of `kubectl get configmap NAME -o json`) \
+                    a patch would replace the live value and unblock everyone already blocked; \
+                    pass --current, or --replace if the value is known to be empty"
+                .into(),
+        );
+    }
+    if merged.added.is_empty() {
+        return Err("no ConfigMap patch: every proposed client is already blocked".into());
+    }
+    Ok(())
+}
+
+fn configmap_files(
+    cfg: &RemedyConfig,
+    merged: &MergedBlocklist,
+    bundle_id: &str,
+) -> Vec<(&'static str, String)> {
+    let key = &cfg.target.key;
+    let pretty =
+        |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialise") + "\n";
+    let guarded = cfg.current.is_some();
+    let mut files = vec![
+        (
+            "blocklist.patch.json",
+            pretty(&blocklist::merge_patch(key, Some(&merged.value))),
+        ),
+        (
+            "rollback-blocklist.patch.json",
+            pretty(&blocklist::merge_patch(key, merged.previous.as_deref())),
+        ),
+        (
+            "rollback-blocklist.guard.json",
+            pretty(&blocklist::guarded_rollback(key, merged)),
+        ),
+    ];
+    if guarded {
+        files.push((
+            "blocklist.guard.json",
+            pretty(&blocklist::guarded_patch(
+                key,
+                cfg.current.as_ref(),
+                &merged.value,
+            )),
+        ));
+    }
+    let apply_patch = if guarded {
+        "--type json --patch-file blocklist.guard.json"
+    } else {
+        "--type merge --patch-file blocklist.patch.json"
+    };
+    files.push(("apply-blocklist.sh", script(cfg, bundle_id, apply_patch, guarded)));
+    files.push((
+        "rollback-blocklist.sh",
+        script(
+            cfg,
+            bundle_id,
+            "--type json --patch-file rollback-blocklist.guard.json",
+            true,
+        ),
+    ));
+    files
+}
+
+fn script(cfg: &RemedyConfig, bundle_id: &str, patch: &str, guarded: bool) -> String {
+    let t = &cfg.target;
+    let guard = if guarded {
+        "# Guarded: kubectl refuses the patch, and nothing changes, if the ConfigMap is not\n# exactly as logwarden read (or left) it.\n"
+    } else {
+        "# NOT guarded (--replace): this overwrites the live value. Check it first with\n#   kubectl get configmap --namespace NS NAME -o json\n"
+    };
+    let mut s = format!(
+        "#!/bin/sh\n# Generated by logwarden (bundle {bundle_id}). Review report.md first.\n{guard}set -eu\ncd \"$(dirname \"$0\")\"\n\
+         kubectl patch configmap {} --namespace {} {patch}\n",
+        shell_quote(&t.configmap),
+        shell_quote(&t.namespace)
+    );
+    if let Some(deployment) = &t.restart {
+        s.push_str(&format!(
+            "kubectl rollout restart deployment {} --namespace {}\n",
+            shell_quote(deployment),
+            shell_quote(&t.namespace)
+        ));
+    }
+    s
+}
+
+/// Single-quotes a word for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
+    let t = &cfg.target;
+    let mut s = format!(
+        "# Review bundle {}\n\nNothing here has been applied. Read `report.md` first.\n\n## Blocklist\n\n{}.\n\n",
+        plan.bundle_id, plan.blocklist_note
+    );
+    if patch {
+        s.push_str(&format!(
+            "- Apply: `sh apply-blocklist.sh` (patches ConfigMap `{}` key `{}` in namespace `{}`{}).\n\
+             - Undo: `sh rollback-blocklist.sh` restores the previous value exactly (it refuses if the value \
+             changed since it was applied; `rollback-blocklist.patch.json` is the unguarded merge patch).\n",
+            t.configmap,
+            t.key,
+            t.namespace,
+            t.restart
+                .as_deref()
+                .map(|d| format!(", then restarts deployment `{d}`"))
+                .unwrap_or_default()
+        ));
+    }
+    s.push_str(
+        "- Plain nginx: include `blocklist.nginx.conf` (undo: `blocklist-rollback.nginx.conf`, when the live value \
+         was given with --current), then `nginx -t && nginx -s reload`.\n\n## Accounts\n\n",
+    );
+    s.push_str(&format!(
+        "- Lock: `psql -f account-lock.sql` locks {} account(s) not locked yet and records them in `{}` \
+         under this bundle's id; it prints the accounts it changed. Running it twice changes nothing more.\n\
+         - Undo: `psql -f account-unlock.sql` restores exactly the accounts the lock changed; an account that was \
+         locked before stays locked.\n",
+        plan.locked.len(),
+        cfg.lock.record_table
+    ));
+    if !plan.refused.is_empty() {
+        s.push_str(&format!(
+            "- {} proposed name(s) could not be written as SQL: see report.md.\n",
+            plan.refused.len()
+        ));
+    }
+    s
+}
+
+fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
+    let io = |source| Error::Input {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, content).map_err(|source| Error::Input {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// FNV-1a: a stable id for the bundle, derived from its report.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -1,0 +1,284 @@
+//! Account locks as PostgreSQL that a human runs with `psql -f`. Account names come from
+//! log lines, so they are attacker-controlled text: each is a SQL literal quoted for any
+//! content, under settings that make the quoting mean what it says
+//! (`standard_conforming_strings = on`, so a backslash is just a backslash, and
+//! `ON_ERROR_STOP`, so a failure stops everything inside one transaction). Evidence stays
+//! in `report.md`: no log text reaches the SQL file, not even in a comment.
+//!
+//! The lock records what it changed (the account and its previous lock value) in a table
+//! of its own, keyed by the bundle's id, so the unlock reverts exactly those accounts and
+//! leaves alone one that was locked before, for another reason.
+
+use serde::Serialize;
+
+/// Longest account name logwarden writes into SQL; longer names are reported instead.
+pub const MAX_NAME_BYTES: usize = 64 * 1024;
+/// PostgreSQL truncates identifiers longer than this (NAMEDATALEN - 1); logwarden refuses them.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Where accounts live and how a lock is written.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockTarget {
+    /// `users` or `schema.users`.
+    pub table: String,
+    pub user_column: String,
+    pub lock_column: String,
+    /// The table in which the lock records what it changed.
+    pub record_table: String,
+    /// `Some(table)`: also insert one `account_takeover` row per locked account.
+    pub events_table: Option<String>,
+}
+
+impl Default for LockTarget {
+    fn default() -> Self {
+        LockTarget {
+            table: "users".into(),
+            user_column: "username".into(),
+            lock_column: "account_locked".into(),
+            record_table: "logwarden_account_locks".into(),
+            events_table: None,
+        }
+    }
+}
+
+/// A name that was proposed but cannot be written as SQL.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedName {
+    /// The name, as shown in the report (escaped there).
+    pub name: String,
+    pub why: String,
+}
+
+/// A quoted identifier, schema-qualified if given so; refuses what PostgreSQL would
+/// truncate or cannot hold.
+pub fn quote_identifier(name: &str, what: &str) -> Result<String, String> {
+    name.split('.')
+        .map(|part| {
+            if part.is_empty() || part.contains('\0') {
+                return Err(format!("{what} {name:?}: empty part or NUL byte"));
+            }
+            if part.len() > MAX_IDENTIFIER_BYTES {
+                return Err(format!(
+                    "{what} {name:?}: {part:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which PostgreSQL would truncate"
+                ));
+            }
+            Ok(format!("\"{}\"", part.replace('"', "\"\"")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|parts| parts.join("."))
+}
+
+/// A standard SQL string literal: quotes doubled, nothing else special (with
+/// `standard_conforming_strings = on`). `None` for text PostgreSQL cannot hold.
+pub fn quote_literal(value: &str) -> Result<String, String> {
+    if value.contains('\0') {
+        return Err("contains a NUL byte, which PostgreSQL text cannot hold".into());
+    }
+    if value.contains('\u{fffd}') {
+        return Err(
+            "was not valid UTF-8 in the log (replacement characters), so the real name is unknown".into(),
+        );
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(format!("is longer than {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(format!("'{}'", value.replace('\'', "''")))
+}
+
+/// The lock and unlock scripts for `names`, and the names that could not be written.
+pub struct LockScripts {
+    pub lock: String,
+    pub unlock: String,
+    pub refused: Vec<RefusedName>,
+    /// Names written into the scripts.
+    pub locked: Vec<String>,
+}
+
+struct Idents {
+    table: String,
+    user: String,
+    lock: String,
+    record: String,
+    events: Option<String>,
+}
+
+fn idents(t: &LockTarget) -> Result<Idents, String> {
+    Ok(Idents {
+        table: quote_identifier(&t.table, "--users-table")?,
+        user: quote_identifier(&t.user_column, "--user-column")?,
+        lock: quote_identifier(&t.lock_column, "--lock-column")?,
+        record: quote_identifier(&t.record_table, "--lock-record-table")?,
+        events: t
+            .events_table
+            .as_deref()
+            .map(|e| quote_identifier(e, "--events-table"))
+            .transpose()?,
+    })
+}
+
+const PREAMBLE: &str = "\\set ON_ERROR_STOP on
+SET standard_conforming_strings = on;
+SET client_encoding = 'UTF8';
+";
+
+/// Builds both scripts for the bundle `bundle_id`.
+pub fn lock_scripts(target: &LockTarget, bundle_id: &str, names: &[String]) -> Result<LockScripts, String> {
+    let id = idents(target)?;
+    let bundle = quote_literal(bundle_id)?;
+    let mut refused = Vec::new();
+    let mut literals = Vec::new();
+    let mut locked = Vec::new();
+    for name in names {
+        match quote_literal(name) {
+            Ok(lit) => {
+                literals.push(lit);
+                locked.push(name.clone());
+            }
+            Err(why) => refused.push(RefusedName {
+                name: name.clone(),
+                why,
+            }),
+        }
+    }
+    Ok(LockScripts {
+        lock: lock_sql(&id, &bundle, &literals),
+        unlock: unlock_sql(&id, &bundle),
+        refused,
+        locked,
+    })
+}
+
+fn lock_sql(id: &Idents, bundle: &str, literals: &[String]) -> String {
+    let Idents {
+        table,
+        user,
+        lock,
+        record,
+        ..
+    } = id;
+    let mut sql = format!(
+        "-- Generated by logwarden for review (bundle {bundle}). Evidence: report.md.
+-- Locks the accounts listed below that are not locked yet, records what it changed in
+-- {record}, and prints the accounts it locked. Run: psql -f account-lock.sql
+-- Undo: psql -f account-unlock.sql (unlocks exactly what this script locked).
+{PREAMBLE}BEGIN;
+CREATE TABLE IF NOT EXISTS {record} (
+    bundle_id text NOT NULL,
+    account text NOT NULL,
+    previous boolean,
+    locked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (bundle_id, account)
+);
+"
+    );
+    if literals.is_empty() {
+        sql.push_str("-- No account is proposed for locking.\nCOMMIT;\n");
+        return sql;
+    }
+    let values: Vec<String> = literals.iter().map(|l| format!("    ({l})")).collect();
+    sql.push_str(&format!(
+        "WITH proposed(account) AS (VALUES
+{}
+),
+target AS (
+    SELECT u.{user} AS account, u.{lock} AS previous
+    FROM {table} u JOIN proposed p ON u.{user} = p.account
+    WHERE u.{lock} IS DISTINCT FROM true
+    FOR UPDATE OF u
+),
+changed AS (
+    UPDATE {table} u SET {lock} = true
+    FROM target t WHERE u.{user} = t.account
+    RETURNING u.{user} AS account, t.previous
+),
+recorded AS (
+    INSERT INTO {record} (bundle_id, account, previous)
+    SELECT {bundle}, account, previous FROM changed
+    ON CONFLICT (bundle_id, account) DO NOTHING
+    RETURNING account
+)
+",
+        values.join(",\n")
+    ));
+    match &id.events {
+        Some(events) => sql.push_str(&format!(
+            "INSERT INTO {events} (event_type, username, details)
+SELECT 'account_takeover', account, 'locked by logwarden bundle ' || {bundle} FROM recorded
+RETURNING username AS locked;
+"
+        )),
+        None => sql.push_str("SELECT account AS locked FROM recorded;\n"),
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+fn unlock_sql(id: &Idents, bundle: &str) -> String {
+    let Idents {
+        table,
+        user,
+        lock,
+        record,
+        ..
+    } = id;
+    format!(
+        "-- Generated by logwarden (bundle {bundle}): undoes account-lock.sql.
+-- Restores the previous lock value of exactly the accounts that script locked and that
+-- are still locked; an account locked before it ran stays locked.
+{PREAMBLE}BEGIN;
+WITH restored AS (
+    UPDATE {table} u SET {lock} = r.previous
+    FROM {record} r
+    WHERE r.bundle_id = {bundle} AND u.{user} = r.account AND u.{lock} = true
+    RETURNING u.{user} AS account
+),
+forgotten AS (
+    DELETE FROM {record} WHERE bundle_id = {bundle} RETURNING account
+)
+SELECT account AS unlocked FROM restored;
+COMMIT;
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_double_quotes_and_nothing_else() {
+        assert_eq!(
+            quote_literal("x'); DROP TABLE users;--").unwrap(),
+            "'x''); DROP TABLE users;--'"
+        );
+        assert_eq!(quote_literal("a\\'b").unwrap(), "'a\\''b'");
+        assert!(quote_literal("nul\0").is_err());
+        assert!(quote_literal("bad \u{fffd}").is_err());
+        assert!(quote_literal(&"x".repeat(MAX_NAME_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_bounded() {
+        assert_eq!(quote_identifier("app.users", "t").unwrap(), "\"app\".\"users\"");
+        assert_eq!(quote_identifier("we\"ird", "t").unwrap(), "\"we\"\"ird\"");
+        assert!(quote_identifier(&"a".repeat(64), "t").is_err());
+        assert!(quote_identifier("a..b", "t").is_err());
+    }
+
+    #[test]
+    fn scripts_carry_no_unquoted_name() {
+        let s = lock_scripts(
+            &LockTarget::default(),
+            "lw-1",
+            &["o'brien".into(), "bad\0".into()],
+        )
+        .unwrap();
+        assert!(s.lock.contains("('o''brien')"));
+        assert_eq!(s.refused.len(), 1);
+        assert!(s.lock.starts_with("-- Generated"));
+        assert!(
+            s.lock
+                .contains("\\set ON_ERROR_STOP on\nSET standard_conforming_strings = on;")
+        );
+    }
+}
