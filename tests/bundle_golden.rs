@@ -1,0 +1,64 @@
+//! The review bundle for the bundled incident, checked in under tests/bundles/incident and
+//! reviewed by eye. `LOGWARDEN_BLESS=1 cargo test --test bundle_golden` rewrites it.
+
+mod support;
+
+use std::path::Path;
+
+use support::{logwarden, ok};
+
+#[test]
+fn the_incident_bundle_matches_the_reviewed_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    ok(
+        logwarden()
+            .args([
+                "scan",
+                "--output",
+                "json",
+                "--namespace",
+                "web",
+                "--current",
+                "fixtures/remedy/nginx-config.json",
+                "--out",
+            ])
+            .arg(&out)
+            .args([
+                "fixtures/incident/nginx-access.log",
+                "fixtures/incident/nginx-error.log",
+                "fixtures/incident/backend.log",
+            ])
+            .output()
+            .unwrap(),
+        "scan --out",
+    );
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bundles/incident");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    if std::env::var_os("LOGWARDEN_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&golden);
+        std::fs::create_dir_all(&golden).unwrap();
+        for n in &names {
+            std::fs::copy(out.join(n), golden.join(n)).unwrap();
+        }
+        return;
+    }
+    let mut expected: Vec<String> = std::fs::read_dir(&golden)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected, "the bundle's files changed");
+    for n in &names {
+        let got = std::fs::read_to_string(out.join(n)).unwrap();
+        let want = std::fs::read_to_string(golden.join(n)).unwrap();
+        assert!(
+            got == want,
+            "{n} differs from tests/bundles/incident/{n}; review and bless"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The blocklist patch applied by a real kubectl, offline (`kubectl patch --local`): the
+//! result is the union of old and new entries, the rollback restores the old value byte
+//! for byte, and the guarded patch refuses a ConfigMap that changed in between.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use support::{kubectl, logwarden, ok};
+
+const INCIDENT: [&str; 3] = [
+    "fixtures/incident/nginx-access.log",
+    "fixtures/incident/nginx-error.log",
+    "fixtures/incident/backend.log",
+];
+
+fn configmap_yaml(dir: &Path, name: &str, data: &str) -> PathBuf {
+    let path = dir.join(name);
+    let yaml = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: nginx-config\n  namespace: web\n  resourceVersion: \"4711\"\n{data}"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `kubectl patch --local -f FILE --type TYPE --patch-file PATCH -o json`.
+fn patch(file: &Path, kind: &str, patch_file: &Path) -> Result<Value, String> {
+    let out = kubectl()
+        .args(["patch", "--local", "-o", "json", "--type", kind, "-f"])
+        .arg(file)
+        .arg("--patch-file")
+        .arg(patch_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // kubectl prints a failed JSON patch test on stderr; the exit code is not reliable.
+    if !out.status.success() || stderr.contains("error") {
+        return Err(stderr);
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// What `kubectl get configmap -o json` would print for the file.
+fn as_json(dir: &Path, file: &Path) -> PathBuf {
+    let empty = dir.join("empty-patch.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let json = patch(file, "merge", &empty).unwrap();
+    let path = dir.join("current.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    path
+}
+
+fn bundle(dir: &Path, extra: &[&str]) -> (PathBuf, String) {
+    let out_dir = dir.join("bundle");
+    let out = logwarden()
+        .args(["scan", "--output", "json", "--namespace", "web", "--out"])
+        .arg(&out_dir)
+        .args(extra)
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out, "logwarden scan --out");
+    (out_dir, stderr)
+}
+
+fn value(doc: &Value) -> &str {
+    doc["data"]["blocked-ips"].as_str().unwrap()
+}
+
+#[test]
+fn merge_patch_unions_and_rollback_restores_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "5.6.7.8, 192.0.2.66,garbage-entry,1.2.3.4";
+    let cm = configmap_yaml(
+        dir.path(),
+        "cm.yaml",
+        &format!("data:\n  blocked-ips: \"{old}\"\n  other-key: kept\n"),
+    );
+    let current = as_json(dir.path(), &cm);
+    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+
+    let patched = patch(&cm, "merge", &b.join("blocklist.patch.json")).unwrap();
+    let entries: Vec<&str> = value(&patched).split(',').collect();
+    for kept in ["5.6.7.8", "192.0.2.66", "garbage-entry", "1.2.3.4"] {
+        assert!(entries.contains(&kept), "{kept} was dropped: {entries:?}");
+    }
+    for new in ["198.51.100.23", "203.0.113.77"] {
+        assert!(entries.contains(&new), "{new} missing: {entries:?}");
+    }
+    assert_eq!(
+        entries.iter().filter(|e| **e == "192.0.2.66").count(),
+        1,
+        "already blocked is not added twice"
+    );
+    assert_eq!(patched["data"]["other-key"], "kept");
+
+    let guarded = patch(&cm, "json", &b.join("blocklist.guard.json")).unwrap();
+    assert_eq!(guarded, patched, "the guarded patch gives the same result");
+
+    let patched_file = dir.path().join("patched.json");
+    std::fs::write(&patched_file, serde_json::to_string(&patched).unwrap()).unwrap();
+    let rolled = patch(&patched_file, "merge", &b.join("rollback-blocklist.patch.json")).unwrap();
+    assert_eq!(
+        value(&rolled),
+        old,
+        "rollback restores the old value byte for byte"
+    );
+    let rolled_guarded = patch(&patched_file, "json", &b.join("rollback-blocklist.guard.json")).unwrap();
+    assert_eq!(value(&rolled_guarded), old);
+}
+
+#[test]
+fn the_guard_refuses_a_configmap_that_changed_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  blocked-ips: \"1.2.3.4\"\n");
+    let current = as_json(dir.path(), &cm);
+    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    // Someone else blocked an address after logwarden read the ConfigMap.
+    let changed = configmap_yaml(
+        dir.path(),
+        "changed.yaml",
+        "data:\n  blocked-ips: \"1.2.3.4,9.9.9.9\"\n",
+    );
+    let refused = patch(&changed, "json", &b.join("blocklist.guard.json"));
+    assert!(
+        refused.is_err(),
+        "the guarded patch applied to a changed ConfigMap: {refused:?}"
+    );
+    let script = std::fs::read_to_string(b.join("apply-blocklist.sh")).unwrap();
+    assert!(script.contains("--patch-file blocklist.guard.json"), "{script}");
+    let syntax = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(b.join("apply-blocklist.sh"))
+        .status()
+        .unwrap();
+    assert!(syntax.success());
+}
+
+#[test]
+fn a_missing_key_is_added_and_removed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  unrelated: x\n");
+    let current = as_json(dir.path(), &cm);
+    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    let patched = patch(&cm, "json", &b.join("blocklist.guard.json")).unwrap();
+    assert!(value(&patched).contains("198.51.100.23"));
+    let patched_file = dir.path().join("patched.json");
+    std::fs::write(&patched_file, serde_json::to_string(&patched).unwrap()).unwrap();
+    let rolled = patch(&patched_file, "merge", &b.join("rollback-blocklist.patch.json")).unwrap();
+    assert_eq!(rolled["data"], serde_json::json!({"unrelated": "x"}));
+}
+
+#[test]
+fn without_current_no_patch_is_written_and_the_reason_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, said) = bundle(dir.path(), &[]);
+    assert!(!b.join("blocklist.patch.json").exists());
+    assert!(said.contains("without --current"), "{said}");
+    assert!(
+        std::fs::read_to_string(b.join("README.md"))
+            .unwrap()
+            .contains("without --current")
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let (b2, _) = bundle(dir2.path(), &["--replace"]);
+    let patch: Value =
+        serde_json::from_str(&std::fs::read_to_string(b2.join("blocklist.patch.json")).unwrap()).unwrap();
+    assert_eq!(value(&patch), "192.0.2.66,198.51.100.23,203.0.113.77");
+}
+
+#[test]
+fn emit_rewrites_the_bundle_from_an_edited_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = bundle(dir.path(), &["--replace"]);
+    let mut report: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
+    // The reviewer decides against one block.
+    report["blocklist"] = serde_json::json!(["198.51.100.23"]);
+    let edited = dir.path().join("edited.json");
+    std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
+    let out2 = dir.path().join("bundle2");
+    ok(
+        logwarden()
+            .args(["emit", "--replace", "--from"])
+            .arg(&edited)
+            .arg("--out")
+            .arg(&out2)
+            .output()
+            .unwrap(),
+        "emit",
+    );
+    let patch: Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("blocklist.patch.json")).unwrap()).unwrap();
+    assert_eq!(value(&patch), "198.51.100.23");
+    report["blocklist"] = serde_json::json!(["0.0.0.0/0"]);
+    std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
+    let refused = logwarden()
+        .args(["emit", "--replace", "--from"])
+        .arg(&edited)
+        .arg("--out")
+        .arg(dir.path().join("b3"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a block of every address is refused"
+    );
+}
+
+#[test]
+fn the_configmap_size_limit_is_checked_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(1 << 20);
+    let cm = configmap_yaml(
+        dir.path(),
+        "cm.yaml",
+        &format!("data:\n  blocked-ips: \"1.2.3.4\"\n  huge: \"{big}\"\n"),
+    );
+    let current = as_json(dir.path(), &cm);
+    let out = logwarden()
+        .args([
+            "scan",
+            "--namespace",
+            "web",
+            "--current",
+            current.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(dir.path().join("bundle"))
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 MiB"));
+    assert!(
+        !dir.path().join("bundle").exists(),
+        "nothing is written when a limit fails"
+    );
+}
