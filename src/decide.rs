@@ -103,6 +103,14 @@ pub struct Spared {
     pub reason: String,
 }
 
+/// A client that an entry of the live blocklist already covers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlreadyBlocked {
+    pub ip: ClientKey,
+    /// The live entry that covers it.
+    pub by: String,
+}
+
 /// The runbook's symptoms.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IncidentReport {
@@ -146,6 +154,10 @@ pub struct ScanReport {
     pub blocklist: Vec<String>,
     pub lock_accounts: Vec<String>,
     pub spared: Vec<Spared>,
+    /// Clients over a threshold that the live blocklist (`--current`) already blocks:
+    /// blocked clients keep producing 403s, which must not look like a new attack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub already_blocked: Vec<AlreadyBlocked>,
     pub incident: IncidentReport,
     pub rules: Vec<RuleReport>,
     /// With `--follow`: every proposal announced during the run, including those whose
@@ -212,6 +224,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
             })
             .collect(),
         follow_proposals: Vec::new(),
+        already_blocked: Vec::new(),
     }
 }
 

@@ -376,6 +376,10 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         progress.finish();
         decide(agg?, &thresholds, &spare)
     };
+    let mut report = report;
+    if let Some(current) = remedy.as_ref().and_then(|r| r.current.as_ref()) {
+        logwarden::remedy::mark_already_blocked(&mut report, current);
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     match args.output {

@@ -240,3 +240,75 @@ fn the_configmap_size_limit_is_checked_before_writing() {
         "nothing is written when a limit fails"
     );
 }
+
+#[test]
+fn the_ingress_nginx_preset_patches_block_cidrs_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("bundle");
+    let out = logwarden()
+        .args([
+            "scan",
+            "--preset",
+            "ingress-nginx",
+            "--namespace",
+            "ingress-nginx",
+            "--replace",
+            "--out",
+        ])
+        .arg(&b)
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    ok(out, "scan --preset ingress-nginx");
+    let patch: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("blocklist.patch.json")).unwrap()).unwrap();
+    assert!(
+        patch["data"]["block-cidrs"]
+            .as_str()
+            .unwrap()
+            .contains("198.51.100.23")
+    );
+    let script = std::fs::read_to_string(b.join("apply-blocklist.sh")).unwrap();
+    assert!(
+        script.contains("'ingress-nginx-controller' --namespace 'ingress-nginx'"),
+        "{script}"
+    );
+    assert!(
+        !script.contains("rollout restart"),
+        "the controller reloads the ConfigMap by itself"
+    );
+}
+
+#[test]
+fn clients_already_blocked_are_not_proposed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  blocked-ips: \"192.0.2.0/24\"\n");
+    let current = as_json(dir.path(), &cm);
+    let out = logwarden()
+        .args([
+            "scan",
+            "--output",
+            "json",
+            "--namespace",
+            "web",
+            "--current",
+            current.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(dir.path().join("bundle"))
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&ok(out, "scan")).unwrap();
+    assert!(
+        !doc["blocklist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ip| ip == "192.0.2.66"),
+        "{}",
+        doc["blocklist"]
+    );
+    assert_eq!(doc["already_blocked"][0]["ip"], "192.0.2.66");
+    assert_eq!(doc["already_blocked"][0]["by"], "192.0.2.0/24");
+}

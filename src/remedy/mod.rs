@@ -83,6 +83,32 @@ fn check_k8s_name(option: &'static str, name: &str) -> Result<()> {
     }
 }
 
+/// Takes clients that the live blocklist already covers out of the proposals: they are
+/// listed in `already_blocked` instead, and their report says by which entry.
+pub fn mark_already_blocked(report: &mut ScanReport, current: &CurrentConfigMap) {
+    let merged = blocklist::merge(current.value.as_deref(), &[], Collapse::default());
+    let live: Vec<ipnet::IpNet> = merged
+        .value
+        .split(',')
+        .filter_map(|e| e.parse::<ClientKey>().ok())
+        .map(|k| k.0)
+        .collect();
+    for client in report.ips.iter_mut().filter(|c| c.block) {
+        if let Some(by) = live.iter().find(|n| n.contains(&client.ip.0)) {
+            let by = ClientKey(*by).to_string();
+            client.block = false;
+            client
+                .reasons
+                .push(format!("already blocked by the live entry {by}"));
+            report
+                .already_blocked
+                .push(crate::decide::AlreadyBlocked { ip: client.ip, by });
+        }
+    }
+    let blocked: Vec<String> = report.already_blocked.iter().map(|a| a.ip.to_string()).collect();
+    report.blocklist.retain(|ip| !blocked.contains(ip));
+}
+
 /// What the bundle holds, for its README, report.md and the command's own summary.
 #[derive(Clone, Debug, Serialize)]
 pub struct BundlePlan {
@@ -126,7 +152,12 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
     let mut plan = BundlePlan {
         bundle_id: bundle_id.clone(),
         added: merged.added.clone(),
-        already_blocked: merged.already_blocked.clone(),
+        already_blocked: report
+            .already_blocked
+            .iter()
+            .map(|a| (a.ip.to_string(), a.by.clone()))
+            .chain(merged.already_blocked.iter().cloned())
+            .collect(),
         locked: scripts.locked.clone(),
         refused: scripts.refused.clone(),
         malformed: merged.malformed.clone(),

@@ -43,6 +43,7 @@ pub fn write_text(out: &mut impl Write, r: &ScanReport, opts: TextOptions) -> io
     write_blocks(out, r, &p, opts.top)?;
     write_accounts(out, r, &p, opts.top)?;
     write_spared(out, r, &p, opts.top)?;
+    write_already_blocked(out, r, &p, opts.top)?;
     write_watchlist(out, r, &p, opts.top)?;
     write_incident(out, r, &p)?;
     write_unparsed(out, r, &p)
@@ -187,6 +188,29 @@ fn write_spared(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -
         writeln!(out, "  {:<40} {}", s.ip.to_string(), terminal_safe(&s.reason))?;
     }
     more(out, r.spared.len(), top)
+}
+
+fn write_already_blocked(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
+    if r.already_blocked.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{}",
+        p.head(&format!(
+            "Over a threshold but already blocked ({})",
+            r.already_blocked.len()
+        ))
+    )?;
+    for a in r.already_blocked.iter().take(top) {
+        writeln!(
+            out,
+            "  {:<40} by the live entry {}",
+            a.ip.to_string(),
+            terminal_safe(&a.by)
+        )?;
+    }
+    more(out, r.already_blocked.len(), top)
 }
 
 fn write_watchlist(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
