@@ -9,6 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use logwarden::client::ClientPolicy;
+use logwarden::detect::RuleSet;
 use logwarden::framing::{FramingConfig, frame_all};
 use logwarden::parse::logformat::{COMBINED, Escape, LogFormat};
 use logwarden::parse::{Parser, access};
@@ -27,6 +28,8 @@ fn config(threads: usize) -> ScanConfig {
         threads,
         parser: Parser::detecting(&[]),
         policy: Arc::new(ClientPolicy::default()),
+        rules: Arc::new(RuleSet::builtin().unwrap()),
+        explain: false,
         bytes_read: Default::default(),
     }
 }
@@ -41,11 +44,7 @@ fn stages(c: &mut Criterion) {
     });
     let format = Arc::new(LogFormat::compile("combined", COMBINED, Escape::Default).unwrap());
     g.bench_function("parse", |b| {
-        b.iter(|| {
-            data.split(|&x| x == b'\n')
-                .filter_map(|l| access::parse_with_format(&format, l))
-                .count()
-        })
+        b.iter(|| data.split(|&x| x == b'\n').filter_map(|l| access::parse_with_format(&format, l)).count())
     });
     for threads in [1, 2] {
         g.bench_function(format!("scan/{threads}-threads"), |b| {
@@ -58,5 +57,50 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// The full rule set through the prefilter, against evaluating every rule (its regexes
+/// and conditions) on every line.
+fn rules(c: &mut Criterion) {
+    let data = corpus();
+    let set = RuleSet::builtin().unwrap();
+    let mut parser = Parser::detecting(&[]);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let records: Vec<_> = lines.iter().filter_map(|l| parser.parse(b"b", l).map(|(r, _)| (*l, r))).collect();
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10);
+    g.bench_function("prefiltered", |b| {
+        b.iter(|| {
+            let mut hits = Vec::new();
+            for (line, record) in &records {
+                set.detect(line, record, &mut hits);
+            }
+            black_box(hits.len())
+        })
+    });
+    let regexes = set.regexes();
+    g.bench_function("every-regex-every-line", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for (line, _) in &records {
+                let text = String::from_utf8_lossy(line);
+                n += regexes.iter().filter(|re| re.is_match(&text)).count();
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("every-rule-every-line", |b| {
+        b.iter(|| {
+            let mut hits = Vec::new();
+            for (line, record) in &records {
+                for id in 0..set.rules().len() as u16 {
+                    set.detect_unfiltered(line, record, id, &mut hits);
+                }
+            }
+            black_box(hits.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, rules);
 criterion_main!(benches);

@@ -69,10 +69,7 @@ pub struct ClientPolicy {
 
 impl Default for ClientPolicy {
     fn default() -> Self {
-        ClientPolicy {
-            trusted_proxies: Vec::new(),
-            ipv6_prefix: 64,
-        }
+        ClientPolicy { trusted_proxies: Vec::new(), ipv6_prefix: 64 }
     }
 }
 
@@ -197,18 +194,12 @@ mod tests {
 
     #[test]
     fn trusted_hops_are_skipped_from_the_right() {
-        let p = ClientPolicy {
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
-            ipv6_prefix: 64,
-        };
+        let p = ClientPolicy { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], ipv6_prefix: 64 };
         // The client forged the leftmost entry; the proxy appended the real address.
         let xff = "6.6.6.6, 203.0.113.5, 10.0.0.7";
         assert_eq!(p.resolve(ip("10.0.0.1"), Some(xff)), ip("203.0.113.5"));
         assert_eq!(p.resolve(ip("10.0.0.1"), Some("garbage")), ip("10.0.0.1"));
-        assert_eq!(
-            p.resolve(ip("10.0.0.1"), Some("::ffff:198.51.100.1")),
-            ip("198.51.100.1")
-        );
+        assert_eq!(p.resolve(ip("10.0.0.1"), Some("::ffff:198.51.100.1")), ip("198.51.100.1"));
     }
 
     #[test]
@@ -224,24 +215,13 @@ mod tests {
     #[test]
     fn spare_reasons() {
         let p = ClientPolicy::default();
-        let spare = SparePolicy {
-            allow: vec!["198.51.100.0/24".parse().unwrap()],
-            ..Default::default()
-        };
-        assert!(
-            spare
-                .spare_reason(&p.key(ip("198.51.100.4")))
-                .unwrap()
-                .starts_with("allowlisted")
-        );
+        let spare = SparePolicy { allow: vec!["198.51.100.0/24".parse().unwrap()], ..Default::default() };
+        assert!(spare.spare_reason(&p.key(ip("198.51.100.4"))).unwrap().starts_with("allowlisted"));
         assert!(spare.spare_reason(&p.key(ip("10.1.2.3"))).is_some());
         assert!(spare.spare_reason(&p.key(ip("100.64.0.1"))).is_some());
         assert!(spare.spare_reason(&p.key(ip("fd00::1"))).is_some());
         assert!(spare.spare_reason(&p.key(ip("203.0.113.9"))).is_none());
-        let open = SparePolicy {
-            block_private: true,
-            ..spare
-        };
+        let open = SparePolicy { block_private: true, ..spare };
         assert!(open.spare_reason(&p.key(ip("10.1.2.3"))).is_none());
         assert!(open.spare_reason(&p.key(ip("198.51.100.4"))).is_some());
     }

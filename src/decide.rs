@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregator, IncidentStats, Sample, Stats};
 use crate::client::{ClientKey, SparePolicy};
-use crate::detect::{APP_REALM, RULES};
+use crate::detect::{APP_REALM, AggregateKind, RuleSet};
 use crate::time::format_rfc3339;
 
 /// Thresholds for proposals, all counted within `window` seconds of event time.
@@ -32,12 +32,7 @@ impl Default for Thresholds {
     /// hitting a few broken links, far below any scanner. 10 failures against one
     /// account is twice the per-client bar, because several honest users may share one.
     fn default() -> Self {
-        Thresholds {
-            window: 600,
-            client_4xx: 60,
-            client_auth_failures: 5,
-            account_auth_failures: 10,
-        }
+        Thresholds { window: 600, client_4xx: 60, client_auth_failures: 5, account_auth_failures: 10 }
     }
 }
 
@@ -167,45 +162,29 @@ pub struct ScanReport {
 }
 
 /// Turns what a scan learned into proposals.
-pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> ScanReport {
-    let mut judged: Vec<Judged> = agg
-        .clients
-        .into_iter()
-        .map(|(key, c)| judge(key, c, thresholds, spare))
-        .collect();
+pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
+    let mut judged: Vec<Judged> =
+        agg.clients.into_iter().map(|(key, c)| judge(key, c, thresholds, spare, rules)).collect();
     judged.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.key.cmp(&b.key)));
-    let blocklist = judged
-        .iter()
-        .filter(|j| j.block())
-        .map(|j| j.key.to_string())
-        .collect();
-    let spared = judged
-        .iter()
-        .filter_map(|j| j.spared.clone().map(|reason| Spared { ip: j.key, reason }))
-        .collect();
+    let blocklist = judged.iter().filter(|j| j.block()).map(|j| j.key.to_string()).collect();
+    let spared =
+        judged.iter().filter_map(|j| j.spared.clone().map(|reason| Spared { ip: j.key, reason })).collect();
     let ips_omitted = judged.len().saturating_sub(REPORT_CLIENTS);
     // Full reports (top lists, samples) only for the clients the document shows.
-    let ips: Vec<ClientReport> = judged
-        .into_iter()
-        .take(REPORT_CLIENTS)
-        .map(client_report)
-        .collect();
+    let ips: Vec<ClientReport> =
+        judged.into_iter().take(REPORT_CLIENTS).map(|j| client_report(j, rules)).collect();
     let mut accounts: Vec<AccountReport> = agg
         .accounts
         .into_iter()
-        .flat_map(|(realm, users)| users.into_iter().map(move |(user, a)| (realm, user, a)))
-        .map(|(realm, user, a)| account_report(realm, user, a, thresholds))
+        .flat_map(|(realm, users)| users.into_iter().map(move |(user, a)| (realm.clone(), user, a)))
+        .map(|(realm, user, a)| account_report(&realm, user, a, thresholds, rules))
         .collect();
     accounts.sort_by(|a, b| {
         (b.lock, b.window_auth_failures, b.auth_failures)
             .cmp(&(a.lock, a.window_auth_failures, a.auth_failures))
             .then_with(|| (&a.realm, &a.user).cmp(&(&b.realm, &b.user)))
     });
-    let lock_accounts = accounts
-        .iter()
-        .filter(|a| a.lock)
-        .map(|a| a.user.clone())
-        .collect();
+    let lock_accounts = accounts.iter().filter(|a| a.lock).map(|a| a.user.clone()).collect();
     ScanReport {
         stats: agg.stats,
         thresholds: thresholds.clone(),
@@ -216,12 +195,10 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy) -> 
         lock_accounts,
         spared,
         incident: incident_report(agg.incident),
-        rules: RULES
+        rules: rules
+            .rules()
             .iter()
-            .map(|r| RuleReport {
-                id: r.id.to_string(),
-                description: r.description.to_string(),
-            })
+            .map(|r| RuleReport { id: r.id.to_string(), description: r.description.to_string() })
             .collect(),
         follow_proposals: Vec::new(),
         already_blocked: Vec::new(),
@@ -245,13 +222,7 @@ impl Judged {
     /// window's failed logins and 4xx, then by requests.
     fn rank(&self) -> (bool, bool, u64, u64, u64) {
         let v = &self.verdict;
-        (
-            self.block(),
-            self.spared.is_some(),
-            v.window_auth_failures,
-            v.window_4xx,
-            self.stats.requests,
-        )
+        (self.block(), self.spared.is_some(), v.window_auth_failures, v.window_4xx, self.stats.requests)
     }
 }
 
@@ -260,22 +231,13 @@ fn judge(
     mut c: Box<crate::aggregate::ClientStats>,
     t: &Thresholds,
     spare: &SparePolicy,
+    rules: &RuleSet,
 ) -> Judged {
+    // Aggregate rules look at failed logins and 4xx, which also set these counters.
     let has_evidence = c.status_4xx > 0 || c.auth_failures > 0 || !c.times_rules.is_empty();
-    let verdict = if has_evidence {
-        client_verdict(&mut c, t)
-    } else {
-        Verdict::default()
-    };
-    let spared = (!verdict.reasons.is_empty())
-        .then(|| spare.spare_reason(&key))
-        .flatten();
-    Judged {
-        key,
-        stats: c,
-        verdict,
-        spared,
-    }
+    let verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
+    let spared = (!verdict.reasons.is_empty()).then(|| spare.spare_reason(&key)).flatten();
+    Judged { key, stats: c, verdict, spared }
 }
 
 /// What the thresholds say about one client or account.
@@ -300,36 +262,47 @@ impl Verdict {
     }
 }
 
-/// Checks every client threshold against the busiest window of `c`.
-pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds) -> Verdict {
+/// Checks every client threshold against the busiest window of `c`: the scan's own
+/// (4xx, failed logins), each rule's, and the aggregate rules' distinct counts.
+pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let window = human_window(t.window);
     let mut v = Verdict::default();
     let (n, start) = c.times_4xx.busiest(t.window);
     v.window_4xx = n;
     v.check(n, t.client_4xx, || {
-        format!(
-            "{n} 4xx answers within {window}{} (threshold {})",
-            since(start),
-            t.client_4xx
-        )
+        format!("{n} 4xx answers within {window}{} (threshold {})", since(start), t.client_4xx)
     });
     let (n, start) = c.times_auth.busiest(t.window);
     v.window_auth_failures = n;
     v.check(n, t.client_auth_failures, || {
-        format!(
-            "{n} failed logins within {window}{} (threshold {})",
-            since(start),
-            t.client_auth_failures
-        )
+        format!("{n} failed logins within {window}{} (threshold {})", since(start), t.client_auth_failures)
     });
-    for (rule, times) in c.times_rules.iter_mut() {
-        let info = &RULES[*rule as usize];
-        let threshold = u64::from(info.client_threshold.unwrap_or(u32::MAX));
-        let (n, start) = times.busiest(t.window);
-        v.check(n, threshold, || {
+    for (id, times) in c.times_rules.iter_mut() {
+        let rule = rules.rule(*id);
+        let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
+        let (n, start) = times.busiest(w);
+        v.check(n, u64::from(threshold), || {
+            format!("{n} × {} within {}{} (threshold {threshold})", rule.id, human_window(w), since(start))
+        });
+    }
+    for rule in rules.rules() {
+        let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
+        let (n, start, what) = match rule.aggregate {
+            Some(AggregateKind::ClientDistinctAccounts) => {
+                let (n, s) = c.auth_accounts.most_distinct(w);
+                (n, s, "distinct accounts with failed logins")
+            }
+            Some(AggregateKind::ClientDistinct4xxPaths) => {
+                let (n, s) = c.paths_4xx.most_distinct(w);
+                (n, s, "distinct paths answered 4xx")
+            }
+            _ => continue,
+        };
+        v.check(n, u64::from(threshold), || {
             format!(
-                "{n} × {} within {window}{} (threshold {threshold})",
-                info.id,
+                "{}: {n} {what} within {}{} (threshold {threshold})",
+                rule.id,
+                human_window(w),
                 since(start)
             )
         });
@@ -337,13 +310,10 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds) -> 
     v
 }
 
-/// Checks the account threshold against the busiest window of `a`.
-pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds) -> Verdict {
+/// Checks the account threshold, and the aggregate account rules, against `a`.
+pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let (n, start) = a.times.busiest(t.window);
-    let mut v = Verdict {
-        window_auth_failures: n,
-        ..Verdict::default()
-    };
+    let mut v = Verdict { window_auth_failures: n, ..Verdict::default() };
     v.check(n, t.account_auth_failures, || {
         format!(
             "{n} failed logins within {}{} from {} client(s) (threshold {})",
@@ -353,23 +323,25 @@ pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds) -
             t.account_auth_failures
         )
     });
+    for rule in rules.rules().iter().filter(|r| r.aggregate == Some(AggregateKind::AccountDistinctClients)) {
+        let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
+        let (n, start) = a.client_times.most_distinct(w);
+        v.check(n, u64::from(threshold), || {
+            format!(
+                "{}: failed logins from {n} distinct clients within {}{} (threshold {threshold})",
+                rule.id,
+                human_window(w),
+                since(start)
+            )
+        });
+    }
     v
 }
 
-fn client_report(j: Judged) -> ClientReport {
+fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
     let block = j.block();
-    let Judged {
-        key: ip,
-        stats: c,
-        verdict,
-        spared,
-    } = j;
-    let Verdict {
-        reasons,
-        window_4xx,
-        window_auth_failures: window_auth,
-        ..
-    } = verdict;
+    let Judged { key: ip, stats: c, verdict, spared } = j;
+    let Verdict { reasons, window_4xx, window_auth_failures: window_auth, .. } = verdict;
     ClientReport {
         ip,
         requests: c.requests,
@@ -377,11 +349,7 @@ fn client_report(j: Judged) -> ClientReport {
         status_5xx: c.status_5xx,
         statuses: c.statuses,
         auth_failures: c.auth_failures,
-        rules: c
-            .rules
-            .iter()
-            .map(|(r, n)| (RULES[*r as usize].id.to_string(), *n))
-            .collect(),
+        rules: c.rules.iter().map(|(r, n)| (rules.rule(*r).id.clone(), *n)).collect(),
         first_seen: c.first_seen.map(format_rfc3339),
         last_seen: c.last_seen.map(format_rfc3339),
         window_4xx,
@@ -397,23 +365,18 @@ fn client_report(j: Judged) -> ClientReport {
 }
 
 fn account_report(
-    realm: &'static str,
+    realm: &str,
     user: String,
     mut a: crate::aggregate::AccountStats,
     t: &Thresholds,
+    rules: &RuleSet,
 ) -> AccountReport {
-    let Verdict {
-        mut reasons,
-        window_auth_failures: window_auth,
-        ..
-    } = account_verdict(&mut a, t);
+    let Verdict { mut reasons, window_auth_failures: window_auth, .. } = account_verdict(&mut a, t, rules);
     // Only the application's accounts can be locked; an htpasswd user is reported so
     // that someone rotates or removes it by hand.
     let lock = !reasons.is_empty() && realm == APP_REALM;
     if !reasons.is_empty() && !lock {
-        reasons.push(format!(
-            "{realm} user: not locked by logwarden; review the htpasswd entry"
-        ));
+        reasons.push(format!("{realm} user: not locked by logwarden; review the htpasswd entry"));
     }
     AccountReport {
         user,
@@ -459,9 +422,7 @@ fn incident_report(i: IncidentStats) -> IncidentReport {
 }
 
 fn since(start: Option<i64>) -> String {
-    start
-        .map(|s| format!(" from {}", format_rfc3339(s)))
-        .unwrap_or_default()
+    start.map(|s| format!(" from {}", format_rfc3339(s))).unwrap_or_default()
 }
 
 /// `600` → `10m`.

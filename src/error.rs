@@ -27,10 +27,7 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::Option`] with a formatted message.
     pub fn option(option: &'static str, message: impl Into<String>) -> Self {
-        Error::Option {
-            option,
-            message: message.into(),
-        }
+        Error::Option { option, message: message.into() }
     }
 }
 

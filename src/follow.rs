@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::aggregate::Aggregator;
 use crate::client::{ClientKey, SparePolicy};
 use crate::decide::{ScanReport, Thresholds, account_verdict, client_verdict, decide};
-use crate::detect::APP_REALM;
+use crate::detect::{APP_REALM, RuleSet};
 use crate::framing::BufferPool;
 use crate::pipeline::{ScanConfig, Worker, spawn_reader};
 use crate::report::terminal_safe;
@@ -96,15 +96,11 @@ pub fn follow(
         };
         let stopping = ended || stop.load(Ordering::Relaxed);
         if stopping || last_check.elapsed() >= CHECK_EVERY {
-            state.check(&mut worker.agg, &opts, out)?;
+            state.check(&mut worker.agg, &opts, &config.rules, out)?;
             last_check = Instant::now();
         }
-        if let Some(redraw) = opts
-            .redraw
-            .as_mut()
-            .filter(|_| last_redraw.elapsed() >= opts.interval)
-        {
-            let report = decide(worker.agg.clone(), &opts.thresholds, &opts.spare);
+        if let Some(redraw) = opts.redraw.as_mut().filter(|_| last_redraw.elapsed() >= opts.interval) {
+            let report = decide(worker.agg.clone(), &opts.thresholds, &opts.spare, &config.rules);
             redraw(&report, &state.made).map_err(crate::Error::Output)?;
             last_redraw = Instant::now();
         }
@@ -127,6 +123,7 @@ impl Announcer {
         &mut self,
         agg: &mut Aggregator,
         opts: &FollowOptions,
+        rules: &RuleSet,
         out: &mut dyn Write,
     ) -> crate::Result<()> {
         let t = &opts.thresholds;
@@ -135,7 +132,7 @@ impl Announcer {
             if self.clients.contains(key) {
                 continue;
             }
-            let v = client_verdict(c, t);
+            let v = client_verdict(c, t, rules);
             if v.reasons.is_empty() || opts.spare.spare_reason(key).is_some() {
                 continue;
             }
@@ -146,7 +143,7 @@ impl Announcer {
             if self.accounts.contains(user) {
                 continue;
             }
-            let v = account_verdict(a, t);
+            let v = account_verdict(a, t, rules);
             if !v.reasons.is_empty() {
                 self.accounts.insert(user.clone());
                 new.push(announcement("lock", user.clone(), a.last_seen, v));
@@ -186,13 +183,7 @@ fn write_announcement(out: &mut dyn Write, a: &Announcement, ndjson: bool) -> st
             #[serde(flatten)]
             a: &'a Announcement,
         }
-        serde_json::to_writer(
-            &mut *out,
-            &Tagged {
-                r#type: "proposal",
-                a,
-            },
-        )?;
+        serde_json::to_writer(&mut *out, &Tagged { r#type: "proposal", a })?;
         writeln!(out)?;
     } else {
         writeln!(out, "{}", a.line())?;

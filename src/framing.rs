@@ -49,11 +49,7 @@ pub struct FramingConfig {
 
 impl Default for FramingConfig {
     fn default() -> Self {
-        FramingConfig {
-            chunk_bytes: 1 << 20,
-            max_line_bytes: 1 << 20,
-            eager: false,
-        }
+        FramingConfig { chunk_bytes: 1 << 20, max_line_bytes: 1 << 20, eager: false }
     }
 }
 
@@ -66,9 +62,7 @@ pub struct BufferPool {
 impl BufferPool {
     /// An empty pool; buffers are created on demand and come back via [`BufferPool::give`].
     pub fn new() -> Self {
-        BufferPool {
-            returned: Arc::new(std::sync::Mutex::new(Vec::new())),
-        }
+        BufferPool { returned: Arc::new(std::sync::Mutex::new(Vec::new())) }
     }
 
     fn take(&self, capacity: usize) -> Vec<u8> {
@@ -105,12 +99,7 @@ pub fn frame_source(
     pool: &BufferPool,
     out: &SyncSender<Frame>,
 ) -> Result<u64, Abandoned> {
-    let mut state = Framer {
-        source,
-        config,
-        next_line: 1,
-        bytes: 0,
-    };
+    let mut state = Framer { source, config, next_line: 1, bytes: 0 };
     let mut buf = pool.take(config.chunk_bytes);
     loop {
         let eof = match state.fill(&mut reader, &mut buf) {
@@ -118,13 +107,7 @@ pub fn frame_source(
             Err(e) => {
                 state.flush_tail(std::mem::take(&mut buf), out)?;
                 let message = e.to_string();
-                send(
-                    out,
-                    Frame::ReadError {
-                        source: state.source.clone(),
-                        message,
-                    },
-                )?;
+                send(out, Frame::ReadError { source: state.source.clone(), message })?;
                 return Ok(state.bytes);
             }
         };
@@ -210,13 +193,7 @@ impl Framer {
         out: &SyncSender<Frame>,
     ) -> Result<Vec<u8>, Abandoned> {
         let line = self.next_line;
-        send(
-            out,
-            Frame::Oversized {
-                source: self.source.clone(),
-                line,
-            },
-        )?;
+        send(out, Frame::Oversized { source: self.source.clone(), line })?;
         loop {
             if let Some(end) = first_logical_end(&buf) {
                 self.next_line += newlines(&buf[..end]);
@@ -254,11 +231,7 @@ impl Framer {
         if !data.ends_with(b"\n") {
             self.next_line += 1;
         }
-        let chunk = Chunk {
-            source: self.source.clone(),
-            first_line,
-            data,
-        };
+        let chunk = Chunk { source: self.source.clone(), first_line, data };
         send(out, Frame::Lines(chunk))
     }
 }
@@ -333,11 +306,7 @@ mod tests {
     use super::*;
 
     fn small(chunk: usize, max: usize) -> FramingConfig {
-        FramingConfig {
-            chunk_bytes: chunk,
-            max_line_bytes: max,
-            eager: false,
-        }
+        FramingConfig { chunk_bytes: chunk, max_line_bytes: max, eager: false }
     }
 
     fn lines_of(frames: &[Frame]) -> Vec<(u64, Vec<u8>)> {
@@ -418,10 +387,7 @@ mod tests {
         for chunk in [30, 50, 90, 130, 200] {
             for frame in frame_all("t", &input[..], small(chunk, 10_000)) {
                 if let Frame::Lines(c) = frame {
-                    assert!(
-                        c.data.ends_with(b"second-half\n"),
-                        "chunk {chunk} cut inside a partial line"
-                    );
+                    assert!(c.data.ends_with(b"second-half\n"), "chunk {chunk} cut inside a partial line");
                 }
             }
         }

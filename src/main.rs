@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use logwarden::client::{ClientPolicy, SparePolicy};
 use logwarden::decide::{ScanReport, Thresholds, decide};
+use logwarden::detect::RuleSet;
 use logwarden::follow::{Announcement, FollowOptions, Redraw, follow};
 use logwarden::framing::FramingConfig;
 use logwarden::parse::logformat::{Escape, LogFormat, from_nginx_conf};
@@ -44,6 +45,24 @@ enum Command {
     Match(MatchArgs),
     /// Rewrite a review bundle from a saved (possibly hand-edited) report.json.
     Emit(EmitArgs),
+    /// List the detection rules, or check their examples.
+    #[command(subcommand)]
+    Patterns(PatternsCommand),
+}
+
+#[derive(Subcommand)]
+enum PatternsCommand {
+    /// Show every rule (built-in, plus --patterns directories).
+    List {
+        /// Also load the rules in this directory (repeatable; a rule with the same id overrides).
+        #[arg(long, value_name = "DIR")]
+        patterns: Vec<PathBuf>,
+    },
+    /// Check every rule's examples and counterexamples (the built-in rules, or only DIR's).
+    Test {
+        /// A directory of rule files to check instead of the built-in set.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -153,6 +172,9 @@ struct InputArgs {
     /// Lines longer than this many bytes are skipped and counted.
     #[arg(long, default_value_t = 1 << 20)]
     max_line_bytes: usize,
+    /// Also load the rules in this directory (repeatable; a rule with the same id overrides).
+    #[arg(long, value_name = "DIR")]
+    patterns: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -221,6 +243,9 @@ struct MatchArgs {
     /// Output format (ndjson only, for now).
     #[arg(long, value_enum, default_value = "ndjson")]
     output: MatchOutput,
+    /// Add the rule's description and the fields it was judged on.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -241,10 +266,7 @@ fn main() -> ExitCode {
 
 /// A closed pipe (`| head`) is how a reader says it has seen enough.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -252,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scan(args) => run_scan(*args),
         Command::Match(args) => run_match(args),
         Command::Emit(args) => run_emit(args),
+        Command::Patterns(cmd) => run_patterns(cmd),
     }
 }
 
@@ -264,26 +287,25 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         ),
         None => parse::Parser::detecting(&custom),
     };
-    let threads = input
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        input.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         bail!("--threads: must be at least 1");
     }
     if input.max_line_bytes < 1024 {
         bail!("--max-line-bytes: must be at least 1024");
     }
+    let rules = RuleSet::with_dirs(&input.patterns).map_err(|e| anyhow::anyhow!("rules: {e}"))?;
     Ok(ScanConfig {
-        framing: FramingConfig {
-            max_line_bytes: input.max_line_bytes,
-            ..FramingConfig::default()
-        },
+        framing: FramingConfig { max_line_bytes: input.max_line_bytes, ..FramingConfig::default() },
         threads,
         parser,
         policy: Arc::new(ClientPolicy {
             trusted_proxies: input.trusted_proxy.clone(),
             ipv6_prefix: input.ipv6_prefix,
         }),
+        rules: Arc::new(rules),
+        explain: false,
         bytes_read: Default::default(),
     })
 }
@@ -338,10 +360,7 @@ fn read_allow_file(path: &PathBuf) -> anyhow::Result<Vec<IpNet>> {
 
 fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let window = parse_duration(&args.window).with_context(|| {
-        format!(
-            "--window {:?}: expected a duration such as 90s, 10m, 2h or 1d",
-            args.window
-        )
+        format!("--window {:?}: expected a duration such as 90s, 10m, 2h or 1d", args.window)
     })?;
     let thresholds = Thresholds {
         window,
@@ -352,21 +371,10 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let spare = spare_policy(&args)?;
     let config = scan_config(&args.input)?;
     let reads_stdin = args.input.paths.is_empty() || args.input.paths.iter().any(|p| p.as_os_str() == "-");
-    if reads_stdin
-        && args
-            .remedy
-            .current
-            .as_deref()
-            .is_some_and(|p| p.as_os_str() == "-")
-    {
+    if reads_stdin && args.remedy.current.as_deref().is_some_and(|p| p.as_os_str() == "-") {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");
     }
-    let remedy = args
-        .remedy
-        .out
-        .is_some()
-        .then(|| remedy_config(&args.remedy))
-        .transpose()?;
+    let remedy = args.remedy.out.is_some().then(|| remedy_config(&args.remedy)).transpose()?;
     let inputs = pipeline::open_inputs(&args.input.paths)?;
     let report = if args.follow {
         run_follow(&args, inputs, &config, thresholds, spare)?
@@ -374,7 +382,7 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         let progress = Progress::start(&args.input.paths, config.bytes_read.clone());
         let agg = pipeline::scan(inputs, &config);
         progress.finish();
-        decide(agg?, &thresholds, &spare)
+        decide(agg?, &thresholds, &spare, &config.rules)
     };
     let mut report = report;
     if let Some(current) = remedy.as_ref().and_then(|r| r.current.as_ref()) {
@@ -397,11 +405,7 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let findings = !report.blocklist.is_empty()
         || !report.lock_accounts.is_empty()
         || !report.follow_proposals.is_empty();
-    Ok(if args.fail_on_findings && findings {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if args.fail_on_findings && findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn run_follow(
@@ -411,12 +415,8 @@ fn run_follow(
     thresholds: Thresholds,
     spare: SparePolicy,
 ) -> anyhow::Result<ScanReport> {
-    let interval = parse_duration(&args.interval).with_context(|| {
-        format!(
-            "--interval {:?}: expected a duration such as 5s or 1m",
-            args.interval
-        )
-    })?;
+    let interval = parse_duration(&args.interval)
+        .with_context(|| format!("--interval {:?}: expected a duration such as 5s or 1m", args.interval))?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the Ctrl-C/SIGTERM handler")?;
@@ -425,16 +425,14 @@ fn run_follow(
     let top = args.top;
     let color = stdout_is_color();
     let redraw: Option<Redraw> = redraw_on_tty.then(|| {
-        Box::new(
-            move |report: &logwarden::decide::ScanReport, made: &[Announcement]| {
-                let mut report = report.clone();
-                report.follow_proposals = made.to_vec();
-                let mut out = io::stdout().lock();
-                write!(out, "\x1b[H\x1b[2J")?;
-                terminal::write_text(&mut out, &report, terminal::TextOptions { color, top })?;
-                out.flush()
-            },
-        ) as Box<dyn FnMut(&_, &[_]) -> io::Result<()>>
+        Box::new(move |report: &logwarden::decide::ScanReport, made: &[Announcement]| {
+            let mut report = report.clone();
+            report.follow_proposals = made.to_vec();
+            let mut out = io::stdout().lock();
+            write!(out, "\x1b[H\x1b[2J")?;
+            terminal::write_text(&mut out, &report, terminal::TextOptions { color, top })?;
+            out.flush()
+        }) as Box<dyn FnMut(&_, &[_]) -> io::Result<()>>
     });
     let opts = FollowOptions {
         thresholds: thresholds.clone(),
@@ -444,7 +442,7 @@ fn run_follow(
         ndjson: args.output == OutputArg::Ndjson,
     };
     let (agg, made) = follow(inputs, config, opts, stop, &mut io::stdout())?;
-    let mut report = decide(agg, &thresholds, &spare);
+    let mut report = decide(agg, &thresholds, &spare, &config.rules);
     report.follow_proposals = made;
     Ok(report)
 }
@@ -493,10 +491,7 @@ impl Progress {
             }
             bar.finish_and_clear();
         });
-        Progress {
-            done,
-            thread: Some(thread),
-        }
+        Progress { done, thread: Some(thread) }
     }
 
     fn finish(mut self) {
@@ -524,11 +519,7 @@ fn remedy_config(args: &RemedyArgs) -> anyhow::Result<RemedyConfig> {
     if args.no_restart {
         target.restart = None;
     }
-    let current = args
-        .current
-        .as_ref()
-        .map(|p| read_current(p, &target.key))
-        .transpose()?;
+    let current = args.current.as_ref().map(|p| read_current(p, &target.key)).transpose()?;
     let lock = LockTarget {
         table: args.users_table.clone(),
         user_column: args.user_column.clone(),
@@ -536,19 +527,9 @@ fn remedy_config(args: &RemedyArgs) -> anyhow::Result<RemedyConfig> {
         record_table: args.lock_record_table.clone(),
         events_table: args.record_events.then(|| args.events_table.clone()),
     };
-    let collapse = Collapse {
-        enabled: args.collapse,
-        max_v4: args.collapse_max_v4,
-        max_v6: args.collapse_max_v6,
-    };
-    Ok(RemedyConfig {
-        target,
-        current,
-        replace: args.replace,
-        collapse,
-        lock,
-    }
-    .build()?)
+    let collapse =
+        Collapse { enabled: args.collapse, max_v4: args.collapse_max_v4, max_v6: args.collapse_max_v6 };
+    Ok(RemedyConfig { target, current, replace: args.replace, collapse, lock }.build()?)
 }
 
 fn read_current(path: &std::path::Path, key: &str) -> anyhow::Result<CurrentConfigMap> {
@@ -599,21 +580,65 @@ fn run_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_patterns(cmd: PatternsCommand) -> anyhow::Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match cmd {
+        PatternsCommand::List { patterns } => {
+            let set = RuleSet::with_dirs(&patterns)?;
+            for r in set.rules() {
+                let threshold = match (r.threshold, r.window) {
+                    (Some(n), Some(w)) => format!("{n} in {}", logwarden::decide::human_window(w)),
+                    (Some(n), None) => format!("{n} in the scan window"),
+                    (None, _) => "report only".to_string(),
+                };
+                let inputs: Vec<String> = r.inputs.iter().map(|i| format!("{i:?}").to_lowercase()).collect();
+                writeln!(
+                    out,
+                    "{:<28} {:<7} {:<8} {:<22} {}",
+                    r.id,
+                    format!("{:?}", r.severity).to_lowercase(),
+                    inputs.join(","),
+                    threshold,
+                    r.description
+                )?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PatternsCommand::Test { dir } => {
+            let set = match &dir {
+                Some(d) => RuleSet::from_dir(d),
+                None => RuleSet::builtin(),
+            };
+            let set = Arc::new(set.map_err(|e| anyhow::anyhow!("{e}"))?);
+            let failures = logwarden::detect::check::check_examples(&set);
+            let examples: usize =
+                set.rules().iter().map(|r| r.examples.len() + r.counterexamples.len()).sum();
+            for f in &failures {
+                writeln!(out, "{f}")?;
+            }
+            let (passed, failed) = (examples - failures.len().min(examples), failures.len());
+            writeln!(out, "patterns: {passed} passed, {failed} failed ({} rules)", set.rules().len())?;
+            out.flush()?;
+            Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+    }
+}
+
 fn stdout_is_color() -> bool {
     io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run_match(args: MatchArgs) -> anyhow::Result<ExitCode> {
     let MatchOutput::Ndjson = args.output;
-    let config = scan_config(&args.input)?;
+    let mut config = scan_config(&args.input)?;
+    config.explain = args.explain;
     let inputs = pipeline::open_inputs(&args.input.paths)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     pipeline::scan_matches(inputs, &config, |found| {
         for m in found {
-            serde_json::to_writer(&mut out, m)
-                .map_err(io::Error::from)
-                .map_err(logwarden::Error::Output)?;
+            serde_json::to_writer(&mut out, m).map_err(io::Error::from).map_err(logwarden::Error::Output)?;
             writeln!(out).map_err(logwarden::Error::Output)?;
         }
         Ok(())

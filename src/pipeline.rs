@@ -12,9 +12,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::aggregate::Seen;
 use crate::aggregate::{Aggregator, LineRef, ReadError};
 use crate::client::ClientPolicy;
-use crate::detect::{RULES, detect};
+use crate::detect::{Hit, RuleSet};
 use crate::error::{Error, Result};
 use crate::framing::{BufferPool, Chunk, Frame, FramingConfig, frame_source};
 use crate::parse::{Parser, Record};
@@ -29,6 +30,10 @@ pub struct ScanConfig {
     /// The format parser every worker clones.
     pub parser: Parser,
     pub policy: Arc<ClientPolicy>,
+    /// The detection rules.
+    pub rules: Arc<RuleSet>,
+    /// `match --explain`: include the fields rules saw.
+    pub explain: bool,
     /// Bytes read so far, for a progress display.
     pub bytes_read: Arc<AtomicU64>,
 }
@@ -39,9 +44,65 @@ pub struct MatchLine {
     pub source: String,
     /// 1-based line number within its source.
     pub line: u64,
-    pub rule: &'static str,
+    pub rule: String,
     pub ip: Option<String>,
     pub user: Option<String>,
+    /// With `--explain`: the rule's description and the fields it was judged on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Explain>,
+}
+
+/// What a rule saw of a line.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explain {
+    pub description: String,
+    pub kind: Option<crate::parse::RecordKind>,
+    pub time: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<u16>,
+    pub user_agent: Option<String>,
+    pub event: Option<String>,
+    pub message: Option<String>,
+    /// What the rule's regex captured, when it has one.
+    pub captured_user: Option<String>,
+    pub captured_ip: Option<String>,
+}
+
+impl MatchLine {
+    fn new(
+        source: &str,
+        line: u64,
+        record: &Record<'_>,
+        hit: &Hit,
+        rules: &RuleSet,
+        policy: &ClientPolicy,
+        explain: bool,
+    ) -> MatchLine {
+        let rule = rules.rule(hit.rule);
+        let ip = record.remote_addr.or(hit.ip).map(|ip| policy.resolve(ip, record.forwarded_for.as_deref()));
+        let owned = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().map(str::to_string);
+        MatchLine {
+            source: source.to_string(),
+            line,
+            rule: rule.id.clone(),
+            ip: ip.map(|ip| ip.to_string()),
+            user: owned(&record.user).or_else(|| hit.user.clone()),
+            explain: explain.then(|| Explain {
+                description: rule.description.clone(),
+                kind: record.kind,
+                time: record.time.map(crate::time::format_rfc3339),
+                method: owned(&record.method),
+                path: owned(&record.path),
+                status: record.status,
+                user_agent: owned(&record.user_agent),
+                event: owned(&record.event),
+                message: owned(&record.message),
+                captured_user: hit.user.clone(),
+                captured_ip: hit.ip.map(|ip| ip.to_string()),
+            }),
+        }
+    }
 }
 
 /// Parses and counts chunks; one per parsing thread.
@@ -54,6 +115,10 @@ pub struct Worker {
     pub agg: Aggregator,
     /// Collected matches, when the worker serves `logwarden match`.
     pub matches: Option<Vec<MatchLine>>,
+    rules: Arc<RuleSet>,
+    explain: bool,
+    /// Reused for every line's rule hits.
+    hits: Vec<Hit>,
 }
 
 impl Worker {
@@ -66,6 +131,9 @@ impl Worker {
             max_line_bytes: config.framing.max_line_bytes,
             agg: Aggregator::default(),
             matches: None,
+            rules: config.rules.clone(),
+            explain: config.explain,
+            hits: Vec::new(),
         }
     }
 
@@ -79,14 +147,10 @@ impl Worker {
                 self.process_chunk(&chunk);
                 pool.give(chunk.data);
             }
-            Frame::Oversized { source, line } => self.agg.oversized(LineRef {
-                source: &source,
-                line,
-            }),
-            Frame::ReadError { source, message } => self.agg.stats.read_errors.push(ReadError {
-                source: source.to_string(),
-                error: message,
-            }),
+            Frame::Oversized { source, line } => self.agg.oversized(LineRef { source: &source, line }),
+            Frame::ReadError { source, message } => {
+                self.agg.stats.read_errors.push(ReadError { source: source.to_string(), error: message })
+            }
         }
     }
 
@@ -96,10 +160,7 @@ impl Worker {
             // Framing skips long lines it cannot hold; one that fit in a buffer is
             // caught here, so the limit is the same wherever a line falls.
             if line.len() > self.max_line_bytes {
-                self.agg.oversized(LineRef {
-                    source: &chunk.source,
-                    line: line_no,
-                });
+                self.agg.oversized(LineRef { source: &chunk.source, line: line_no });
             } else {
                 self.process_line(&chunk.source, line_no, trim_eol(line));
             }
@@ -109,10 +170,7 @@ impl Worker {
     }
 
     fn process_line(&mut self, input: &str, line_no: u64, raw: &[u8]) {
-        let at = LineRef {
-            source: input,
-            line: line_no,
-        };
+        let at = LineRef { source: input, line: line_no };
         if raw.is_empty() {
             self.agg.unparsed(input, at, b"(empty line)");
             return;
@@ -126,28 +184,32 @@ impl Worker {
         let source_name = wrapped.prefix.map(String::from_utf8_lossy);
         let stats_source = source_name.as_deref().unwrap_or(input);
         let cache_key = wrapped.prefix.unwrap_or(input.as_bytes());
-        let Some((record, format)) = self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time)
+        let Some((record, format, text)) =
+            self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time)
         else {
             self.agg.unparsed(stats_source, at, raw);
             return;
         };
-        let rule = detect(&record);
-        if let (Some(matches), Some(rule)) = (self.matches.as_mut(), rule) {
-            matches.push(MatchLine {
-                source: input.to_string(),
-                line: line_no,
-                rule: RULES[rule as usize].id,
-                ip: record.remote_addr.map(|ip| {
-                    self.policy
-                        .resolve(ip, record.forwarded_for.as_deref())
-                        .to_string()
-                }),
-                user: record.user.as_deref().map(str::to_string),
-            });
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        self.rules.detect(text, &record, &mut hits);
+        if let Some(matches) = self.matches.as_mut() {
+            for hit in &hits {
+                matches.push(MatchLine::new(
+                    input,
+                    line_no,
+                    &record,
+                    hit,
+                    &self.rules,
+                    &self.policy,
+                    self.explain,
+                ));
+            }
         }
         let format = self.parser.format(format).name();
-        self.agg
-            .observe(stats_source, at, format, raw, &record, rule, &self.policy);
+        let seen = Seen { source: stats_source, at, format, raw, record: &record, hits: &hits };
+        self.agg.observe(&seen, &self.rules, &self.policy);
+        self.hits = hits;
     }
 }
 
@@ -163,19 +225,22 @@ impl Worker {
         payload: &'a [u8],
         unstripped: Option<&'a [u8]>,
         wrapper_time: Option<i64>,
-    ) -> Option<(Record<'a>, usize)> {
+    ) -> Option<(Record<'a>, usize, &'a [u8])> {
         if let Some((mut record, i)) = self.parser.parse_structured(source, payload) {
             record.time = record.time.or(wrapper_time);
-            return Some((record, i));
+            return Some((record, i, payload));
         }
-        if let Some(found) = unstripped.and_then(|whole| self.parser.parse_structured(source, whole)) {
-            return Some(found);
+        if let Some(whole) = unstripped
+            && let Some((record, i)) = self.parser.parse_structured(source, whole)
+        {
+            return Some((record, i, whole));
         }
         if let Some((mut record, i)) = self.parser.parse_plain(payload) {
             record.time = record.time.or(wrapper_time);
-            return Some((record, i));
+            return Some((record, i, payload));
         }
-        unstripped.and_then(|whole| self.parser.parse_plain(whole))
+        let whole = unstripped?;
+        self.parser.parse_plain(whole).map(|(record, i)| (record, i, whole))
     }
 }
 
@@ -205,10 +270,7 @@ pub fn spawn_reader(
     let handle = std::thread::spawn(move || {
         let mut bytes = 0;
         for input in inputs {
-            let reader = Counting {
-                inner: input.reader,
-                counter: counter.clone(),
-            };
+            let reader = Counting { inner: input.reader, counter: counter.clone() };
             match frame_source(input.name.into(), reader, framing, &pool, &tx) {
                 Ok(n) => bytes += n,
                 Err(_abandoned) => break,
@@ -236,13 +298,7 @@ impl<R: Read> Read for Counting<R> {
 /// Scans `inputs` to their end with `config.threads` parsing threads.
 pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
     let pool = BufferPool::new();
-    let (rx, reader) = spawn_reader(
-        inputs,
-        config,
-        config.framing,
-        pool.clone(),
-        config.threads * 2 + 2,
-    );
+    let (rx, reader) = spawn_reader(inputs, config, config.framing, pool.clone(), config.threads * 2 + 2);
     let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .build()

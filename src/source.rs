@@ -27,14 +27,9 @@ impl Input {
         if path == Path::new("-") {
             return Ok(Input::from_reader("stdin", io::stdin()));
         }
-        let file = File::open(path).map_err(|source| Error::Input {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Input::sniff(path.display().to_string(), Box::new(file)).map_err(|source| Error::Input {
-            path: PathBuf::from(path),
-            source,
-        })
+        let file = File::open(path).map_err(|source| Error::Input { path: path.to_path_buf(), source })?;
+        Input::sniff(path.display().to_string(), Box::new(file))
+            .map_err(|source| Error::Input { path: PathBuf::from(path), source })
     }
 
     /// Wraps an already-open reader, sniffing it for gzip. Used for stdin and tests.
@@ -42,11 +37,7 @@ impl Input {
         match Input::sniff(name.to_string(), Box::new(reader)) {
             Ok(input) => input,
             // A read error while sniffing resurfaces on the first real read.
-            Err(e) => Input {
-                name: name.to_string(),
-                reader: Box::new(FailingReader(Some(e))),
-                gzip: false,
-            },
+            Err(e) => Input { name: name.to_string(), reader: Box::new(FailingReader(Some(e))), gzip: false },
         }
     }
 
@@ -54,11 +45,8 @@ impl Input {
         // 256 KiB reads: large enough that per-read overhead vanishes on fast inputs.
         let mut buffered = BufReader::with_capacity(256 * 1024, reader);
         let gzip = peek_gzip(&mut buffered)?;
-        let reader: Box<dyn Read + Send> = if gzip {
-            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-        } else {
-            Box::new(buffered)
-        };
+        let reader: Box<dyn Read + Send> =
+            if gzip { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
         Ok(Input { name, reader, gzip })
     }
 }

@@ -59,11 +59,7 @@ pub fn unwrap(line: &[u8]) -> Unwrapped<'_> {
         stream: None,
         partial: false,
         payload: Cow::Borrowed(rest),
-        kind: if prefix.is_some() {
-            WrapperKind::Kubectl
-        } else {
-            WrapperKind::None
-        },
+        kind: if prefix.is_some() { WrapperKind::Kubectl } else { WrapperKind::None },
         unstripped: None,
     };
     if rest.starts_with(b"{\"log\":\"") {
@@ -217,16 +213,11 @@ mod tests {
     #[test]
     fn cri_containerd_and_crio() {
         let u = unwrap(b"2024-01-15T10:23:45.1Z stdout F hello");
-        assert_eq!(
-            (u.kind, u.partial, &*u.payload),
-            (WrapperKind::Cri, false, &b"hello"[..])
-        );
+        assert_eq!((u.kind, u.partial, &*u.payload), (WrapperKind::Cri, false, &b"hello"[..]));
         let u = unwrap(b"2024-01-15T10:23:45.123456789+00:00 stderr P hel");
         assert_eq!(u.stream, Some(Stream::Stderr));
         assert!(u.partial);
-        assert!(is_partial_line(
-            b"2024-01-15T10:23:45.123456789+00:00 stderr P hel"
-        ));
+        assert!(is_partial_line(b"2024-01-15T10:23:45.123456789+00:00 stderr P hel"));
         assert!(!is_partial_line(b"2024-01-15T10:23:45.1Z stdout F hello"));
     }
 

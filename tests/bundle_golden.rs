@@ -34,10 +34,8 @@ fn the_incident_bundle_matches_the_reviewed_copy() {
         "scan --out",
     );
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bundles/incident");
-    let mut names: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     if std::env::var_os("LOGWARDEN_BLESS").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
@@ -47,18 +45,13 @@ fn the_incident_bundle_matches_the_reviewed_copy() {
         }
         return;
     }
-    let mut expected: Vec<String> = std::fs::read_dir(&golden)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut expected: Vec<String> =
+        std::fs::read_dir(&golden).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     expected.sort();
     assert_eq!(names, expected, "the bundle's files changed");
     for n in &names {
         let got = std::fs::read_to_string(out.join(n)).unwrap();
         let want = std::fs::read_to_string(golden.join(n)).unwrap();
-        assert!(
-            got == want,
-            "{n} differs from tests/bundles/incident/{n}; review and bless"
-        );
+        assert!(got == want, "{n} differs from tests/bundles/incident/{n}; review and bless");
     }
 }

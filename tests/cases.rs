@@ -40,20 +40,13 @@ fn run(case: &Case) -> (i32, String) {
     let out = cmd.output().expect("run logwarden");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "logwarden panicked: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).expect("utf-8 output"),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).expect("utf-8 output"))
 }
 
 /// The stable part of a scan document.
 pub fn project(doc: &Value) -> Value {
     let pick = |v: &Value, keys: &[&str]| -> Value {
-        Value::Object(
-            keys.iter()
-                .filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone())))
-                .collect(),
-        )
+        Value::Object(keys.iter().filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone()))).collect())
     };
     let stats = &doc["stats"];
     json!({
@@ -73,12 +66,7 @@ pub fn project(doc: &Value) -> Value {
 
 fn actual_value(case: &Case, stdout: &str) -> Value {
     if case.args.first().map(String::as_str) == Some("match") {
-        return Value::Array(
-            stdout
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("ndjson line"))
-                .collect(),
-        );
+        return Value::Array(stdout.lines().map(|l| serde_json::from_str(l).expect("ndjson line")).collect());
     }
     project(&serde_json::from_str(stdout).expect("scan prints one JSON document"))
 }
@@ -101,29 +89,18 @@ fn every_case_matches_its_expected_output() {
         let (code, stdout) = run(&case);
         let expected_path = path.with_extension("expected.json");
         if code != case.exit_code {
-            failures.push(format!(
-                "{}: exit code {code}, expected {}",
-                path.display(),
-                case.exit_code
-            ));
+            failures.push(format!("{}: exit code {code}, expected {}", path.display(), case.exit_code));
             continue;
         }
         let actual = actual_value(&case, &stdout);
         if bless {
-            std::fs::write(
-                &expected_path,
-                serde_json::to_string_pretty(&actual).unwrap() + "\n",
-            )
-            .unwrap();
+            std::fs::write(&expected_path, serde_json::to_string_pretty(&actual).unwrap() + "\n").unwrap();
             continue;
         }
         let expected: Value = std::fs::read_to_string(&expected_path)
             .map(|t| serde_json::from_str(&t).expect("expected file is JSON"))
             .unwrap_or_else(|_| {
-                panic!(
-                    "{} missing: run with LOGWARDEN_BLESS=1 and review",
-                    expected_path.display()
-                )
+                panic!("{} missing: run with LOGWARDEN_BLESS=1 and review", expected_path.display())
             });
         if actual != expected {
             failures.push(format!(
@@ -135,10 +112,5 @@ fn every_case_matches_its_expected_output() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} case(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n\n"));
 }

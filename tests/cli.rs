@@ -23,11 +23,7 @@ fn scan_json(args: &[&str], stdin: Option<Vec<u8>>) -> Value {
     let mut child = logwarden()
         .args(["scan", "--output", "json"])
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -49,10 +45,7 @@ fn a_missing_file_is_an_error_that_names_it() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no/such/file.log"), "{err}");
-    assert!(
-        out.stdout.is_empty(),
-        "nothing is scanned when an input is missing"
-    );
+    assert!(out.stdout.is_empty(), "nothing is scanned when an input is missing");
 }
 
 #[test]
@@ -73,10 +66,7 @@ fn bad_options_are_errors_that_say_what_to_write() {
 #[test]
 fn stdin_concatenation_proposes_what_the_paths_propose() {
     let by_paths = scan_json(&INCIDENT, None);
-    let joined: Vec<u8> = INCIDENT
-        .iter()
-        .flat_map(|p| std::fs::read(Path::new(p)).unwrap())
-        .collect();
+    let joined: Vec<u8> = INCIDENT.iter().flat_map(|p| std::fs::read(Path::new(p)).unwrap()).collect();
     let by_stdin = scan_json(&[], Some(joined));
     for key in ["blocklist", "lock_accounts", "spared"] {
         assert_eq!(by_paths[key], by_stdin[key], "{key}");
@@ -88,12 +78,7 @@ fn stdin_concatenation_proposes_what_the_paths_propose() {
             .iter()
             .map(|c| {
                 let n = |k: &str| c[k].as_u64().unwrap();
-                (
-                    c["ip"].as_str().unwrap().to_string(),
-                    n("requests"),
-                    n("status_4xx"),
-                    n("auth_failures"),
-                )
+                (c["ip"].as_str().unwrap().to_string(), n("requests"), n("status_4xx"), n("auth_failures"))
             })
             .collect();
         v.sort();
@@ -117,9 +102,7 @@ fn a_closed_pipe_ends_quietly() {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     // The reader is dropped here: logwarden's next writes hit a closed pipe.
     let out = child.wait_with_output().unwrap();
     assert!(first.contains("\"rule\":\"nginx-basic-auth-failure\""), "{first}");
@@ -130,12 +113,7 @@ fn a_closed_pipe_ends_quietly() {
 #[test]
 fn hostile_text_cannot_drive_the_terminal() {
     let hostile = b"\x1b]0;pwned\x07\x1b[2J not a log line \x9b31m\n".to_vec();
-    let mut child = logwarden()
-        .args(["scan"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = logwarden().args(["scan"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(&hostile).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -147,16 +125,10 @@ fn hostile_text_cannot_drive_the_terminal() {
 
 #[test]
 fn fail_on_findings_exit_codes() {
-    let with = logwarden()
-        .args(["scan", "--fail-on-findings"])
-        .args(INCIDENT)
-        .output()
-        .unwrap();
+    let with = logwarden().args(["scan", "--fail-on-findings"]).args(INCIDENT).output().unwrap();
     assert_eq!(with.status.code(), Some(1));
-    let without = logwarden()
-        .args(["scan", "--fail-on-findings", "fixtures/formats/combined.log"])
-        .output()
-        .unwrap();
+    let without =
+        logwarden().args(["scan", "--fail-on-findings", "fixtures/formats/combined.log"]).output().unwrap();
     assert_eq!(without.status.code(), Some(0));
     let plain = logwarden().args(["scan"]).args(INCIDENT).output().unwrap();
     assert_eq!(plain.status.code(), Some(0), "findings alone never fail a scan");
@@ -164,21 +136,10 @@ fn fail_on_findings_exit_codes() {
 
 #[test]
 fn ndjson_is_one_record_per_line() {
-    let out = logwarden()
-        .args(["scan", "--output", "ndjson"])
-        .args(INCIDENT)
-        .output()
-        .unwrap();
-    let records: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out = logwarden().args(["scan", "--output", "ndjson"]).args(INCIDENT).output().unwrap();
+    let records: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.last().unwrap()["type"], "stats");
     assert!(records.iter().any(|r| r["type"] == "ip" && r["block"] == true));
-    assert!(
-        records
-            .iter()
-            .any(|r| r["type"] == "account" && r["lock"] == true)
-    );
+    assert!(records.iter().any(|r| r["type"] == "account" && r["lock"] == true));
 }

@@ -40,9 +40,8 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
 fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no {needle:?} in {seen:#?}"));
+        let line =
+            rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no {needle:?} in {seen:#?}"));
         let found = line.contains(needle);
         seen.push(line);
         if found {
@@ -61,44 +60,25 @@ fn announces_a_block_once_while_the_stream_is_open_and_summarises_on_sigterm() {
     }
     stdin.flush().unwrap();
     // Below the threshold: nothing is announced.
-    assert!(
-        rx.recv_timeout(Duration::from_millis(1500)).is_err(),
-        "announced below the threshold"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err(), "announced below the threshold");
     for s in 3..6 {
         stdin.write_all(failed_login(s, "b").as_bytes()).unwrap();
     }
     stdin.flush().unwrap();
     let first = wait_for(&rx, "BLOCK 198.51.100.23");
-    assert!(
-        first.last().unwrap().starts_with("2024-01-15T10:00:0"),
-        "{first:?}"
-    );
+    assert!(first.last().unwrap().starts_with("2024-01-15T10:00:0"), "{first:?}");
     // More evidence does not announce the same client again.
     for s in 6..20 {
-        stdin
-            .write_all(failed_login(s, &format!("user{s}")).as_bytes())
-            .unwrap();
+        stdin.write_all(failed_login(s, &format!("user{s}")).as_bytes()).unwrap();
     }
     stdin.flush().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let rest = wait_for(&rx, "Proposals made while following (1)");
-    assert!(
-        rest.iter()
-            .all(|l| !l.contains("BLOCK 198.51.100.23") || l.starts_with("  ")),
-        "{rest:#?}"
-    );
+    assert!(rest.iter().all(|l| !l.contains("BLOCK 198.51.100.23") || l.starts_with("  ")), "{rest:#?}");
     let tail: Vec<String> = rx.iter().collect();
-    assert!(
-        tail.iter()
-            .any(|l| l.contains("Clients proposed for blocking (1)")),
-        "{tail:#?}"
-    );
+    assert!(tail.iter().any(|l| l.contains("Clients proposed for blocking (1)")), "{tail:#?}");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     drop(stdin);
 }

@@ -20,10 +20,8 @@ fn fixture_corpus() -> Vec<u8> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut all = Vec::new();
     for dir in ["fixtures/incident", "fixtures/formats"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "log")) {
             all.extend(std::fs::read(f).unwrap());
@@ -53,13 +51,12 @@ impl Read for Choppy {
 
 fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
     ScanConfig {
-        framing: FramingConfig {
-            chunk_bytes,
-            ..FramingConfig::default()
-        },
+        framing: FramingConfig { chunk_bytes, ..FramingConfig::default() },
         threads,
         parser: Parser::detecting(&[]),
         policy: Arc::new(ClientPolicy::default()),
+        rules: Arc::new(logwarden::detect::RuleSet::builtin().unwrap()),
+        explain: false,
         bytes_read: Default::default(),
     }
 }
@@ -68,7 +65,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
 /// lists may differ once a client has more distinct values than they hold.
 fn document(input: Input, cfg: &ScanConfig) -> Value {
     let agg = scan(vec![input], cfg).unwrap();
-    let report = decide(agg, &Thresholds::default(), &SparePolicy::default());
+    let report = decide(agg, &Thresholds::default(), &SparePolicy::default(), &cfg.rules);
     let mut doc = serde_json::to_value(&report).unwrap();
     for ip in doc["ips"].as_array_mut().unwrap() {
         for key in ["accounts", "top_paths", "top_user_agents"] {
@@ -81,10 +78,7 @@ fn document(input: Input, cfg: &ScanConfig) -> Value {
 fn baseline() -> &'static Value {
     static BASE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     BASE.get_or_init(|| {
-        document(
-            Input::from_reader("corpus", std::io::Cursor::new(fixture_corpus())),
-            &config(1 << 20, 1),
-        )
+        document(Input::from_reader("corpus", std::io::Cursor::new(fixture_corpus())), &config(1 << 20, 1))
     })
 }
 
@@ -154,11 +148,8 @@ fn a_gzip_cut_short_is_reported_and_what_came_before_is_scanned() {
     enc.write_all(&fixture_corpus()).unwrap();
     let gz = enc.finish().unwrap();
     let cut = gz[..gz.len() / 2].to_vec();
-    let agg = scan(
-        vec![Input::from_reader("cut.gz", std::io::Cursor::new(cut))],
-        &config(1 << 16, 2),
-    )
-    .unwrap();
+    let agg =
+        scan(vec![Input::from_reader("cut.gz", std::io::Cursor::new(cut))], &config(1 << 16, 2)).unwrap();
     assert_eq!(agg.stats.read_errors.len(), 1, "{:?}", agg.stats.read_errors);
     assert_eq!(agg.stats.read_errors[0].source, "cut.gz");
     assert!(agg.stats.lines > 100, "lines before the cut are scanned");

@@ -102,11 +102,7 @@ fn merge_patch_unions_and_rollback_restores_byte_for_byte() {
     let patched_file = dir.path().join("patched.json");
     std::fs::write(&patched_file, serde_json::to_string(&patched).unwrap()).unwrap();
     let rolled = patch(&patched_file, "merge", &b.join("rollback-blocklist.patch.json")).unwrap();
-    assert_eq!(
-        value(&rolled),
-        old,
-        "rollback restores the old value byte for byte"
-    );
+    assert_eq!(value(&rolled), old, "rollback restores the old value byte for byte");
     let rolled_guarded = patch(&patched_file, "json", &b.join("rollback-blocklist.guard.json")).unwrap();
     assert_eq!(value(&rolled_guarded), old);
 }
@@ -118,23 +114,13 @@ fn the_guard_refuses_a_configmap_that_changed_in_between() {
     let current = as_json(dir.path(), &cm);
     let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
     // Someone else blocked an address after logwarden read the ConfigMap.
-    let changed = configmap_yaml(
-        dir.path(),
-        "changed.yaml",
-        "data:\n  blocked-ips: \"1.2.3.4,9.9.9.9\"\n",
-    );
+    let changed = configmap_yaml(dir.path(), "changed.yaml", "data:\n  blocked-ips: \"1.2.3.4,9.9.9.9\"\n");
     let refused = patch(&changed, "json", &b.join("blocklist.guard.json"));
-    assert!(
-        refused.is_err(),
-        "the guarded patch applied to a changed ConfigMap: {refused:?}"
-    );
+    assert!(refused.is_err(), "the guarded patch applied to a changed ConfigMap: {refused:?}");
     let script = std::fs::read_to_string(b.join("apply-blocklist.sh")).unwrap();
     assert!(script.contains("--patch-file blocklist.guard.json"), "{script}");
-    let syntax = std::process::Command::new("sh")
-        .arg("-n")
-        .arg(b.join("apply-blocklist.sh"))
-        .status()
-        .unwrap();
+    let syntax =
+        std::process::Command::new("sh").arg("-n").arg(b.join("apply-blocklist.sh")).status().unwrap();
     assert!(syntax.success());
 }
 
@@ -158,11 +144,7 @@ fn without_current_no_patch_is_written_and_the_reason_is_given() {
     let (b, said) = bundle(dir.path(), &[]);
     assert!(!b.join("blocklist.patch.json").exists());
     assert!(said.contains("without --current"), "{said}");
-    assert!(
-        std::fs::read_to_string(b.join("README.md"))
-            .unwrap()
-            .contains("without --current")
-    );
+    assert!(std::fs::read_to_string(b.join("README.md")).unwrap().contains("without --current"));
     let dir2 = tempfile::tempdir().unwrap();
     let (b2, _) = bundle(dir2.path(), &["--replace"]);
     let patch: Value =
@@ -203,11 +185,7 @@ fn emit_rewrites_the_bundle_from_an_edited_report() {
         .arg(dir.path().join("b3"))
         .output()
         .unwrap();
-    assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "a block of every address is refused"
-    );
+    assert_eq!(refused.status.code(), Some(2), "a block of every address is refused");
 }
 
 #[test]
@@ -221,24 +199,14 @@ fn the_configmap_size_limit_is_checked_before_writing() {
     );
     let current = as_json(dir.path(), &cm);
     let out = logwarden()
-        .args([
-            "scan",
-            "--namespace",
-            "web",
-            "--current",
-            current.to_str().unwrap(),
-            "--out",
-        ])
+        .args(["scan", "--namespace", "web", "--current", current.to_str().unwrap(), "--out"])
         .arg(dir.path().join("bundle"))
         .args(INCIDENT)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 MiB"));
-    assert!(
-        !dir.path().join("bundle").exists(),
-        "nothing is written when a limit fails"
-    );
+    assert!(!dir.path().join("bundle").exists(), "nothing is written when a limit fails");
 }
 
 #[test]
@@ -246,15 +214,7 @@ fn the_ingress_nginx_preset_patches_block_cidrs_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("bundle");
     let out = logwarden()
-        .args([
-            "scan",
-            "--preset",
-            "ingress-nginx",
-            "--namespace",
-            "ingress-nginx",
-            "--replace",
-            "--out",
-        ])
+        .args(["scan", "--preset", "ingress-nginx", "--namespace", "ingress-nginx", "--replace", "--out"])
         .arg(&b)
         .args(INCIDENT)
         .output()
@@ -262,21 +222,10 @@ fn the_ingress_nginx_preset_patches_block_cidrs_without_a_restart() {
     ok(out, "scan --preset ingress-nginx");
     let patch: Value =
         serde_json::from_str(&std::fs::read_to_string(b.join("blocklist.patch.json")).unwrap()).unwrap();
-    assert!(
-        patch["data"]["block-cidrs"]
-            .as_str()
-            .unwrap()
-            .contains("198.51.100.23")
-    );
+    assert!(patch["data"]["block-cidrs"].as_str().unwrap().contains("198.51.100.23"));
     let script = std::fs::read_to_string(b.join("apply-blocklist.sh")).unwrap();
-    assert!(
-        script.contains("'ingress-nginx-controller' --namespace 'ingress-nginx'"),
-        "{script}"
-    );
-    assert!(
-        !script.contains("rollout restart"),
-        "the controller reloads the ConfigMap by itself"
-    );
+    assert!(script.contains("'ingress-nginx-controller' --namespace 'ingress-nginx'"), "{script}");
+    assert!(!script.contains("rollout restart"), "the controller reloads the ConfigMap by itself");
 }
 
 #[test]
@@ -301,11 +250,7 @@ fn clients_already_blocked_are_not_proposed_again() {
         .unwrap();
     let doc: Value = serde_json::from_str(&ok(out, "scan")).unwrap();
     assert!(
-        !doc["blocklist"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|ip| ip == "192.0.2.66"),
+        !doc["blocklist"].as_array().unwrap().iter().any(|ip| ip == "192.0.2.66"),
         "{}",
         doc["blocklist"]
     );

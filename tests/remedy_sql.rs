@@ -33,10 +33,8 @@ fn hostile_names() -> Vec<String> {
 /// A backend log in which every name fails 12 logins within a minute.
 fn attack_log(names: &[String]) -> String {
     let mut log = String::new();
-    for (i, name) in names
-        .iter()
-        .chain(["not-in-table".to_string(), "nul\0byte".to_string()].iter())
-        .enumerate()
+    for (i, name) in
+        names.iter().chain(["not-in-table".to_string(), "nul\0byte".to_string()].iter()).enumerate()
     {
         for n in 0..12 {
             let line = serde_json::json!({
@@ -59,10 +57,7 @@ fn setup(pg: &Postgres, names: &[String]) {
     );
     let mut file = tempfile::NamedTempFile::new().unwrap();
     // Loaded with COPY-free parameterised inserts: psql's own quote_literal via a variable.
-    for name in names
-        .iter()
-        .chain(["bystander".to_string(), "bystander2".to_string()].iter())
-    {
+    for name in names.iter().chain(["bystander".to_string(), "bystander2".to_string()].iter()) {
         let locked = match name.as_str() {
             "already-locked" => "true",
             "null-lock" => "NULL",
@@ -70,20 +65,10 @@ fn setup(pg: &Postgres, names: &[String]) {
         };
         use std::io::Write;
         // Dollar-quoting with a tag absent from every name keeps the fixture itself safe.
-        writeln!(
-            file,
-            "INSERT INTO users (username, account_locked) VALUES ($tag${name}$tag$, {locked});"
-        )
-        .unwrap();
+        writeln!(file, "INSERT INTO users (username, account_locked) VALUES ($tag${name}$tag$, {locked});")
+            .unwrap();
     }
-    ok(
-        pg.psql()
-            .args(["-v", "ON_ERROR_STOP=1", "-f"])
-            .arg(file.path())
-            .output()
-            .unwrap(),
-        "loading users",
-    );
+    ok(pg.psql().args(["-v", "ON_ERROR_STOP=1", "-f"]).arg(file.path()).output().unwrap(), "loading users");
 }
 
 fn snapshot(pg: &Postgres) -> String {
@@ -98,10 +83,7 @@ fn locked_names(pg: &Postgres) -> Vec<String> {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 fn bundle(dir: &Path, log: &str, extra: &[&str]) -> String {
@@ -128,10 +110,7 @@ fn lock_and_unlock_against_real_postgres() {
     let before = snapshot(&pg);
     let work = tempfile::tempdir().unwrap();
     let said = bundle(work.path(), &attack_log(&names), &[]);
-    assert!(
-        said.contains("could not be written as SQL"),
-        "the NUL name is refused and said so: {said}"
-    );
+    assert!(said.contains("could not be written as SQL"), "the NUL name is refused and said so: {said}");
     let lock = work.path().join("bundle/account-lock.sql");
     let unlock = work.path().join("bundle/account-unlock.sql");
     let sql_text = std::fs::read_to_string(&lock).unwrap();
@@ -139,23 +118,14 @@ fn lock_and_unlock_against_real_postgres() {
 
     let out = pg.run_file(&lock);
     let printed = ok(out, "psql -f account-lock.sql");
-    let mut expected: Vec<String> = names
-        .iter()
-        .filter(|n| n.as_str() != "already-locked")
-        .cloned()
-        .collect();
+    let mut expected: Vec<String> =
+        names.iter().filter(|n| n.as_str() != "already-locked").cloned().collect();
     expected.push("already-locked".into());
     let mut got = locked_names(&pg);
     expected.sort();
     got.sort();
-    assert_eq!(
-        got, expected,
-        "exactly the proposed accounts are locked, plus the one locked before"
-    );
-    assert!(
-        printed.contains("alice"),
-        "the lock prints what it changed: {printed}"
-    );
+    assert_eq!(got, expected, "exactly the proposed accounts are locked, plus the one locked before");
+    assert!(printed.contains("alice"), "the lock prints what it changed: {printed}");
     assert!(!Path::new(PWNED).exists(), "a name ran a shell command");
     assert_eq!(
         pg.sql("SELECT count(*) FROM users WHERE username LIKE 'bystander%' AND account_locked"),
@@ -164,18 +134,10 @@ fn lock_and_unlock_against_real_postgres() {
 
     let after_first = snapshot(&pg);
     ok(pg.run_file(&lock), "second run");
-    assert_eq!(
-        snapshot(&pg),
-        after_first,
-        "running the lock twice changes nothing the second time"
-    );
+    assert_eq!(snapshot(&pg), after_first, "running the lock twice changes nothing the second time");
 
     ok(pg.run_file(&unlock), "psql -f account-unlock.sql");
-    assert_eq!(
-        snapshot(&pg),
-        before,
-        "the unlock restores the original table, NULL and all"
-    );
+    assert_eq!(snapshot(&pg), before, "the unlock restores the original table, NULL and all");
     assert!(!Path::new(PWNED).exists());
 }
 
@@ -195,10 +157,7 @@ fn an_old_server_setting_does_not_change_what_the_names_mean() {
     );
     assert!(locked_names(&pg).contains(&"a\\'b".to_string()));
     assert!(locked_names(&pg).contains(&"x'); DROP TABLE users;--".to_string()));
-    ok(
-        pg.run_file(&work.path().join("bundle/account-unlock.sql")),
-        "unlock",
-    );
+    ok(pg.run_file(&work.path().join("bundle/account-unlock.sql")), "unlock");
     assert_eq!(snapshot(&pg), before);
     assert!(!Path::new(PWNED).exists());
 }
@@ -230,20 +189,11 @@ fn record_events_and_custom_names() {
         ],
     );
     ok(pg.run_file(&work.path().join("bundle/account-lock.sql")), "lock");
-    assert_eq!(
-        pg.sql("SELECT login FROM app.\"Accounts\" WHERE disabled ORDER BY login"),
-        "carol\no'neil\n"
-    );
+    assert_eq!(pg.sql("SELECT login FROM app.\"Accounts\" WHERE disabled ORDER BY login"), "carol\no'neil\n");
     assert_eq!(
         pg.sql("SELECT username FROM audit_events WHERE event_type = 'account_takeover' ORDER BY username"),
         "carol\no'neil\n"
     );
-    ok(
-        pg.run_file(&work.path().join("bundle/account-unlock.sql")),
-        "unlock",
-    );
-    assert_eq!(
-        pg.sql("SELECT count(*) FROM app.\"Accounts\" WHERE disabled"),
-        "0\n"
-    );
+    ok(pg.run_file(&work.path().join("bundle/account-unlock.sql")), "unlock");
+    assert_eq!(pg.sql("SELECT count(*) FROM app.\"Accounts\" WHERE disabled"), "0\n");
 }

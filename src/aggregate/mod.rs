@@ -15,10 +15,10 @@ pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 use serde::Serialize;
 
 use crate::client::{ClientKey, ClientPolicy};
-use crate::detect::{RULES, RuleId};
+use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
 use topk::TopK;
-use window::EventTimes;
+use window::{DistinctTimes, EventTimes};
 
 /// How many evidence lines are kept per client or account, and unparsed lines per scan.
 pub const SAMPLES: usize = 3;
@@ -30,6 +30,30 @@ pub const ACCOUNT_CLIENTS: usize = 1024;
 pub const SLOW_REQUEST_SECONDS: f64 = 5.0;
 /// Evidence text is cut to this many characters.
 const SAMPLE_CHARS: usize = 400;
+
+/// One parsed line on its way into the aggregates.
+pub struct Seen<'s, 'r> {
+    /// The source counted in the stats (a pod/container, or the input).
+    pub source: &'s str,
+    /// Where the line stands in its input.
+    pub at: LineRef<'s>,
+    /// The format that read it.
+    pub format: &'s str,
+    /// The line as read, for evidence.
+    pub raw: &'s [u8],
+    pub record: &'s Record<'r>,
+    /// The rules it hit.
+    pub hits: &'s [Hit],
+}
+
+/// A hash that is the same in every worker of this process (so distinct counts merge),
+/// and seeded per process (so colliding values cannot be precomputed).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8));
+    foldhash::fast::FixedState::with_seed(seed).hash_one(bytes)
+}
 
 /// Where a line came from.
 #[derive(Clone, Copy, Debug)]
@@ -56,12 +80,7 @@ impl Sample {
             Some((cut, _)) => format!("{}…", &text[..cut]),
             None => text.into_owned(),
         };
-        Sample {
-            time,
-            source: at.source.to_string(),
-            line: at.line,
-            text,
-        }
+        Sample { time, source: at.source.to_string(), line: at.line, text }
     }
 }
 
@@ -138,6 +157,10 @@ pub struct ClientStats {
     pub times_4xx: EventTimes,
     pub times_auth: EventTimes,
     pub times_rules: BTreeMap<RuleId, EventTimes>,
+    /// Accounts failed on, with times (credential stuffing).
+    pub auth_accounts: DistinctTimes,
+    /// Paths answered 4xx, with times (probing).
+    pub paths_4xx: DistinctTimes,
     pub samples: Vec<Sample>,
 }
 
@@ -158,12 +181,37 @@ impl Default for ClientStats {
             times_4xx: EventTimes::default(),
             times_auth: EventTimes::default(),
             times_rules: BTreeMap::new(),
+            auth_accounts: DistinctTimes::default(),
+            paths_4xx: DistinctTimes::default(),
             samples: Vec::new(),
         }
     }
 }
 
 impl ClientStats {
+    /// Counts one request; returns whether it is evidence (a 4xx).
+    fn observe_request(&mut self, record: &Record<'_>) -> bool {
+        let time = record.time;
+        self.requests += 1;
+        let path = record.path.as_deref().map(endpoint);
+        if let Some(p) = path {
+            self.paths.add(p);
+        }
+        if let Some(ua) = &record.user_agent {
+            self.user_agents.add(ua);
+        }
+        let Some(status) = record.status else { return false };
+        *self.statuses.entry(status).or_default() += 1;
+        self.status_5xx += u64::from(status >= 500);
+        if !(400..500).contains(&status) {
+            return false;
+        }
+        self.status_4xx += 1;
+        self.times_4xx.add(time);
+        self.paths_4xx.add(time, stable_hash(path.unwrap_or("").as_bytes()));
+        true
+    }
+
     fn merge(&mut self, o: ClientStats) {
         self.requests += o.requests;
         self.status_4xx += o.status_4xx;
@@ -171,12 +219,7 @@ impl ClientStats {
         add_counts(&mut self.statuses, o.statuses);
         self.auth_failures += o.auth_failures;
         add_counts(&mut self.rules, o.rules);
-        merge_seen(
-            &mut self.first_seen,
-            &mut self.last_seen,
-            o.first_seen,
-            o.last_seen,
-        );
+        merge_seen(&mut self.first_seen, &mut self.last_seen, o.first_seen, o.last_seen);
         self.paths.merge(o.paths);
         self.user_agents.merge(o.user_agents);
         self.accounts.merge(o.accounts);
@@ -185,6 +228,8 @@ impl ClientStats {
         for (rule, times) in o.times_rules {
             self.times_rules.entry(rule).or_default().merge(times);
         }
+        self.auth_accounts.merge(o.auth_accounts);
+        self.paths_4xx.merge(o.paths_4xx);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
     }
 }
@@ -200,6 +245,8 @@ pub struct AccountStats {
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
     pub times: EventTimes,
+    /// Clients failing on it, with times (distributed brute force).
+    pub client_times: DistinctTimes,
     pub samples: Vec<Sample>,
 }
 
@@ -218,13 +265,9 @@ impl AccountStats {
         for key in o.clients {
             self.add_client(key);
         }
-        merge_seen(
-            &mut self.first_seen,
-            &mut self.last_seen,
-            o.first_seen,
-            o.last_seen,
-        );
+        merge_seen(&mut self.first_seen, &mut self.last_seen, o.first_seen, o.last_seen);
         self.times.merge(o.times);
+        self.client_times.merge(o.client_times);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
     }
 }
@@ -300,7 +343,7 @@ pub struct Aggregator {
     /// moving the whole record.
     pub clients: HashMap<ClientKey, Box<ClientStats>>,
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
-    pub accounts: BTreeMap<&'static str, HashMap<String, AccountStats>>,
+    pub accounts: BTreeMap<String, HashMap<String, AccountStats>>,
     pub incident: IncidentStats,
 }
 
@@ -313,11 +356,7 @@ impl Aggregator {
         let source = self.source(source);
         source.lines += 1;
         source.unparsed += 1;
-        keep_sample(
-            &mut self.stats.unparsed_samples,
-            UNPARSED_SAMPLES,
-            Sample::new(at, None, raw),
-        );
+        keep_sample(&mut self.stats.unparsed_samples, UNPARSED_SAMPLES, Sample::new(at, None, raw));
     }
 
     /// Counts a line that was too long to read.
@@ -328,29 +367,46 @@ impl Aggregator {
 
     fn source(&mut self, name: &str) -> &mut SourceStats {
         if !self.stats.sources.contains_key(name) {
-            self.stats
-                .sources
-                .insert(name.to_string(), SourceStats::default());
+            self.stats.sources.insert(name.to_string(), SourceStats::default());
         }
         self.stats.sources.get_mut(name).expect("inserted above")
     }
 
-    /// Counts a parsed record of `source` and its detection.
-    #[allow(clippy::too_many_arguments)]
-    pub fn observe(
-        &mut self,
-        source: &str,
-        at: LineRef<'_>,
-        format: &str,
-        raw: &[u8],
-        record: &Record<'_>,
-        rule: Option<RuleId>,
-        policy: &ClientPolicy,
-    ) {
+    /// Counts a parsed record and the rules it hit.
+    pub fn observe(&mut self, seen: &Seen<'_, '_>, rules: &RuleSet, policy: &ClientPolicy) {
+        let record = seen.record;
+        self.count_parsed(seen.source, seen.format, record.time);
+        // A client named only by a rule's capture (free text) counts as well.
+        let remote = record.remote_addr.or_else(|| seen.hits.iter().find_map(|h| h.ip));
+        let key = remote.map(|ip| policy.key(policy.resolve(ip, record.forwarded_for.as_deref())));
+        if record.kind == Some(RecordKind::Access) {
+            self.incident.observe(record);
+        }
+        let user = record.user.as_deref().or_else(|| seen.hits.iter().find_map(|h| h.user.as_deref()));
+        let user = user.filter(|u| !u.is_empty() && *u != "-");
+        match key {
+            Some(key) => self.observe_client(key, seen, user, rules),
+            None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
+            None => {}
+        }
+        if let Some(user) = user {
+            // One account failure per line, in the realm of the first rule that counts it.
+            let counting = seen
+                .hits
+                .iter()
+                .map(|h| rules.rule(h.rule))
+                .find(|r| r.auth_failure && matches!(r.counts, Counts::Account | Counts::Both));
+            if let Some(rule) = counting {
+                self.observe_account(&rule.realm, user, key, seen);
+            }
+        }
+    }
+
+    fn count_parsed(&mut self, source: &str, format: &str, time: Option<i64>) {
         self.stats.lines += 1;
         self.stats.parsed += 1;
-        self.stats.untimed += u64::from(record.time.is_none());
-        self.stats.last_event_time = self.stats.last_event_time.max(record.time);
+        self.stats.untimed += u64::from(time.is_none());
+        self.stats.last_event_time = self.stats.last_event_time.max(time);
         let source = self.source(source);
         source.lines += 1;
         source.parsed += 1;
@@ -360,94 +416,57 @@ impl Aggregator {
                 source.formats.insert(format.to_string(), 1);
             }
         }
-        let key = record
-            .remote_addr
-            .map(|remote| policy.key(policy.resolve(remote, record.forwarded_for.as_deref())));
-        if record.kind == Some(RecordKind::Access) {
-            self.incident.observe(record);
-        }
-        match key {
-            Some(key) => self.observe_client(key, at, raw, record, rule),
-            None if rule.is_some() => self.stats.unattributed_detections += 1,
-            None => {}
-        }
-        if let Some(rule) = rule.filter(|r| RULES[*r as usize].auth_failure) {
-            self.observe_account(key, at, raw, record, rule);
-        }
     }
 
-    fn observe_client(
-        &mut self,
-        key: ClientKey,
-        at: LineRef<'_>,
-        raw: &[u8],
-        record: &Record<'_>,
-        rule: Option<RuleId>,
-    ) {
+    fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
+        let record = seen.record;
         let c = self.clients.entry(key).or_default();
         let time = record.time;
         merge_seen(&mut c.first_seen, &mut c.last_seen, time, time);
-        let mut evidence = false;
+        let mut evidence = !seen.hits.is_empty();
         if record.kind == Some(RecordKind::Access) {
-            c.requests += 1;
-            if let Some(status) = record.status {
-                *c.statuses.entry(status).or_default() += 1;
-                if (400..500).contains(&status) {
-                    c.status_4xx += 1;
-                    c.times_4xx.add(time);
-                    evidence = true;
-                }
-                c.status_5xx += u64::from(status >= 500);
-            }
-            if let Some(path) = &record.path {
-                c.paths.add(endpoint(path));
-            }
-            if let Some(ua) = &record.user_agent {
-                c.user_agents.add(ua);
+            evidence |= c.observe_request(record);
+        }
+        let mut auth = false;
+        for hit in seen.hits {
+            let rule = rules.rule(hit.rule);
+            *c.rules.entry(hit.rule).or_default() += 1;
+            auth |= rule.auth_failure && matches!(rule.counts, Counts::Client | Counts::Both);
+            if rule.threshold.is_some() && rule.aggregate.is_none() {
+                c.times_rules.entry(hit.rule).or_default().add(time);
             }
         }
-        if let Some(rule) = rule {
-            evidence = true;
-            *c.rules.entry(rule).or_default() += 1;
-            let info = &RULES[rule as usize];
-            if info.auth_failure {
-                c.auth_failures += 1;
-                c.times_auth.add(time);
-                if let Some(user) = record.user.as_deref() {
-                    c.accounts.add(user);
-                }
-            } else if info.client_threshold.is_some() {
-                c.times_rules.entry(rule).or_default().add(time);
+        if auth {
+            c.auth_failures += 1;
+            c.times_auth.add(time);
+            if let Some(user) = user {
+                c.accounts.add(user);
+                c.auth_accounts.add(time, stable_hash(user.as_bytes()));
             }
         }
         if evidence {
-            keep_sample(&mut c.samples, SAMPLES, Sample::new(at, time, raw));
+            keep_sample(&mut c.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
         }
     }
 
-    fn observe_account(
-        &mut self,
-        key: Option<ClientKey>,
-        at: LineRef<'_>,
-        raw: &[u8],
-        record: &Record<'_>,
-        rule: RuleId,
-    ) {
-        let Some(user) = record.user.as_deref().filter(|u| !u.is_empty() && *u != "-") else {
-            return;
-        };
-        let realm = self.accounts.entry(RULES[rule as usize].realm).or_default();
-        if !realm.contains_key(user) {
-            realm.insert(user.to_string(), AccountStats::default());
+    fn observe_account(&mut self, realm: &str, user: &str, key: Option<ClientKey>, seen: &Seen<'_, '_>) {
+        let time = seen.record.time;
+        if !self.accounts.contains_key(realm) {
+            self.accounts.insert(realm.to_string(), HashMap::default());
         }
-        let a = realm.get_mut(user).expect("inserted above");
+        let users = self.accounts.get_mut(realm).expect("inserted above");
+        if !users.contains_key(user) {
+            users.insert(user.to_string(), AccountStats::default());
+        }
+        let a = users.get_mut(user).expect("inserted above");
         a.auth_failures += 1;
-        a.times.add(record.time);
-        merge_seen(&mut a.first_seen, &mut a.last_seen, record.time, record.time);
+        a.times.add(time);
+        merge_seen(&mut a.first_seen, &mut a.last_seen, time, time);
         if let Some(key) = key {
             a.add_client(key);
+            a.client_times.add(time, stable_hash(key.to_string().as_bytes()));
         }
-        keep_sample(&mut a.samples, SAMPLES, Sample::new(at, record.time, raw));
+        keep_sample(&mut a.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
     }
 
     /// Adds everything `other` has learned.
@@ -495,8 +514,7 @@ impl Aggregator {
         }
         merge_samples(&mut s.unparsed_samples, o.unparsed_samples, UNPARSED_SAMPLES);
         s.read_errors.extend(o.read_errors);
-        s.read_errors
-            .sort_by(|a, b| (&a.source, &a.error).cmp(&(&b.source, &b.error)));
+        s.read_errors.sort_by(|a, b| (&a.source, &a.error).cmp(&(&b.source, &b.error)));
     }
 }
 
@@ -509,11 +527,14 @@ impl Aggregator {
             c.times_4xx.evict_before(cutoff);
             c.times_auth.evict_before(cutoff);
             c.times_rules.values_mut().for_each(|t| t.evict_before(cutoff));
+            c.auth_accounts.evict_before(cutoff);
+            c.paths_4xx.evict_before(cutoff);
             c.last_seen.is_none_or(|t| t >= cutoff)
         });
         for users in self.accounts.values_mut() {
             users.retain(|_, a| {
                 a.times.evict_before(cutoff);
+                a.client_times.evict_before(cutoff);
                 a.last_seen.is_none_or(|t| t >= cutoff)
             });
         }
@@ -545,12 +566,7 @@ mod tests {
 
     #[test]
     fn samples_keep_the_smallest_regardless_of_order() {
-        let mk = |line| Sample {
-            time: Some(10),
-            source: "s".into(),
-            line,
-            text: String::new(),
-        };
+        let mk = |line| Sample { time: Some(10), source: "s".into(), line, text: String::new() };
         let mut a = Vec::new();
         let mut b = Vec::new();
         for l in [5, 1, 9, 3, 7] {
@@ -567,6 +583,7 @@ mod tests {
     fn eviction_keeps_memory_flat_over_days() {
         use crate::client::ClientPolicy;
         let policy = ClientPolicy::default();
+        let rules = RuleSet::builtin().unwrap();
         let mut agg = Aggregator::default();
         let day = 86_400;
         for minute in 0..(3 * day / 60) {
@@ -579,15 +596,9 @@ mod tests {
                 status: Some(404),
                 ..Record::default()
             };
-            agg.observe(
-                "s",
-                LineRef { source: "s", line: 1 },
-                "combined",
-                b"x",
-                &record,
-                None,
-                &policy,
-            );
+            let at = LineRef { source: "s", line: 1 };
+            let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
+            agg.observe(&seen, &rules, &policy);
             if minute % 60 == 0 {
                 agg.evict_before(t - 600);
             }
@@ -599,11 +610,7 @@ mod tests {
             "{} minutes kept",
             agg.incident.minutes.len()
         );
-        let entries: usize = agg
-            .clients
-            .values_mut()
-            .map(|c| c.times_4xx.busiest(600).0 as usize)
-            .sum();
+        let entries: usize = agg.clients.values_mut().map(|c| c.times_4xx.busiest(600).0 as usize).sum();
         assert!(entries <= 70);
     }
 }

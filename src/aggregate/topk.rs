@@ -18,11 +18,7 @@ pub struct TopK {
 impl TopK {
     /// A counter that keeps at most `capacity` values.
     pub fn new(capacity: usize) -> Self {
-        TopK {
-            capacity,
-            counts: HashMap::default(),
-            approximate: false,
-        }
+        TopK { capacity, counts: HashMap::default(), approximate: false }
     }
 
     /// Counts one occurrence of `value`.
@@ -35,21 +31,14 @@ impl TopK {
             *c += n;
             return;
         }
-        let inherited = if self.counts.len() >= self.capacity {
-            self.evict_min()
-        } else {
-            0
-        };
+        let inherited = if self.counts.len() >= self.capacity { self.evict_min() } else { 0 };
         self.counts.insert(value.into(), inherited + n);
     }
 
     fn evict_min(&mut self) -> u64 {
         self.approximate = true;
         // Ties break on the value so the result does not depend on hash order.
-        let min = self
-            .counts
-            .iter()
-            .min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
+        let min = self.counts.iter().min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
         let key = min.map(|(k, _)| k.clone()).expect("full counter is not empty");
         self.counts.remove(&key).unwrap_or(0)
     }

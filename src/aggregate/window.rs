@@ -120,3 +120,123 @@ mod tests {
         assert_eq!(e.busiest(601).0, 2);
     }
 }
+
+/// Timed values (hashed) for "how many distinct values in any window" questions:
+/// distinct accounts one client failed on, distinct clients failing on one account,
+/// distinct paths answered 4xx. Bounded: at most [`DistinctTimes::CAP`] (second, value)
+/// pairs are kept per key; past that new pairs are dropped and `capped` is set (by then
+/// the key has long crossed any sensible threshold).
+#[derive(Clone, Debug, Default)]
+pub struct DistinctTimes {
+    entries: Vec<(i64, u64)>,
+    sorted: usize,
+    /// Pairs were dropped at the cap.
+    pub capped: bool,
+}
+
+impl DistinctTimes {
+    /// The most (second, value) pairs kept.
+    pub const CAP: usize = 16_384;
+
+    /// Records `value` (a hash) seen at `time`; untimed values are not counted.
+    pub fn add(&mut self, time: Option<i64>, value: u64) {
+        let Some(t) = time else { return };
+        if self.entries.last() == Some(&(t, value)) {
+            return;
+        }
+        if self.entries.len() >= Self::CAP {
+            self.compact();
+            if self.entries.len() >= Self::CAP {
+                self.capped = true;
+                return;
+            }
+        }
+        self.entries.push((t, value));
+        if self.entries.len() > 2 * self.sorted + 64 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.entries.sort_unstable();
+        self.entries.dedup();
+        self.sorted = self.entries.len();
+    }
+
+    /// Adds every pair of `other`.
+    pub fn merge(&mut self, other: DistinctTimes) {
+        self.capped |= other.capped;
+        self.entries.extend(other.entries);
+        self.compact();
+        if self.entries.len() > Self::CAP {
+            // Keep the earliest pairs, so the kept set does not depend on merge order.
+            self.entries.truncate(Self::CAP);
+            self.capped = true;
+        }
+    }
+
+    /// The most distinct values inside any window of `window` seconds, and its start.
+    pub fn most_distinct(&mut self, window: i64) -> (u64, Option<i64>) {
+        self.compact();
+        let mut counts: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+        let (mut best, mut start, mut lo) = (0usize, None, 0usize);
+        for hi in 0..self.entries.len() {
+            *counts.entry(self.entries[hi].1).or_default() += 1;
+            while self.entries[hi].0 - self.entries[lo].0 >= window {
+                let v = self.entries[lo].1;
+                let c = counts.get_mut(&v).expect("counted on entry");
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(&v);
+                }
+                lo += 1;
+            }
+            if counts.len() > best {
+                (best, start) = (counts.len(), Some(self.entries[lo].0));
+            }
+        }
+        (best as u64, start)
+    }
+
+    /// Drops pairs before `cutoff`.
+    pub fn evict_before(&mut self, cutoff: i64) {
+        self.compact();
+        let keep_from = self.entries.partition_point(|e| e.0 < cutoff);
+        self.entries.drain(..keep_from);
+        self.sorted = self.entries.len();
+    }
+}
+
+#[cfg(test)]
+mod distinct_tests {
+    use super::*;
+
+    #[test]
+    fn distinct_values_in_the_busiest_window() {
+        let mut d = DistinctTimes::default();
+        for i in 0..12u64 {
+            d.add(Some(100 + i as i64), i % 10);
+        }
+        d.add(Some(10_000), 99);
+        assert_eq!(d.most_distinct(600), (10, Some(100)));
+        assert_eq!(d.most_distinct(5).0, 5);
+    }
+
+    #[test]
+    fn merge_order_does_not_matter() {
+        let mut a = DistinctTimes::default();
+        let mut b = DistinctTimes::default();
+        let mut whole = DistinctTimes::default();
+        for i in 0..50i64 {
+            let (t, v) = (i * 37 % 500, (i * 13 % 17) as u64);
+            if i % 2 == 0 {
+                a.add(Some(t), v)
+            } else {
+                b.add(Some(t), v)
+            }
+            whole.add(Some(t), v);
+        }
+        a.merge(b);
+        assert_eq!(a.most_distinct(60), whole.most_distinct(60));
+    }
+}

@@ -11,10 +11,7 @@ use crate::time;
 /// Parses `line` with `format`.
 pub fn parse_with_format<'a>(format: &Arc<LogFormat>, line: &'a [u8]) -> Option<Record<'a>> {
     let caps = format.captures(line)?;
-    let mut record = Record {
-        kind: Some(RecordKind::Access),
-        ..Record::default()
-    };
+    let mut record = Record { kind: Some(RecordKind::Access), ..Record::default() };
     let mut uri: Option<&[u8]> = None;
     let mut args: Option<&[u8]> = None;
     for (var, raw) in caps {

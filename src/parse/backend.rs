@@ -108,11 +108,7 @@ impl<'a> Fields<'a> {
 
     fn finish(mut self) -> Record<'a> {
         let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
-        self.record.kind = Some(if access {
-            RecordKind::Access
-        } else {
-            RecordKind::Backend
-        });
+        self.record.kind = Some(if access { RecordKind::Access } else { RecordKind::Backend });
         self.record
     }
 }
@@ -157,11 +153,7 @@ fn logfmt_pairs(s: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
     while !rest.is_empty() {
         let eq = rest.find('=')?;
         let key = &rest[..eq];
-        if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
-        {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b)) {
             return None;
         }
         let (value, after) = logfmt_value(&rest[eq + 1..])?;
@@ -214,10 +206,7 @@ static PLAIN_USER: LazyLock<Regex> = LazyLock::new(|| {
 pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
     let s = std::str::from_utf8(line).ok()?;
     let mut rest = s;
-    let mut record = Record {
-        kind: Some(RecordKind::Backend),
-        ..Record::default()
-    };
+    let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
     if let Some(c) = PLAIN_TIME.captures(rest) {
         record.time = time::parse_rfc3339(c[1].as_bytes());
         rest = &rest[c[0].len()..];
@@ -226,12 +215,9 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
         record.level = Some(c[1].to_ascii_lowercase().into());
         rest = rest[c[0].len()..].trim_start();
     }
-    record.remote_addr = PLAIN_CLIENT
-        .captures_iter(rest)
-        .find_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
-    record.user = PLAIN_USER
-        .captures(rest)
-        .map(|c| Cow::Borrowed(c.get(1).unwrap().as_str()));
+    record.remote_addr =
+        PLAIN_CLIENT.captures_iter(rest).find_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
+    record.user = PLAIN_USER.captures(rest).map(|c| Cow::Borrowed(c.get(1).unwrap().as_str()));
     if record.time.is_none() && record.level.is_none() && record.remote_addr.is_none() {
         return None;
     }

@@ -52,9 +52,7 @@ fn skip_ids(s: &[u8]) -> &[u8] {
     match after_pid.strip_prefix(b"*") {
         Some(rest) => {
             let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            rest.get(n + 1..)
-                .filter(|_| n > 0 && rest.get(n) == Some(&b' '))
-                .unwrap_or(after_pid)
+            rest.get(n + 1..).filter(|_| n > 0 && rest.get(n) == Some(&b' ')).unwrap_or(after_pid)
         }
         None => after_pid,
     }
@@ -79,12 +77,7 @@ fn classify<'a>(record: &mut Record<'a>, text_part: &'a [u8]) {
         (ErrorLogEvent::BasicAuthFailure, Some(user))
     } else if let Some(user) = quoted_user(text_part, b"\": password mismatch") {
         (ErrorLogEvent::BasicAuthFailure, Some(user))
-    } else if memmem::find(
-        text_part,
-        b"no user/password was provided for basic authentication",
-    )
-    .is_some()
-    {
+    } else if memmem::find(text_part, b"no user/password was provided for basic authentication").is_some() {
         (ErrorLogEvent::BasicAuthMissing, None)
     } else if text_part.starts_with(b"limiting requests, excess:") {
         (ErrorLogEvent::RateLimited, None)
@@ -139,10 +132,7 @@ mod tests {
     fn user_not_found_and_others() {
         let nf = br#"2024/01/15 10:23:45 [error] 31#31: *7 user "root" was not found in "/etc/nginx/.htpasswd", client: 198.51.100.2, server: _, request: "GET / HTTP/1.1", host: "x""#;
         let r = parse(nf).unwrap();
-        assert_eq!(
-            (r.error_event, r.user.as_deref()),
-            (Some(ErrorLogEvent::BasicAuthFailure), Some("root"))
-        );
+        assert_eq!((r.error_event, r.user.as_deref()), (Some(ErrorLogEvent::BasicAuthFailure), Some("root")));
         let lr = br#"2024/01/15 10:23:45 [error] 31#31: *9 limiting requests, excess: 10.500 by zone "one", client: 198.51.100.3, server: _, request: "GET / HTTP/1.1", host: "x""#;
         assert_eq!(parse(lr).unwrap().error_event, Some(ErrorLogEvent::RateLimited));
         let fb = br#"2024/01/15 10:23:45 [error] 31#31: *9 access forbidden by rule, client: 198.51.100.4, server: _, request: "GET /admin HTTP/1.1", host: "x""#;

@@ -111,10 +111,7 @@ impl LogFormat {
     /// Compiles a `log_format` string (the concatenated quoted parts of its definition).
     pub fn compile(name: &str, definition: &str, escape: Escape) -> Result<LogFormat> {
         let items = tokenize(definition);
-        let err = |message: &str| Error::LogFormat {
-            name: name.to_string(),
-            message: message.to_string(),
-        };
+        let err = |message: &str| Error::LogFormat { name: name.to_string(), message: message.to_string() };
         if !items.iter().any(|i| matches!(i, Item::Var(Var::RemoteAddr))) {
             return Err(err(
                 "has no $remote_addr (or $proxy_protocol_addr): logwarden needs the client address",
@@ -130,12 +127,7 @@ impl LogFormat {
                 Item::Var(_) => None,
             })
             .collect();
-        Ok(LogFormat {
-            name: name.to_string(),
-            escape,
-            items,
-            finders,
-        })
+        Ok(LogFormat { name: name.to_string(), escape, items, finders })
     }
 
     /// Matches a whole line; `None` when the line does not have this format's shape.
@@ -178,11 +170,7 @@ impl LogFormat {
             // Two variables with nothing between (`$host$request_uri`): the second starts
             // at the first `/` when it is a URI, else at the next space.
             Some(Item::Var(next)) => {
-                let stop = if matches!(next, Var::RequestUri | Var::Uri) {
-                    b'/'
-                } else {
-                    b' '
-                };
+                let stop = if matches!(next, Var::RequestUri | Var::Uri) { b'/' } else { b' ' };
                 Some(memchr::memchr(stop, &line[pos..]).map_or(line.len(), |p| pos + p))
             }
         }
@@ -255,10 +243,7 @@ fn variable_at(s: &[u8]) -> Option<(&str, usize)> {
         Some(r) => (true, r),
         None => (false, rest),
     };
-    let n = rest
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
+    let n = rest.iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
     if n == 0 || (braced && rest.get(n) != Some(&b'}')) {
         return None;
     }
@@ -364,11 +349,7 @@ fn quoted_part(input: &str) -> IResult<&str, String> {
     let single = delimited(
         char('\''),
         map(
-            opt(escaped_transform(
-                is_not("\\'"),
-                '\\',
-                nom::character::complete::anychar,
-            )),
+            opt(escaped_transform(is_not("\\'"), '\\', nom::character::complete::anychar)),
             Option::unwrap_or_default,
         ),
         char('\''),
@@ -376,11 +357,7 @@ fn quoted_part(input: &str) -> IResult<&str, String> {
     let double = delimited(
         char('"'),
         map(
-            opt(escaped_transform(
-                is_not("\\\""),
-                '\\',
-                nom::character::complete::anychar,
-            )),
+            opt(escaped_transform(is_not("\\\""), '\\', nom::character::complete::anychar)),
             Option::unwrap_or_default,
         ),
         char('"'),
@@ -407,10 +384,7 @@ mod tests {
         assert_eq!(value_of(&caps, Var::RemoteAddr), b"203.0.113.7");
         assert_eq!(value_of(&caps, Var::Status), b"404");
         assert_eq!(value_of(&caps, Var::Request), b"GET /a?b=1 HTTP/1.1");
-        assert_eq!(
-            &*unescape(value_of(&caps, Var::UserAgent), Escape::Default),
-            br#"curl/8.0 "quoted""#
-        );
+        assert_eq!(&*unescape(value_of(&caps, Var::UserAgent), Escape::Default), br#"curl/8.0 "quoted""#);
     }
 
     #[test]
@@ -449,10 +423,7 @@ mod tests {
         let line = br#"{"ip":"1.2.3.4","ua":"a \",\"status\":500} b","status":401}"#;
         let caps = f.captures(line).unwrap();
         assert_eq!(value_of(&caps, Var::Status), b"401");
-        assert_eq!(
-            &*unescape(value_of(&caps, Var::UserAgent), Escape::Json),
-            br#"a ","status":500} b"#
-        );
+        assert_eq!(&*unescape(value_of(&caps, Var::UserAgent), Escape::Json), br#"a ","status":500} b"#);
     }
 
     #[test]

@@ -117,14 +117,10 @@ impl Format {
 /// The built-in access formats, most specific first so that detection settles on the
 /// richest one (an ingress line also starts like a `combined` line).
 pub fn builtin_access_formats() -> Vec<Arc<LogFormat>> {
-    [
-        ("ingress-nginx", logformat::INGRESS),
-        ("main", logformat::MAIN),
-        ("combined", logformat::COMBINED),
-    ]
-    .into_iter()
-    .map(|(name, def)| Arc::new(LogFormat::compile(name, def, Escape::Default).expect("built-in format")))
-    .collect()
+    [("ingress-nginx", logformat::INGRESS), ("main", logformat::MAIN), ("combined", logformat::COMBINED)]
+        .into_iter()
+        .map(|(name, def)| Arc::new(LogFormat::compile(name, def, Escape::Default).expect("built-in format")))
+        .collect()
 }
 
 /// Resolves a `--format` name to a format; custom formats are matched by their name.
@@ -168,36 +164,22 @@ impl Parser {
             Format::Logfmt,
             Format::PlainText,
         ]);
-        Parser {
-            candidates: Arc::new(candidates),
-            forced: false,
-            cache: HashMap::new(),
-        }
+        Parser { candidates: Arc::new(candidates), forced: false, cache: HashMap::new() }
     }
 
     /// A parser that only ever tries `format`.
     pub fn forced(format: Format) -> Parser {
-        Parser {
-            candidates: Arc::new(vec![format]),
-            forced: true,
-            cache: HashMap::new(),
-        }
+        Parser { candidates: Arc::new(vec![format]), forced: true, cache: HashMap::new() }
     }
 
     /// A parser with the same formats and an empty cache, for another worker.
     pub fn fresh(&self) -> Parser {
-        Parser {
-            candidates: self.candidates.clone(),
-            forced: self.forced,
-            cache: HashMap::new(),
-        }
+        Parser { candidates: self.candidates.clone(), forced: self.forced, cache: HashMap::new() }
     }
 
     /// Parses `line` from `source`; returns the record and the format that read it.
     pub fn parse<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, &Format)> {
-        let (record, i) = self
-            .parse_structured(source, line)
-            .or_else(|| self.parse_plain(line))?;
+        let (record, i) = self.parse_structured(source, line).or_else(|| self.parse_plain(line))?;
         Some((record, &self.candidates[i]))
     }
 
@@ -229,10 +211,7 @@ impl Parser {
     /// Parses `line` as plain text, when plain text is among the candidates. Plain text
     /// accepts almost anything, so it is only ever the last resort.
     pub fn parse_plain<'a>(&self, line: &'a [u8]) -> Option<(Record<'a>, usize)> {
-        let i = self
-            .candidates
-            .iter()
-            .position(|f| matches!(f, Format::PlainText))?;
+        let i = self.candidates.iter().position(|f| matches!(f, Format::PlainText))?;
         Some((self.candidates[i].parse(line)?, i))
     }
 }
@@ -254,10 +233,7 @@ pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as dual-stack listeners log it) to IPv4.
 pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(s).ok()?.trim();
-    let ip = s
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| strip_port(s).and_then(|h| h.parse().ok()))?;
+    let ip = s.parse::<IpAddr>().ok().or_else(|| strip_port(s).and_then(|h| h.parse().ok()))?;
     Some(canonical_ip(ip))
 }
 

@@ -72,15 +72,9 @@ impl CurrentConfigMap {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => return Err(format!("data.{key} is not a string: {other}")),
         };
-        let resource_version = object
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(CurrentConfigMap {
-            object,
-            value,
-            resource_version,
-        })
+        let resource_version =
+            object.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        Ok(CurrentConfigMap { object, value, resource_version })
     }
 }
 
@@ -118,11 +112,7 @@ pub struct Collapse {
 
 impl Default for Collapse {
     fn default() -> Self {
-        Collapse {
-            enabled: false,
-            max_v4: 24,
-            max_v6: 48,
-        }
+        Collapse { enabled: false, max_v4: 24, max_v6: 48 }
     }
 }
 
@@ -130,20 +120,12 @@ impl Default for Collapse {
 pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse) -> MergedBlocklist {
     let mut existing = BTreeSet::new();
     let mut malformed = Vec::new();
-    for raw in previous
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
+    for raw in previous.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
         match parse_entry(raw) {
             Ok(net) => {
                 existing.insert(net);
             }
-            Err(why) => malformed.push(MalformedEntry {
-                entry: raw.to_string(),
-                why,
-            }),
+            Err(why) => malformed.push(MalformedEntry { entry: raw.to_string(), why }),
         }
     }
     let (mut added, mut already_blocked) = (Vec::new(), Vec::new());
@@ -158,11 +140,8 @@ pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse)
             }
         }
     }
-    let nets: Vec<IpNet> = if collapse.enabled {
-        collapse_nets(&all, collapse)
-    } else {
-        all.into_iter().collect()
-    };
+    let nets: Vec<IpNet> =
+        if collapse.enabled { collapse_nets(&all, collapse) } else { all.into_iter().collect() };
     let mut entries: Vec<String> = nets.iter().map(show).collect();
     entries.extend(malformed.iter().map(|m| m.entry.clone()));
     MergedBlocklist {
@@ -201,11 +180,7 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     let list: Vec<IpNet> = nets.iter().copied().collect();
     let mut out = Vec::new();
     for net in IpNet::aggregate(&list) {
-        let bound = if matches!(net, IpNet::V4(_)) {
-            c.max_v4
-        } else {
-            c.max_v6
-        };
+        let bound = if matches!(net, IpNet::V4(_)) { c.max_v4 } else { c.max_v6 };
         // Only split what collapsing itself made broader: an entry that was already
         // broader in the live value stays as the operator wrote it.
         if net.prefix_len() >= bound || nets.contains(&net) {
@@ -317,50 +292,22 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_kept_verbatim_and_reported() {
-        let m = merge(
-            Some("1.2.3.4,not-an-ip,0.0.0.0/0"),
-            &keys(&["2.2.2.2"]),
-            Collapse::default(),
-        );
+        let m = merge(Some("1.2.3.4,not-an-ip,0.0.0.0/0"), &keys(&["2.2.2.2"]), Collapse::default());
         assert_eq!(m.value, "1.2.3.4,2.2.2.2,not-an-ip,0.0.0.0/0");
         assert_eq!(m.malformed.len(), 2);
     }
 
     #[test]
     fn collapse_is_exact_and_bounded() {
-        let many: Vec<String> = (0..=255)
-            .map(|i| format!("198.51.100.{i}"))
-            .chain(["198.51.101.7".into()])
-            .collect();
+        let many: Vec<String> =
+            (0..=255).map(|i| format!("198.51.100.{i}")).chain(["198.51.101.7".into()]).collect();
         let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-        let m = merge(
-            None,
-            &keys(&refs),
-            Collapse {
-                enabled: true,
-                max_v4: 24,
-                max_v6: 48,
-            },
-        );
+        let m = merge(None, &keys(&refs), Collapse { enabled: true, max_v4: 24, max_v6: 48 });
         assert_eq!(m.value, "198.51.100.0/24,198.51.101.7");
-        let m = merge(
-            None,
-            &keys(&refs),
-            Collapse {
-                enabled: true,
-                max_v4: 25,
-                max_v6: 48,
-            },
-        );
+        let m = merge(None, &keys(&refs), Collapse { enabled: true, max_v4: 25, max_v6: 48 });
         assert_eq!(m.value, "198.51.100.0/25,198.51.100.128/25,198.51.101.7");
-        let pair = merge(
-            None,
-            &keys(&["1.2.3.4", "1.2.3.6"]),
-            Collapse {
-                enabled: true,
-                ..Collapse::default()
-            },
-        );
+        let pair =
+            merge(None, &keys(&["1.2.3.4", "1.2.3.6"]), Collapse { enabled: true, ..Collapse::default() });
         assert_eq!(pair.value, "1.2.3.4,1.2.3.6", "non-neighbours stay apart");
     }
 

@@ -80,11 +80,7 @@ fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
         r.blocklist.len(),
         plan.added.len()
     );
-    let _ = writeln!(
-        md,
-        "- Already blocked, not proposed again: {}",
-        plan.already_blocked.len()
-    );
+    let _ = writeln!(md, "- Already blocked, not proposed again: {}", plan.already_blocked.len());
     let _ = writeln!(md, "- Accounts proposed for locking: **{}**", plan.locked.len());
     let _ = writeln!(md, "- Spared (never blocked): {}", r.spared.len());
     let _ = writeln!(md, "- Blocklist: {}\n", inline(&plan.blocklist_note));
@@ -168,13 +164,7 @@ fn samples(md: &mut String, samples: &[crate::aggregate::Sample]) {
     let lines: Vec<String> = samples
         .iter()
         .map(|s| {
-            format!(
-                "{}:{} {} {}",
-                s.source,
-                s.line,
-                s.time.map(format_rfc3339).unwrap_or_default(),
-                s.text
-            )
+            format!("{}:{} {} {}", s.source, s.line, s.time.map(format_rfc3339).unwrap_or_default(), s.text)
         })
         .collect();
     md.push_str(&fenced(&lines));
@@ -190,20 +180,11 @@ fn not_written(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
         let _ = writeln!(md, "- account {}: {}", inline(&n.name), inline(&n.why));
     }
     for m in &plan.malformed {
-        let _ = writeln!(
-            md,
-            "- live blocklist entry {} kept as it was: {}",
-            inline(&m.entry),
-            inline(&m.why)
-        );
+        let _ =
+            writeln!(md, "- live blocklist entry {} kept as it was: {}", inline(&m.entry), inline(&m.why));
     }
     for e in &r.stats.read_errors {
-        let _ = writeln!(
-            md,
-            "- input {} was not read to its end: {}",
-            inline(&e.source),
-            inline(&e.error)
-        );
+        let _ = writeln!(md, "- input {} was not read to its end: {}", inline(&e.source), inline(&e.error));
     }
 }
 

@@ -39,21 +39,16 @@ pub struct RemedyConfig {
 impl RemedyConfig {
     /// Checks names that end up in shell commands and SQL before anything is written.
     pub fn build(self) -> Result<RemedyConfig> {
-        for (option, name) in [
-            ("--namespace", &self.target.namespace),
-            ("--configmap", &self.target.configmap),
-        ] {
+        for (option, name) in
+            [("--namespace", &self.target.namespace), ("--configmap", &self.target.configmap)]
+        {
             check_k8s_name(option, name)?;
         }
         if let Some(d) = &self.target.restart {
             check_k8s_name("--deployment", d)?;
         }
         if self.target.key.is_empty()
-            || !self
-                .target
-                .key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || !self.target.key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
             return Err(Error::option(
                 "--configmap-key",
@@ -69,9 +64,7 @@ impl RemedyConfig {
 fn check_k8s_name(option: &'static str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.']);
     match ok {
@@ -87,22 +80,14 @@ fn check_k8s_name(option: &'static str, name: &str) -> Result<()> {
 /// listed in `already_blocked` instead, and their report says by which entry.
 pub fn mark_already_blocked(report: &mut ScanReport, current: &CurrentConfigMap) {
     let merged = blocklist::merge(current.value.as_deref(), &[], Collapse::default());
-    let live: Vec<ipnet::IpNet> = merged
-        .value
-        .split(',')
-        .filter_map(|e| e.parse::<ClientKey>().ok())
-        .map(|k| k.0)
-        .collect();
+    let live: Vec<ipnet::IpNet> =
+        merged.value.split(',').filter_map(|e| e.parse::<ClientKey>().ok()).map(|k| k.0).collect();
     for client in report.ips.iter_mut().filter(|c| c.block) {
         if let Some(by) = live.iter().find(|n| n.contains(&client.ip.0)) {
             let by = ClientKey(*by).to_string();
             client.block = false;
-            client
-                .reasons
-                .push(format!("already blocked by the live entry {by}"));
-            report
-                .already_blocked
-                .push(crate::decide::AlreadyBlocked { ip: client.ip, by });
+            client.reasons.push(format!("already blocked by the live entry {by}"));
+            report.already_blocked.push(crate::decide::AlreadyBlocked { ip: client.ip, by });
         }
     }
     let blocked: Vec<String> = report.already_blocked.iter().map(|a| a.ip.to_string()).collect();
@@ -177,18 +162,12 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
     }
     files.push(("blocklist.nginx.conf", blocklist::nginx_include(&merged.value)));
     if cfg.current.is_some() {
-        files.push((
-            "blocklist-rollback.nginx.conf",
-            blocklist::nginx_include(current_value.unwrap_or("")),
-        ));
+        files.push(("blocklist-rollback.nginx.conf", blocklist::nginx_include(current_value.unwrap_or(""))));
     }
     files.push(("account-lock.sql", scripts.lock));
     files.push(("account-unlock.sql", scripts.unlock));
-    plan.files = files
-        .iter()
-        .map(|(n, _)| n.to_string())
-        .chain(["report.md".into(), "README.md".into()])
-        .collect();
+    plan.files =
+        files.iter().map(|(n, _)| n.to_string()).chain(["report.md".into(), "README.md".into()]).collect();
     files.push(("report.md", markdown::render(report, &plan)));
     files.push(("README.md", bundle_readme(cfg, &plan, patch.is_ok())));
     write_files(dir, &files)?;
@@ -201,14 +180,9 @@ fn proposed_keys(report: &ScanReport) -> Result<Vec<ClientKey>> {
         .blocklist
         .iter()
         .map(|entry| {
-            let key: ClientKey = entry
-                .parse()
-                .map_err(|e: String| Error::option("report blocklist", e))?;
+            let key: ClientKey = entry.parse().map_err(|e: String| Error::option("report blocklist", e))?;
             if key.0.prefix_len() == 0 {
-                return Err(Error::option(
-                    "report blocklist",
-                    format!("{entry} covers every address"),
-                ));
+                return Err(Error::option("report blocklist", format!("{entry} covers every address")));
             }
             Ok(key)
         })
@@ -248,27 +222,14 @@ fn configmap_files(
         |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialise") + "\n";
     let guarded = cfg.current.is_some();
     let mut files = vec![
-        (
-            "blocklist.patch.json",
-            pretty(&blocklist::merge_patch(key, Some(&merged.value))),
-        ),
-        (
-            "rollback-blocklist.patch.json",
-            pretty(&blocklist::merge_patch(key, merged.previous.as_deref())),
-        ),
-        (
-            "rollback-blocklist.guard.json",
-            pretty(&blocklist::guarded_rollback(key, merged)),
-        ),
+        ("blocklist.patch.json", pretty(&blocklist::merge_patch(key, Some(&merged.value)))),
+        ("rollback-blocklist.patch.json", pretty(&blocklist::merge_patch(key, merged.previous.as_deref()))),
+        ("rollback-blocklist.guard.json", pretty(&blocklist::guarded_rollback(key, merged))),
     ];
     if guarded {
         files.push((
             "blocklist.guard.json",
-            pretty(&blocklist::guarded_patch(
-                key,
-                cfg.current.as_ref(),
-                &merged.value,
-            )),
+            pretty(&blocklist::guarded_patch(key, cfg.current.as_ref(), &merged.value)),
         ));
     }
     let apply_patch = if guarded {
@@ -279,12 +240,7 @@ fn configmap_files(
     files.push(("apply-blocklist.sh", script(cfg, bundle_id, apply_patch, guarded)));
     files.push((
         "rollback-blocklist.sh",
-        script(
-            cfg,
-            bundle_id,
-            "--type json --patch-file rollback-blocklist.guard.json",
-            true,
-        ),
+        script(cfg, bundle_id, "--type json --patch-file rollback-blocklist.guard.json", true),
     ));
     files
 }
@@ -331,10 +287,7 @@ fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
             t.configmap,
             t.key,
             t.namespace,
-            t.restart
-                .as_deref()
-                .map(|d| format!(", then restarts deployment `{d}`"))
-                .unwrap_or_default()
+            t.restart.as_deref().map(|d| format!(", then restarts deployment `{d}`")).unwrap_or_default()
         ));
     }
     s.push_str(
@@ -359,24 +312,16 @@ fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
 }
 
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
-    let io = |source| Error::Input {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| Error::Input { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     for (name, content) in files {
         let path = dir.join(name);
-        std::fs::write(&path, content).map_err(|source| Error::Input {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, content).map_err(|source| Error::Input { path: path.clone(), source })?;
     }
     Ok(())
 }
 
 /// FNV-1a: a stable id for the bundle, derived from its report.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }

@@ -36,10 +36,7 @@ pub fn write_ndjson(out: &mut impl Write, report: &ScanReport) -> std::io::Resul
         .map(NdjsonRecord::Ip)
         .chain(report.accounts.iter().map(NdjsonRecord::Account))
         .chain(report.spared.iter().map(NdjsonRecord::Spared))
-        .chain([
-            NdjsonRecord::Incident(&report.incident),
-            NdjsonRecord::Stats(&report.stats),
-        ]);
+        .chain([NdjsonRecord::Incident(&report.incident), NdjsonRecord::Stats(&report.stats)]);
     for record in records {
         serde_json::to_writer(&mut *out, &record)?;
         writeln!(out)?;

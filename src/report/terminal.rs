@@ -18,11 +18,7 @@ struct Painter(bool);
 
 impl Painter {
     fn paint(&self, code: &str, s: &str) -> String {
-        if self.0 {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
     }
     fn head(&self, s: &str) -> String {
         self.paint("1", s)
@@ -78,14 +74,7 @@ fn write_follow_proposals(out: &mut impl Write, r: &ScanReport, p: &Painter) -> 
     if r.follow_proposals.is_empty() {
         return Ok(());
     }
-    writeln!(
-        out,
-        "\n{}",
-        p.head(&format!(
-            "Proposals made while following ({})",
-            r.follow_proposals.len()
-        ))
-    )?;
+    writeln!(out, "\n{}", p.head(&format!("Proposals made while following ({})", r.follow_proposals.len())))?;
     for a in &r.follow_proposals {
         writeln!(out, "  {}", a.line())?;
     }
@@ -94,19 +83,11 @@ fn write_follow_proposals(out: &mut impl Write, r: &ScanReport, p: &Painter) -> 
 
 fn write_blocks(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
     let blocks: Vec<_> = r.ips.iter().filter(|c| c.block).collect();
-    writeln!(
-        out,
-        "\n{}",
-        p.head(&format!("Clients proposed for blocking ({})", blocks.len()))
-    )?;
+    writeln!(out, "\n{}", p.head(&format!("Clients proposed for blocking ({})", blocks.len())))?;
     if blocks.is_empty() {
         return writeln!(out, "  none");
     }
-    writeln!(
-        out,
-        "  {:<40} {:>8} {:>6} {:>6} {:>9}  why",
-        "client", "requests", "4xx", "5xx", "auth-fail"
-    )?;
+    writeln!(out, "  {:<40} {:>8} {:>6} {:>6} {:>9}  why", "client", "requests", "4xx", "5xx", "auth-fail")?;
     for c in blocks.iter().take(top) {
         writeln!(
             out,
@@ -124,31 +105,13 @@ fn write_blocks(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -
 
 fn write_accounts(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
     let locks: Vec<_> = r.accounts.iter().filter(|a| a.lock).collect();
-    writeln!(
-        out,
-        "\n{}",
-        p.head(&format!("Accounts proposed for locking ({})", locks.len()))
-    )?;
+    writeln!(out, "\n{}", p.head(&format!("Accounts proposed for locking ({})", locks.len())))?;
     for a in locks.iter().take(top) {
-        writeln!(
-            out,
-            "  {:<32} {}",
-            p.alert(&terminal_safe(&a.user)),
-            terminal_safe(&a.reasons.join("; "))
-        )?;
+        writeln!(out, "  {:<32} {}", p.alert(&terminal_safe(&a.user)), terminal_safe(&a.reasons.join("; ")))?;
     }
-    let basic: Vec<_> = r
-        .accounts
-        .iter()
-        .filter(|a| !a.lock && !a.reasons.is_empty())
-        .collect();
+    let basic: Vec<_> = r.accounts.iter().filter(|a| !a.lock && !a.reasons.is_empty()).collect();
     for a in basic.iter().take(top) {
-        writeln!(
-            out,
-            "  {:<32} {}",
-            terminal_safe(&a.user),
-            terminal_safe(&a.reasons.join("; "))
-        )?;
+        writeln!(out, "  {:<32} {}", terminal_safe(&a.user), terminal_safe(&a.reasons.join("; ")))?;
     }
     if locks.is_empty() {
         writeln!(out, "  none")?;
@@ -158,18 +121,11 @@ fn write_accounts(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize)
         writeln!(
             out,
             "  {}",
-            p.dim(&format!(
-                "{} more account(s) with failed logins below the threshold:",
-                watched.len()
-            ))
+            p.dim(&format!("{} more account(s) with failed logins below the threshold:", watched.len()))
         )?;
         for a in watched.iter().take(top.min(5)) {
             let user = format!("{} [{}]", terminal_safe(&a.user), a.realm);
-            writeln!(
-                out,
-                "    {user:<40} {} failed, {} client(s)",
-                a.auth_failures, a.ips
-            )?;
+            writeln!(out, "    {user:<40} {} failed, {} client(s)", a.auth_failures, a.ips)?;
         }
     }
     more(out, locks.len(), top)
@@ -179,11 +135,7 @@ fn write_spared(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -
     if r.spared.is_empty() {
         return Ok(());
     }
-    writeln!(
-        out,
-        "\n{}",
-        p.head(&format!("Over a threshold but spared ({})", r.spared.len()))
-    )?;
+    writeln!(out, "\n{}", p.head(&format!("Over a threshold but spared ({})", r.spared.len())))?;
     for s in r.spared.iter().take(top) {
         writeln!(out, "  {:<40} {}", s.ip.to_string(), terminal_safe(&s.reason))?;
     }
@@ -197,36 +149,20 @@ fn write_already_blocked(out: &mut impl Write, r: &ScanReport, p: &Painter, top:
     writeln!(
         out,
         "\n{}",
-        p.head(&format!(
-            "Over a threshold but already blocked ({})",
-            r.already_blocked.len()
-        ))
+        p.head(&format!("Over a threshold but already blocked ({})", r.already_blocked.len()))
     )?;
     for a in r.already_blocked.iter().take(top) {
-        writeln!(
-            out,
-            "  {:<40} by the live entry {}",
-            a.ip.to_string(),
-            terminal_safe(&a.by)
-        )?;
+        writeln!(out, "  {:<40} by the live entry {}", a.ip.to_string(), terminal_safe(&a.by))?;
     }
     more(out, r.already_blocked.len(), top)
 }
 
 fn write_watchlist(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
-    let watch: Vec<_> = r
-        .ips
-        .iter()
-        .filter(|c| !c.block && c.spared.is_none() && c.has_evidence())
-        .collect();
+    let watch: Vec<_> = r.ips.iter().filter(|c| !c.block && c.spared.is_none() && c.has_evidence()).collect();
     if watch.is_empty() {
         return Ok(());
     }
-    writeln!(
-        out,
-        "\n{}",
-        p.head("Other clients with errors or failed logins (below thresholds)")
-    )?;
+    writeln!(out, "\n{}", p.head("Other clients with errors or failed logins (below thresholds)"))?;
     for c in watch.iter().take(top.min(10)) {
         writeln!(
             out,
@@ -249,11 +185,7 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     }
     writeln!(out, "\n{}", p.head("Incident"))?;
     let pct = i.status_5xx as f64 * 100.0 / i.requests as f64;
-    writeln!(
-        out,
-        "  {} requests, {} answered 5xx ({pct:.1}%)",
-        i.requests, i.status_5xx
-    )?;
+    writeln!(out, "  {} requests, {} answered 5xx ({pct:.1}%)", i.requests, i.status_5xx)?;
     if let (Some(first), Some(last)) = (i.minutes_over_5pct_5xx.first(), i.minutes_over_5pct_5xx.last()) {
         writeln!(
             out,
@@ -287,18 +219,10 @@ fn write_unparsed(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     writeln!(
         out,
         "\n{}",
-        p.head(&format!(
-            "Unparsed lines: {} (first {} shown)",
-            s.unparsed,
-            s.unparsed_samples.len()
-        ))
+        p.head(&format!("Unparsed lines: {} (first {} shown)", s.unparsed, s.unparsed_samples.len()))
     )?;
     if s.oversized > 0 {
-        writeln!(
-            out,
-            "  {} line(s) longer than the limit were skipped (--max-line-bytes)",
-            s.oversized
-        )?;
+        writeln!(out, "  {} line(s) longer than the limit were skipped (--max-line-bytes)", s.oversized)?;
     }
     for sample in &s.unparsed_samples {
         writeln!(
@@ -309,28 +233,16 @@ fn write_unparsed(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
             terminal_safe(&sample.text)
         )?;
     }
-    writeln!(
-        out,
-        "  {}",
-        p.dim("(use --format or --log-format if these are a format logwarden should read)")
-    )
+    writeln!(out, "  {}", p.dim("(use --format or --log-format if these are a format logwarden should read)"))
 }
 
 fn pairs(list: &[(String, u64)], n: usize) -> String {
-    list.iter()
-        .take(n)
-        .map(|(k, v)| format!("{} ({v})", terminal_safe(k)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    list.iter().take(n).map(|(k, v)| format!("{} ({v})", terminal_safe(k))).collect::<Vec<_>>().join(", ")
 }
 
 fn more(out: &mut impl Write, total: usize, shown: usize) -> io::Result<()> {
     if total > shown {
-        writeln!(
-            out,
-            "  … and {} more (--top, or --output json for all)",
-            total - shown
-        )?;
+        writeln!(out, "  … and {} more (--top, or --output json for all)", total - shown)?;
     }
     Ok(())
 }

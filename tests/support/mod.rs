@@ -54,10 +54,7 @@ fn pg_bin_dir() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// A throwaway PostgreSQL cluster, stopped and deleted on drop.
@@ -80,23 +77,12 @@ impl Postgres {
         let dir = tempfile::Builder::new().prefix("logwarden-pg").tempdir().unwrap();
         let as_user = is_root().then_some("nobody");
         if let Some(user) = as_user {
-            let status = Command::new("chown")
-                .args(["-R", user])
-                .arg(dir.path())
-                .status()
-                .unwrap();
+            let status = Command::new("chown").args(["-R", user]).arg(dir.path()).status().unwrap();
             assert!(status.success(), "chown of the PostgreSQL temp dir failed");
         }
         let (data, socket) = (dir.path().join("data"), dir.path().to_path_buf());
         let port = 20000 + (std::process::id() % 20000) as u16 + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let pg = Postgres {
-            _dir: dir,
-            data,
-            socket,
-            port,
-            bin,
-            as_user,
-        };
+        let pg = Postgres { _dir: dir, data, socket, port, bin, as_user };
         let init = pg
             .server_cmd("initdb")
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-D"])
@@ -150,13 +136,7 @@ impl Postgres {
 
     /// Runs one SQL command; returns unaligned, tuples-only output.
     pub fn sql(&self, sql: &str) -> String {
-        ok(
-            self.psql()
-                .args(["-v", "ON_ERROR_STOP=1", "-A", "-t", "-c", sql])
-                .output()
-                .unwrap(),
-            sql,
-        )
+        ok(self.psql().args(["-v", "ON_ERROR_STOP=1", "-A", "-t", "-c", sql]).output().unwrap(), sql)
     }
 
     /// Runs a script file the way a reviewer would: `psql -f FILE`.
@@ -167,11 +147,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .server_cmd("pg_ctl")
-            .args(["-D"])
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .output();
+        let _ =
+            self.server_cmd("pg_ctl").args(["-D"]).arg(&self.data).args(["-m", "immediate", "stop"]).output();
     }
 }

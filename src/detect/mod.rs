@@ -1,0 +1,339 @@
+//! Detection: what a record means for security, decided by rules loaded from
+//! `patterns/*.toml` (built in, extended or overridden with `--patterns DIR`).
+//!
+//! All single-line rules compile into one [`RuleSet`]: one Aho-Corasick pass over the
+//! line finds the literals of every rule (ASCII case-insensitive), each literal mapped
+//! back to the rules that own it; a rule's regex and field conditions run only for rules
+//! whose literals hit. Rules without literals test parsed fields directly. The prefilter
+//! may say "maybe", never "no": `patterns test` checks it against every rule's examples.
+//! Aggregate rules (credential stuffing, distributed brute force, probing) are judged
+//! over many events, at decision time.
+
+pub mod check;
+pub mod rules;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use percent_encoding::percent_decode_str;
+
+use crate::parse::{Record, RecordKind, parse_ip};
+pub use rules::{AggregateKind, Counts, Rule, RuleError, Severity};
+
+include!(concat!(env!("OUT_DIR"), "/builtin_patterns.rs"));
+
+/// The application's own accounts (what `account-lock.sql` locks).
+pub const APP_REALM: &str = "app";
+/// Users of nginx `auth_basic` (an htpasswd file).
+pub const BASIC_AUTH_REALM: &str = "nginx-basic-auth";
+
+/// Index of a rule in its [`RuleSet`].
+pub type RuleId = u16;
+
+/// A rule that matched a line, with what its regex captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub rule: RuleId,
+    pub user: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// Every rule, compiled into one matcher.
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    prefilter: Option<AhoCorasick>,
+    /// Literal index to the rules that own it.
+    owners: Vec<Vec<RuleId>>,
+    /// Single-line rules without literals, evaluated on every record of their inputs.
+    field_rules: Vec<RuleId>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet").field("rules", &self.rules.len()).finish()
+    }
+}
+
+impl RuleSet {
+    /// The built-in rules.
+    pub fn builtin() -> Result<RuleSet, RuleError> {
+        Self::from_files(BUILTIN.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect())
+    }
+
+    /// The built-in rules, extended (and, for equal ids, overridden) by each directory's
+    /// `*.toml` files in turn.
+    pub fn with_dirs(dirs: &[impl AsRef<Path>]) -> Result<RuleSet, RuleError> {
+        let mut files: Vec<(String, String)> =
+            BUILTIN.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        for dir in dirs {
+            files.extend(read_dir(dir.as_ref())?);
+        }
+        Self::from_files(files)
+    }
+
+    /// Only the rules in `dir` (for `patterns test DIR`).
+    pub fn from_dir(dir: &Path) -> Result<RuleSet, RuleError> {
+        Self::from_files(read_dir(dir)?)
+    }
+
+    fn from_files(files: Vec<(String, String)>) -> Result<RuleSet, RuleError> {
+        let mut rules: Vec<Rule> = Vec::new();
+        for (name, text) in &files {
+            let mut seen_here = std::collections::HashSet::new();
+            for rule in rules::compile_file(name, text)? {
+                if !seen_here.insert(rule.id.clone()) {
+                    return Err(RuleError {
+                        file: name.clone(),
+                        line: rule.line,
+                        message: format!("duplicate rule id {:?} in this file; ids must be unique", rule.id),
+                    });
+                }
+                // A later file with the same id overrides the earlier rule.
+                match rules.iter().position(|r| r.id == rule.id) {
+                    Some(i) => rules[i] = rule,
+                    None => rules.push(rule),
+                }
+            }
+        }
+        Self::compile(rules)
+    }
+
+    fn compile(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
+        if rules.len() > RuleId::MAX as usize {
+            return Err(RuleError { file: "patterns".into(), line: 1, message: "too many rules".into() });
+        }
+        let mut literals: Vec<String> = Vec::new();
+        let mut owners: Vec<Vec<RuleId>> = Vec::new();
+        let mut field_rules = Vec::new();
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.aggregate.is_none()) {
+            if rule.literals.is_empty() {
+                field_rules.push(i as RuleId);
+            }
+            for lit in &rule.literals {
+                match literals.iter().position(|l| l == lit) {
+                    Some(at) => owners[at].push(i as RuleId),
+                    None => {
+                        literals.push(lit.clone());
+                        owners.push(vec![i as RuleId]);
+                    }
+                }
+            }
+        }
+        let prefilter = (!literals.is_empty())
+            .then(|| {
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::Standard)
+                    .build(&literals)
+                    .map_err(|e| RuleError { file: "patterns".into(), line: 1, message: e.to_string() })
+            })
+            .transpose()?;
+        Ok(RuleSet { rules, prefilter, owners, field_rules })
+    }
+
+    /// All rules, indexed by [`RuleId`].
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// One rule.
+    pub fn rule(&self, id: RuleId) -> &Rule {
+        &self.rules[id as usize]
+    }
+
+    /// Every regex of every rule (its own and its field conditions), for the naive
+    /// "every regex on every line" baseline of the benchmarks.
+    pub fn regexes(&self) -> Vec<&regex::Regex> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            let w = &r.when;
+            out.extend(r.regex.iter());
+            for re in [&w.path, &w.query, &w.uri, &w.user_agent, &w.event, &w.message] {
+                out.extend(re.iter());
+            }
+        }
+        out
+    }
+
+    /// Looks a rule up by its id.
+    pub fn find(&self, id: &str) -> Option<RuleId> {
+        self.rules.iter().position(|r| r.id == id).map(|i| i as RuleId)
+    }
+
+    /// The rules whose literals occur in `line` (sorted, unique): the prefilter's "maybe".
+    pub fn candidates(&self, line: &[u8]) -> Vec<RuleId> {
+        let Some(ac) = &self.prefilter else { return Vec::new() };
+        let mut out: Vec<RuleId> = Vec::new();
+        for m in ac.find_overlapping_iter(line) {
+            out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
+        }
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    /// Appends to `hits` every single-line rule that `record` (read from `line`) matches.
+    pub fn detect(&self, line: &[u8], record: &Record<'_>, hits: &mut Vec<Hit>) {
+        let Some(kind) = record.kind else { return };
+        let mut fields = Fields::new(record);
+        let start = hits.len();
+        for id in self.candidates(line).into_iter().chain(self.field_rules.iter().copied()) {
+            if let Some(hit) = self.evaluate(id, kind, line, &mut fields) {
+                hits.push(hit);
+            }
+        }
+        if hits.len() - start > 1 {
+            hits[start..].sort_by_key(|h| h.rule);
+        }
+    }
+
+    /// Evaluates one rule without the prefilter (for checking the prefilter itself).
+    pub fn detect_unfiltered(&self, line: &[u8], record: &Record<'_>, id: RuleId, hits: &mut Vec<Hit>) {
+        let Some(kind) = record.kind else { return };
+        hits.extend(self.evaluate(id, kind, line, &mut Fields::new(record)));
+    }
+
+    fn evaluate(&self, id: RuleId, kind: RecordKind, line: &[u8], f: &mut Fields<'_, '_>) -> Option<Hit> {
+        let rule = &self.rules[id as usize];
+        if !rule.inputs.iter().any(|i| i.accepts(kind)) || !conditions_hold(rule, f) {
+            return None;
+        }
+        let mut hit = Hit { rule: id, user: None, ip: None };
+        if let Some(re) = &rule.regex {
+            let text = String::from_utf8_lossy(line);
+            let caps = re.captures(&text)?;
+            hit.user = caps.name("user").map(|m| m.as_str().to_string());
+            hit.ip = caps.name("ip").and_then(|m| parse_ip(m.as_str().as_bytes()));
+        }
+        Some(hit)
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, RuleError> {
+    let err = |message: String| RuleError { file: dir.display().to_string(), line: 0, message };
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| err(format!("cannot read the patterns directory: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
+            Ok((p.display().to_string(), text))
+        })
+        .collect()
+}
+
+/// Record fields as rules see them; decoded forms are computed once, on first use.
+struct Fields<'r, 'a> {
+    record: &'r Record<'a>,
+    path: Option<Option<String>>,
+    query: Option<Option<String>>,
+    uri: Option<Option<String>>,
+}
+
+impl<'r, 'a> Fields<'r, 'a> {
+    fn new(record: &'r Record<'a>) -> Self {
+        Fields { record, path: None, query: None, uri: None }
+    }
+
+    /// The path without its query, percent-decoded (twice, for double encoding).
+    fn path(&mut self) -> Option<&str> {
+        let record = self.record;
+        self.path
+            .get_or_insert_with(|| {
+                record.path.as_deref().map(|p| decode(p.split('?').next().unwrap_or(p), false))
+            })
+            .as_deref()
+    }
+
+    /// The query string, percent-decoded with `+` as a space.
+    fn query(&mut self) -> Option<&str> {
+        let record = self.record;
+        self.query
+            .get_or_insert_with(|| {
+                record.path.as_deref().and_then(|p| p.split_once('?')).map(|(_, q)| decode(q, true))
+            })
+            .as_deref()
+    }
+}
+
+impl Fields<'_, '_> {
+    /// Decoded path and query together.
+    fn uri(&mut self) -> Option<&str> {
+        if self.uri.is_none() {
+            let path = self.path().map(str::to_string);
+            let query = self.query().map(str::to_string);
+            self.uri = Some(path.map(|p| match query {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            }));
+        }
+        self.uri.as_ref().and_then(|u| u.as_deref())
+    }
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let once = |s: &str| -> String {
+        let s: Cow<'_, str> = if plus_is_space { s.replace('+', " ").into() } else { s.into() };
+        percent_decode_str(&s).decode_utf8_lossy().into_owned()
+    };
+    let first = once(s);
+    if first.contains('%') { once(&first) } else { first }
+}
+
+fn conditions_hold(rule: &Rule, f: &mut Fields<'_, '_>) -> bool {
+    let w = &rule.when;
+    let r = f.record;
+    let text_matches = |re: &Option<regex::Regex>, value: Option<&str>| {
+        re.as_ref().is_none_or(|re| value.is_some_and(|v| re.is_match(v)))
+    };
+    (w.status.is_empty() || r.status.is_some_and(|s| w.status.iter().any(|range| range.contains(&s))))
+        && (w.method.is_empty() || r.method.as_deref().is_some_and(|m| w.method.iter().any(|x| x == m)))
+        && (w.level.is_empty() || r.level.as_deref().is_some_and(|l| w.level.iter().any(|x| x == l)))
+        && w.error_event.is_none_or(|e| r.error_event == Some(e))
+        && w.malformed_request.is_none_or(|want| r.method.is_none() == want)
+        && text_matches(&w.user_agent, r.user_agent.as_deref())
+        && text_matches(&w.event, r.event.as_deref())
+        && text_matches(&w.message, r.message.as_deref())
+        && (w.path.is_none() || text_matches(&w.path, f.path()))
+        && (w.query.is_none() || text_matches(&w.query, f.query()))
+        && (w.uri.is_none() || text_matches(&w.uri, f.uri()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_compile() {
+        let set = RuleSet::builtin().unwrap();
+        assert!(set.rules().len() >= 10);
+        assert!(set.find("nginx-basic-auth-failure").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let text = "[[rule]]\nid = \"x\"\ndescription = \"d\"\ninputs = [\"access\"]\nliterals = [\"a\"]\nregex = \"(\"\nexamples = [\"a\"]\ncounterexamples = [\"b\"]\n";
+        let err = rules::compile_file("f.toml", text).unwrap_err();
+        assert_eq!((err.file.as_str(), err.line), ("f.toml", 6));
+        let unknown =
+            "[[rule]]\nid = \"x\"\ndescription = \"d\"\ninputs = [\"access\"]\nwhen = { stauts = [401] }\n";
+        let err = rules::compile_file("f.toml", unknown).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("stauts"), "{err}");
+    }
+
+    #[test]
+    fn decoding_sees_through_encoding() {
+        assert_eq!(decode("/a/%2e%2e%2f%2e%2e%2fetc/passwd", false), "/a/../../etc/passwd");
+        assert_eq!(decode("%252e%252e%252f", false), "../");
+        assert_eq!(decode("q=%27+OR+1%3D1", true), "q=' OR 1=1");
+    }
+}
