@@ -368,3 +368,57 @@ fn the_prefilter_never_hides_a_match_in_the_fixtures() {
     }
     assert!(checked > 4000);
 }
+
+#[test]
+fn patterns_dirs_add_and_override_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    std::fs::write(
+        &log,
+        [
+            "203.0.113.90 - - [15/Jan/2024:10:00:00 +0000] \"GET /internal-admin/ HTTP/1.1\" 403 0 \"-\" \"curl/8.4.0\"\n",
+            "203.0.113.90 - - [15/Jan/2024:10:00:05 +0000] \"GET /internal-admin/users HTTP/1.1\" 403 0 \"-\" \"curl/8.4.0\"\n",
+            "192.0.2.66 - - [15/Jan/2024:10:06:40 +0000] \"GET / HTTP/1.1\" 200 153 \"-\" \"sqlmap/1.7.2#stable\"\n",
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let plain: Value = serde_json::from_str(&ok(
+        logwarden().args(["scan", "--output", "json"]).arg(&log).output().unwrap(),
+        "scan",
+    ))
+    .unwrap();
+    assert_eq!(plain["blocklist"], serde_json::json!([]));
+    let extra: Value = serde_json::from_str(&ok(
+        logwarden()
+            .args(["scan", "--output", "json", "--patterns", "tests/patterns-extra"])
+            .arg(&log)
+            .output()
+            .unwrap(),
+        "scan --patterns",
+    ))
+    .unwrap();
+    let mut blocked: Vec<&str> =
+        extra["blocklist"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    blocked.sort();
+    assert_eq!(blocked, ["192.0.2.66", "203.0.113.90"]);
+    let listed = ok(
+        logwarden().args(["patterns", "list", "--patterns", "tests/patterns-extra"]).output().unwrap(),
+        "list",
+    );
+    assert!(listed.contains("internal-admin-probe"));
+    assert_eq!(listed.matches("scanner-user-agent").count(), 1, "the override replaces the built-in rule");
+    let tested = ok(
+        logwarden().args(["patterns", "test", "tests/patterns-extra"]).output().unwrap(),
+        "patterns test DIR",
+    );
+    assert!(tested.contains("4 passed, 0 failed"), "{tested}");
+}
+
+#[test]
+fn an_invalid_rule_is_rejected_with_its_file_and_line() {
+    let out = logwarden().args(["patterns", "test", "tests/patterns-broken"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml:8") && err.contains("does not compile"), "{err}");
+}

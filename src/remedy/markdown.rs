@@ -58,7 +58,22 @@ pub fn render(report: &ScanReport, plan: &BundlePlan) -> String {
         account(&mut md, a);
     }
     not_written(&mut md, report, plan);
+    rules_used(&mut md, report);
     md
+}
+
+/// The rules named above, with what they mean.
+fn rules_used(md: &mut String, r: &ScanReport) {
+    let used: std::collections::BTreeSet<&str> =
+        r.ips.iter().filter(|c| c.block).flat_map(|c| c.rules.keys().map(String::as_str)).collect();
+    let described: Vec<_> = r.rules.iter().filter(|rule| used.contains(rule.id.as_str())).collect();
+    if described.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Rules\n");
+    for rule in described {
+        let _ = writeln!(md, "- `{}`: {}", rule.id, inline(&rule.description));
+    }
 }
 
 fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
