@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{logwarden, ok};
+use support::{INCIDENT, logwarden, ok};
 
 #[test]
 fn the_incident_bundle_matches_the_reviewed_copy() {
@@ -24,11 +24,7 @@ fn the_incident_bundle_matches_the_reviewed_copy() {
                 "--out",
             ])
             .arg(&out)
-            .args([
-                "fixtures/incident/nginx-access.log",
-                "fixtures/incident/nginx-error.log",
-                "fixtures/incident/backend.log",
-            ])
+            .args(INCIDENT)
             .output()
             .unwrap(),
         "scan --out",

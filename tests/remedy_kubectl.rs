@@ -7,13 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::{kubectl, logwarden, ok};
-
-const INCIDENT: [&str; 3] = [
-    "fixtures/incident/nginx-access.log",
-    "fixtures/incident/nginx-error.log",
-    "fixtures/incident/backend.log",
-];
+use support::{INCIDENT, kubectl, logwarden, ok};
 
 fn configmap_yaml(dir: &Path, name: &str, data: &str) -> PathBuf {
     let path = dir.join(name);

@@ -346,23 +346,16 @@ fn log_format_directive(input: &str) -> IResult<&str, Directive<'_>> {
 
 /// One quoted piece of a directive, in single or double quotes, with `\` escapes.
 fn quoted_part(input: &str) -> IResult<&str, String> {
-    let single = delimited(
-        char('\''),
-        map(
-            opt(escaped_transform(is_not("\\'"), '\\', nom::character::complete::anychar)),
-            Option::unwrap_or_default,
-        ),
-        char('\''),
-    );
-    let double = delimited(
-        char('"'),
-        map(
-            opt(escaped_transform(is_not("\\\""), '\\', nom::character::complete::anychar)),
-            Option::unwrap_or_default,
-        ),
-        char('"'),
-    );
-    alt((single, double)).parse(input)
+    alt((quoted_with('\'', "\\'"), quoted_with('"', "\\\""))).parse(input)
+}
+
+/// A string between two `quote`s; `stop` is the quote and the backslash.
+fn quoted_with<'a>(
+    quote: char,
+    stop: &'static str,
+) -> impl Parser<&'a str, Output = String, Error = nom::error::Error<&'a str>> {
+    let body = escaped_transform(is_not(stop), '\\', nom::character::complete::anychar);
+    delimited(char(quote), map(opt(body), Option::unwrap_or_default), char(quote))
 }
 
 #[cfg(test)]

@@ -8,6 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 
+/// The bundled incident's three logs, as the README's run command passes them.
+pub const INCIDENT: [&str; 3] = [
+    "fixtures/incident/nginx-access.log",
+    "fixtures/incident/nginx-error.log",
+    "fixtures/incident/backend.log",
+];
+
 /// Runs logwarden from the repository root.
 pub fn logwarden() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logwarden"));
