@@ -4,13 +4,17 @@
 //! that a newcomer replaces the smallest entry and inherits its count, so a reported
 //! count may overestimate by at most the evicted entry's count (flagged by `approximate`).
 
+use compact_str::CompactString;
+
 use super::HashMap;
 
 /// Counts values, keeping the heaviest `capacity` of them.
 #[derive(Clone, Debug)]
 pub struct TopK {
     capacity: usize,
-    counts: HashMap<Box<str>, u64>,
+    /// Short values (most paths, many user agents) are stored inline: counting a new
+    /// value usually allocates nothing.
+    counts: HashMap<CompactString, u64>,
     /// Whether any value was ever evicted.
     pub approximate: bool,
 }
@@ -32,7 +36,7 @@ impl TopK {
             return;
         }
         let inherited = if self.counts.len() >= self.capacity { self.evict_min() } else { 0 };
-        self.counts.insert(value.into(), inherited + n);
+        self.counts.insert(CompactString::new(value), inherited + n);
     }
 
     fn evict_min(&mut self) -> u64 {

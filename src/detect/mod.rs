@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use percent_encoding::percent_decode_str;
 
 use crate::parse::{Record, RecordKind, parse_ip};
@@ -123,9 +123,12 @@ impl RuleSet {
         }
         let prefilter = (!literals.is_empty())
             .then(|| {
+                // A full DFA: overlapping search (every literal at every position, so the
+                // prefilter never misses one) is fastest on it, and the set is small.
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
                     .build(&literals)
                     .map_err(|e| RuleError { file: "patterns".into(), line: 1, message: e.to_string() })
             })
