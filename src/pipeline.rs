@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::aggregate::Seen;
 use crate::aggregate::{Aggregator, LineRef, ReadError};
+use crate::aggregate::{Seen, UnparsedReason};
 use crate::client::ClientPolicy;
 use crate::detect::{Hit, RuleSet};
 use crate::error::{Error, Result};
@@ -172,7 +172,7 @@ impl Worker {
     fn process_line(&mut self, input: &str, line_no: u64, raw: &[u8]) {
         let at = LineRef { source: input, line: line_no };
         if raw.is_empty() {
-            self.agg.unparsed(input, at, b"(empty line)");
+            self.agg.unparsed(input, at, b"(empty line)", UnparsedReason::Empty);
             return;
         }
         let wrapped = unwrap(raw);
@@ -187,7 +187,7 @@ impl Worker {
         let Some((record, format, text)) =
             self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time)
         else {
-            self.agg.unparsed(stats_source, at, raw);
+            self.agg.unparsed(stats_source, at, raw, UnparsedReason::Unrecognized);
             return;
         };
         let mut hits = std::mem::take(&mut self.hits);

@@ -100,6 +100,28 @@ fn merge_samples(into: &mut Vec<Sample>, from: Vec<Sample>, n: usize) {
     }
 }
 
+/// Why a line was counted as unparsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnparsedReason {
+    /// Nothing on the line.
+    Empty,
+    /// Longer than `--max-line-bytes`.
+    Oversized,
+    /// No format read it (or, for an error log entry, its client was ambiguous).
+    Unrecognized,
+}
+
+impl UnparsedReason {
+    /// The name used in `stats.unparsed_by_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnparsedReason::Empty => "empty",
+            UnparsedReason::Oversized => "oversized",
+            UnparsedReason::Unrecognized => "unrecognized",
+        }
+    }
+}
+
 /// Counts for one source (a file, stdin, or a pod/container in a kubectl stream).
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SourceStats {
@@ -128,6 +150,9 @@ pub struct Stats {
     /// The latest event time seen (Unix seconds).
     pub last_event_time: Option<i64>,
     pub sources: BTreeMap<String, SourceStats>,
+    /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
+    #[serde(default)]
+    pub unparsed_by_reason: BTreeMap<String, u64>,
     pub unparsed_samples: Vec<Sample>,
     /// Inputs that could not be read to their end, with the reason.
     pub read_errors: Vec<ReadError>,
@@ -348,11 +373,12 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// Counts a line of `source` that was read but not parsed, keeping the first few
-    /// to show (`at` is where the line stands in its input).
-    pub fn unparsed(&mut self, source: &str, at: LineRef<'_>, raw: &[u8]) {
+    /// Counts a line of `source` that was read but not parsed, by `reason`, keeping the
+    /// first few to show (`at` is where the line stands in its input).
+    pub fn unparsed(&mut self, source: &str, at: LineRef<'_>, raw: &[u8], reason: UnparsedReason) {
         self.stats.lines += 1;
         self.stats.unparsed += 1;
+        *self.stats.unparsed_by_reason.entry(reason.as_str().to_string()).or_default() += 1;
         let source = self.source(source);
         source.lines += 1;
         source.unparsed += 1;
@@ -361,7 +387,8 @@ impl Aggregator {
 
     /// Counts a line that was too long to read.
     pub fn oversized(&mut self, at: LineRef<'_>) {
-        self.unparsed(at.source, at, b"(line longer than the limit; skipped)");
+        let what = b"(line longer than the limit; skipped)";
+        self.unparsed(at.source, at, what, UnparsedReason::Oversized);
         self.stats.oversized += 1;
     }
 
@@ -512,6 +539,7 @@ impl Aggregator {
             mine.unparsed += src.unparsed;
             add_counts(&mut mine.formats, src.formats);
         }
+        add_counts(&mut s.unparsed_by_reason, o.unparsed_by_reason);
         merge_samples(&mut s.unparsed_samples, o.unparsed_samples, UNPARSED_SAMPLES);
         s.read_errors.extend(o.read_errors);
         s.read_errors.sort_by(|a, b| (&a.source, &a.error).cmp(&(&b.source, &b.error)));

@@ -221,6 +221,8 @@ fn write_unparsed(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
         "\n{}",
         p.head(&format!("Unparsed lines: {} (first {} shown)", s.unparsed, s.unparsed_samples.len()))
     )?;
+    let reasons: Vec<String> = s.unparsed_by_reason.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    writeln!(out, "  by reason: {}", reasons.join(", "))?;
     if s.oversized > 0 {
         writeln!(out, "  {} line(s) longer than the limit were skipped (--max-line-bytes)", s.oversized)?;
     }

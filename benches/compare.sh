@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Compares logwarden with the tools an on-call engineer would otherwise use, on one
+# generated nginx `combined` file, in one run, and prints throughput, peak memory and the
+# ratio of each to logwarden, plus whether each answer agrees with the corpus's ground
+# truth (the planted attackers' 4xx counts).
+#
+#   benches/compare.sh [SIZE_MB]        (default 1000; the corpus is cached in target/)
+#
+# Tools that are not installed (ripgrep, GoAccess, fail2ban-regex: Debian packages) are
+# listed as skipped. Timings are wall-clock with a warm page cache; peak RSS comes from
+# GNU time. Never used as a test assertion.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1000}
+corpus=target/compare/combined-${size}MB.log
+truth=target/compare/combined-${size}MB.truth.json
+mkdir -p target/compare
+if [ ! -s "$corpus" ]; then
+    echo "generating a ${size} MB corpus (fixed seed) ..." >&2
+    python3 benches/gen_corpus.py "$size" "$corpus" --truth "$truth"
+fi
+cargo build --release --quiet
+lw=target/release/logwarden
+bytes=$(stat -c %s "$corpus")
+lines=$(python3 -c "import json;print(json.load(open('$truth'))['lines'])")
+cat "$corpus" > /dev/null   # warm the page cache
+
+results=()
+# run NAME COMMAND...: times a shell command, records seconds, peak RSS (KB) and output.
+run() {
+    local name=$1; shift
+    local out=target/compare/out.$$.${#results[@]} tfile=target/compare/time.$$
+    /usr/bin/time -f "%e %M" -o "$tfile" bash -c "$*" > "$out" 2>/dev/null || true
+    read -r secs rss < "$tfile"
+    results+=("$name"$'\x1f'"$secs"$'\x1f'"$rss"$'\x1f'"$out")
+}
+
+run "cat > /dev/null" "cat '$corpus' > /dev/null"
+run "wc -l" "wc -l '$corpus'"
+run "cat | wc -l" "cat '$corpus' | wc -l"
+if command -v rg >/dev/null; then run "rg -c ' 40[0-9] '" "rg -c ' 40[0-9] ' '$corpus'"; fi
+run "runbook grep|awk|sort|uniq" "grep -E '(40[1-4]|50[0-9])' '$corpus' | awk '{print \$1}' | sort | uniq -c | sort -nr"
+run "awk \$9 ~ /^[45]/" "awk '\$9 ~ /^[45]/ {c[\$1]++} END {for (k in c) print c[k], k}' '$corpus'"
+if command -v goaccess >/dev/null; then
+    run "goaccess (JSON report)" "goaccess '$corpus' --log-format=COMBINED -o json --no-progress"
+fi
+if command -v fail2ban-regex >/dev/null && [ -f /etc/fail2ban/filter.d/nginx-botsearch.conf ]; then
+    run "fail2ban-regex (nginx-botsearch)" "fail2ban-regex '$corpus' /etc/fail2ban/filter.d/nginx-botsearch.conf"
+fi
+run "logwarden --threads 1" "$lw scan --threads 1 --output json '$corpus'"
+run "logwarden (all threads)" "$lw scan --output json '$corpus'"
+run "logwarden, stdin" "cat '$corpus' | $lw scan --output json"
+
+# Does the answer give each planted attacker's 4xx count exactly?
+check() {
+    local name=$1 out=$2
+    python3 - "$truth" "$out" "$name" <<'PY'
+import json, re, sys
+truth = json.load(open(sys.argv[1]))["planted"]
+out, name = open(sys.argv[2], errors="replace").read(), sys.argv[3]
+if name.startswith("logwarden"):
+    ips = {c["ip"]: c for c in json.loads(out)["ips"]}
+    ok = all(ips.get(ip, {}).get("status_4xx") == p["status_4xx"] for ip, p in truth.items())
+elif name.startswith(("runbook", "awk")):
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            a, b = parts
+            n, ip = (int(a), b) if a.isdigit() else (int(b), a)
+            counts[ip] = n
+    ok = all(counts.get(ip) == p["status_4xx"] for ip, p in truth.items())
+else:
+    print("n/a"); sys.exit()
+print("yes" if ok else "no")
+PY
+}
+
+lw_secs=
+for r in "${results[@]}"; do
+    IFS=$'\x1f' read -r n s m o <<<"$r"
+    if [ "$n" = "logwarden (all threads)" ]; then lw_secs=$s; fi
+done
+printf '\ncorpus: %s (%d MB, %d lines, %s)\n\n' "$corpus" $((bytes / 1000000)) "$lines" "$(nproc) cores"
+printf '| command | MB/s | lines/s | peak RSS MB | time vs logwarden | exact 4xx per planted client |\n|---|---:|---:|---:|---:|---|\n'
+for r in "${results[@]}"; do
+    IFS=$'\x1f' read -r name secs rss out <<<"$r"
+    python3 - "$name" "$secs" "$rss" "$bytes" "$lines" "$lw_secs" "$(check "$name" "$out")" <<'PY'
+import sys
+name, secs, rss, size, lines, lw, ok = sys.argv[1:]
+secs = max(float(secs), 0.001)
+name = name.replace("|", "\\|")
+print(f"| `{name}` | {int(size) / 1e6 / secs:,.0f} | {int(lines) / secs:,.0f} | {int(rss) / 1024:,.0f} | {secs / float(lw):.2f}x | {ok} |")
+PY
+    rm -f "$out"
+done
+rm -f target/compare/time.$$
