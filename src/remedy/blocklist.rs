@@ -118,21 +118,12 @@ impl Default for Collapse {
 
 /// Merges `proposed` into the live `previous` value (comma-separated entries).
 pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse) -> MergedBlocklist {
-    let mut existing = BTreeSet::new();
-    let mut malformed = Vec::new();
-    for raw in previous.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        match parse_entry(raw) {
-            Ok(net) => {
-                existing.insert(net);
-            }
-            Err(why) => malformed.push(MalformedEntry { entry: raw.to_string(), why }),
-        }
-    }
+    let (existing, malformed) = live_entries(previous);
     let (mut added, mut already_blocked) = (Vec::new(), Vec::new());
     let mut all = existing.clone();
     for key in proposed {
-        match existing.iter().find(|e| e.contains(&key.0)) {
-            Some(cover) => already_blocked.push((key.to_string(), show(cover))),
+        match covering_entry(&existing, key) {
+            Some(cover) => already_blocked.push((key.to_string(), cover)),
             None => {
                 if all.insert(key.0) {
                     added.push(key.to_string());
@@ -151,6 +142,26 @@ pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse)
         already_blocked,
         malformed,
     }
+}
+
+/// The valid entries of a live value (normalised), and the malformed ones as written.
+pub fn live_entries(value: Option<&str>) -> (BTreeSet<IpNet>, Vec<MalformedEntry>) {
+    let mut valid = BTreeSet::new();
+    let mut malformed = Vec::new();
+    for raw in value.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match parse_entry(raw) {
+            Ok(net) => {
+                valid.insert(net);
+            }
+            Err(why) => malformed.push(MalformedEntry { entry: raw.to_string(), why }),
+        }
+    }
+    (valid, malformed)
+}
+
+/// The live entry that already blocks `key`, as written in reports.
+pub fn covering_entry(live: &BTreeSet<IpNet>, key: &ClientKey) -> Option<String> {
+    live.iter().find(|e| e.contains(&key.0)).map(show)
 }
 
 /// An address or CIDR, normalised (host bits cleared, IPv4-mapped folded to IPv4).
@@ -316,5 +327,13 @@ mod tests {
         let m = merge(Some("::ffff:1.2.3.4"), &keys(&["1.2.3.4"]), Collapse::default());
         assert_eq!(m.value, "1.2.3.4");
         assert!(m.added.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_live_entry_covers_nothing() {
+        let (live, malformed) = live_entries(Some("0.0.0.0/0,192.0.2.0/24"));
+        assert_eq!(malformed.len(), 1);
+        assert_eq!(covering_entry(&live, &"203.0.113.9".parse().unwrap()), None);
+        assert_eq!(covering_entry(&live, &"192.0.2.66".parse().unwrap()).as_deref(), Some("192.0.2.0/24"));
     }
 }

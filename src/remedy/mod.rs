@@ -79,12 +79,11 @@ fn check_k8s_name(option: &'static str, name: &str) -> Result<()> {
 /// Takes clients that the live blocklist already covers out of the proposals: they are
 /// listed in `already_blocked` instead, and their report says by which entry.
 pub fn mark_already_blocked(report: &mut ScanReport, current: &CurrentConfigMap) {
-    let merged = blocklist::merge(current.value.as_deref(), &[], Collapse::default());
-    let live: Vec<ipnet::IpNet> =
-        merged.value.split(',').filter_map(|e| e.parse::<ClientKey>().ok()).map(|k| k.0).collect();
+    // The same reading of the live value as the merge, so the report and the patch agree
+    // on what is already blocked (a malformed entry, such as 0.0.0.0/0, blocks nothing).
+    let (live, _) = blocklist::live_entries(current.value.as_deref());
     for client in report.ips.iter_mut().filter(|c| c.block) {
-        if let Some(by) = live.iter().find(|n| n.contains(&client.ip.0)) {
-            let by = ClientKey(*by).to_string();
+        if let Some(by) = blocklist::covering_entry(&live, &client.ip) {
             client.block = false;
             client.reasons.push(format!("already blocked by the live entry {by}"));
             report.already_blocked.push(crate::decide::AlreadyBlocked { ip: client.ip, by });
