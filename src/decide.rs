@@ -159,6 +159,9 @@ pub struct ScanReport {
     /// evidence has since been evicted from the window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub follow_proposals: Vec<crate::follow::Announcement>,
+    /// With `--loki`: what was read of each query's window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loki: Vec<crate::loki::QueryCoverage>,
 }
 
 /// Turns what a scan learned into proposals.
@@ -201,6 +204,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rul
             .map(|r| RuleReport { id: r.id.to_string(), description: r.description.to_string() })
             .collect(),
         follow_proposals: Vec::new(),
+        loki: Vec::new(),
         already_blocked: Vec::new(),
     }
 }

@@ -26,6 +26,8 @@ use logwarden::report::{self, terminal};
 use logwarden::time::parse_duration;
 use std::sync::atomic::AtomicBool;
 
+mod loki_cli;
+
 #[derive(Parser)]
 #[command(
     name = "logwarden",
@@ -227,6 +229,8 @@ struct ScanArgs {
     interval: String,
     #[command(flatten)]
     remedy: RemedyArgs,
+    #[command(flatten)]
+    loki: loki_cli::LokiArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -375,10 +379,21 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");
     }
     let remedy = args.remedy.out.is_some().then(|| remedy_config(&args.remedy)).transpose()?;
-    let inputs = pipeline::open_inputs(&args.input.paths)?;
-    let report = if args.follow {
-        run_follow(&args, inputs, &config, thresholds, spare)?
+    let loki = args.loki.build(&args.input.paths)?;
+    if loki.is_some() && args.follow {
+        bail!("--follow reads a live stream; with --loki, run on a schedule with --state instead");
+    }
+    let mut loki_outcome = None;
+    let report = if let Some(loki) = loki {
+        let (agg, outcome) = pipeline::scan_loki(loki, &config)?;
+        let mut report = decide(agg, &thresholds, &spare, &config.rules);
+        report.loki = outcome.coverage.clone();
+        loki_outcome = Some(outcome);
+        report
+    } else if args.follow {
+        run_follow(&args, pipeline::open_inputs(&args.input.paths)?, &config, thresholds, spare)?
     } else {
+        let inputs = pipeline::open_inputs(&args.input.paths)?;
         let progress = Progress::start(&args.input.paths, config.bytes_read.clone());
         let agg = pipeline::scan(inputs, &config);
         progress.finish();
@@ -399,13 +414,37 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         OutputArg::Ndjson => report::write_ndjson(&mut out, &report)?,
     }
     out.flush()?;
+    if let Some(outcome) = loki_outcome.as_ref().filter(|o| !o.complete()) {
+        say_incomplete(outcome);
+        return Ok(ExitCode::from(2));
+    }
     if let (Some(dir), Some(cfg)) = (&args.remedy.out, &remedy) {
         write_bundle_and_say(dir, &report, cfg)?;
+    }
+    // Only after the bundle is on disk: a run that dies before it is repeated in full.
+    if let (Some(path), Some(state)) = (&args.loki.state, loki_outcome.and_then(|o| o.next_state)) {
+        state.save(path)?;
     }
     let findings = !report.blocklist.is_empty()
         || !report.lock_accounts.is_empty()
         || !report.follow_proposals.is_empty();
     Ok(if args.fail_on_findings && findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Tells which part of which query was not read, and that nothing was written.
+fn say_incomplete(outcome: &logwarden::loki::LokiOutcome) {
+    if let Some(refused) = &outcome.refused {
+        eprintln!("logwarden: Loki refused {refused}");
+    }
+    for c in outcome.coverage.iter().filter(|c| !c.complete) {
+        if let Some(m) = &c.missing {
+            eprintln!(
+                "logwarden: query {:?}: [{}, {}) was not read ({} to {} ns): {}",
+                c.query, m.from, m.to, m.from_ns, m.to_ns, m.reason
+            );
+        }
+    }
+    eprintln!("logwarden: the window was not read completely; no bundle written, --state not advanced");
 }
 
 fn run_follow(

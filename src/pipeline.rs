@@ -299,17 +299,25 @@ impl<R: Read> Read for Counting<R> {
 pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
     let pool = BufferPool::new();
     let (rx, reader) = spawn_reader(inputs, config, config.framing, pool.clone(), config.threads * 2 + 2);
+    let mut agg = scan_frames(rx, &pool, config)?;
+    agg.stats.bytes = reader.join().unwrap_or(agg.stats.bytes);
+    Ok(agg)
+}
+
+/// Parses and counts every frame from `rx` on `config.threads` threads, merging what
+/// each learned. The frames may come from files, stdin or Loki.
+pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) -> Result<Aggregator> {
     let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .build()
         .map_err(|e| Error::option("--threads", e.to_string()))?;
-    let mut agg = threads.install(|| {
+    Ok(threads.install(|| {
         rx.into_iter()
             .par_bridge()
             .fold(
                 || Worker::new(config),
                 |mut w, frame| {
-                    w.process(frame, &pool);
+                    w.process(frame, pool);
                     w
                 },
             )
@@ -318,9 +326,20 @@ pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
                 a.merge(b);
                 a
             })
-    });
-    agg.stats.bytes = reader.join().unwrap_or(agg.stats.bytes);
-    Ok(agg)
+    }))
+}
+
+/// Scans what `loki` reads, exactly as if the lines came from stdin, one source per stream.
+pub fn scan_loki(
+    loki: crate::loki::LokiScan,
+    config: &ScanConfig,
+) -> Result<(Aggregator, crate::loki::LokiOutcome)> {
+    let pool = BufferPool::new();
+    let (rx, reader) = loki.spawn(config.threads * 2 + 2).map_err(|e| Error::option("--loki", e))?;
+    let mut agg = scan_frames(rx, &pool, config)?;
+    let outcome = reader.join().map_err(|_| Error::option("--loki", "the Loki reader failed"))?;
+    agg.stats.bytes = outcome.bytes;
+    Ok((agg, outcome))
 }
 
 /// Scans `inputs` in order on one worker, calling `each` with every chunk's matches.

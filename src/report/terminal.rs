@@ -67,6 +67,27 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
             terminal_safe(&e.error)
         )?;
     }
+    write_loki_coverage(out, r, p)
+}
+
+/// One line per Loki query: the window read, or the part that was not.
+fn write_loki_coverage(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result<()> {
+    for c in &r.loki {
+        let query = terminal_safe(&c.query);
+        let counts =
+            format!("{} entries in {} pages, {} counted before", c.entries, c.pages, c.already_counted);
+        match &c.missing {
+            None => writeln!(out, "loki {query}: [{}, {}) read completely; {counts}", c.from, c.to)?,
+            Some(m) => writeln!(
+                out,
+                "{} {query}: [{}, {}) NOT READ: {}; {counts}",
+                p.alert("loki"),
+                m.from,
+                m.to,
+                terminal_safe(&m.reason)
+            )?,
+        }
+    }
     Ok(())
 }
 

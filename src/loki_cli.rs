@@ -1,0 +1,185 @@
+//! The command line's Loki options (`scan --loki`), checked once and turned into a
+//! [`LokiScan`]. Part of the binary, not the library.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use logwarden::loki::api::{Auth, ClientConfig, RetryPolicy};
+use logwarden::loki::paging::Direction;
+use logwarden::loki::state::ScanState;
+use logwarden::loki::{LokiScan, QueryWindow, parse_time_ns};
+use logwarden::time::parse_duration;
+
+#[derive(Args)]
+pub struct LokiArgs {
+    /// Read from Grafana Loki at this base URL instead of files or stdin.
+    #[arg(long, value_name = "URL", env = "LOGWARDEN_LOKI_URL", help_heading = "Loki")]
+    pub loki: Option<String>,
+    /// LogQL log query, e.g. '{namespace="web", container="nginx"}' (repeatable).
+    #[arg(long = "query", value_name = "LOGQL", requires = "loki", help_heading = "Loki")]
+    queries: Vec<String>,
+    /// Read the last DURATION (e.g. 15m, 1h; default 1h, as Loki's own default).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from", help_heading = "Loki")]
+    since: Option<String>,
+    /// Window start: RFC 3339, Unix seconds or Unix nanoseconds.
+    #[arg(long, value_name = "TIME", requires = "loki", help_heading = "Loki")]
+    from: Option<String>,
+    /// Window end, exclusive (default: now).
+    #[arg(long, value_name = "TIME", requires = "loki", help_heading = "Loki")]
+    to: Option<String>,
+    /// Tenant (X-Scope-OrgID) of a multi-tenant Loki.
+    #[arg(long, value_name = "ID", env = "LOGWARDEN_LOKI_TENANT", help_heading = "Loki")]
+    loki_tenant: Option<String>,
+    /// Send the token in this file as `Authorization: Bearer`.
+    #[arg(long, value_name = "FILE", conflicts_with = "loki_user", help_heading = "Loki")]
+    loki_token_file: Option<PathBuf>,
+    /// Basic-auth user (password from --loki-password-file).
+    #[arg(long, value_name = "USER", requires = "loki_password_file", help_heading = "Loki")]
+    loki_user: Option<String>,
+    #[arg(long, value_name = "FILE", requires = "loki_user", help_heading = "Loki")]
+    loki_password_file: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", help_heading = "Loki")]
+    loki_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "loki_key", help_heading = "Loki")]
+    loki_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "loki_cert", help_heading = "Loki")]
+    loki_key: Option<PathBuf>,
+    /// Entries per request.
+    #[arg(long, default_value_t = 1000, help_heading = "Loki")]
+    loki_page_size: usize,
+    /// The server's max_entries_limit_per_query (Loki's default 5000): the largest page
+    /// it answers, used to read a nanosecond shared by many entries.
+    #[arg(long, default_value_t = 5000, help_heading = "Loki")]
+    loki_max_entries: usize,
+    #[arg(long, value_enum, default_value = "forward", help_heading = "Loki")]
+    loki_direction: DirectionArg,
+    /// Attempts per request for 429, 5xx and network failures.
+    #[arg(long, default_value_t = 5, help_heading = "Loki")]
+    loki_attempts: u32,
+    /// First retry delay (doubles per retry, with jitter, up to 30s).
+    #[arg(long, default_value = "1s", help_heading = "Loki")]
+    loki_backoff: String,
+    /// Timeout of one request.
+    #[arg(long, default_value = "60s", help_heading = "Loki")]
+    loki_request_timeout: String,
+    /// Timeout of the whole read.
+    #[arg(long, default_value = "30m", help_heading = "Loki")]
+    loki_timeout: String,
+    /// Scheduled runs: continue each query where the last complete run ended, and record
+    /// where this one ends (written atomically, only when the run succeeded).
+    #[arg(long, value_name = "FILE", requires = "loki", help_heading = "Loki")]
+    pub state: Option<PathBuf>,
+    /// With --state: read again this far before the last end, for lines that reach Loki
+    /// late; what was counted before is recognised and skipped.
+    #[arg(long, default_value = "5m", help_heading = "Loki")]
+    state_overlap: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Forward,
+    Backward,
+}
+
+impl LokiArgs {
+    /// Checks the options and builds the read; `None` without `--loki`.
+    pub fn build(&self, paths: &[PathBuf]) -> anyhow::Result<Option<LokiScan>> {
+        let Some(url) = &self.loki else { return Ok(None) };
+        if !paths.is_empty() {
+            bail!("--loki reads from Loki; give either --loki or files, not both");
+        }
+        if self.queries.is_empty() || self.queries.iter().any(|q| q.trim().is_empty()) {
+            bail!("--loki needs at least one --query, e.g. --query '{{container=\"nginx\"}}'");
+        }
+        if self.loki_page_size == 0 || self.loki_page_size > self.loki_max_entries {
+            bail!(
+                "--loki-page-size {}: must be between 1 and --loki-max-entries ({}); Loki refuses a larger limit",
+                self.loki_page_size,
+                self.loki_max_entries
+            );
+        }
+        let (start, end) = self.window()?;
+        let windows = self.queries.iter().map(|q| QueryWindow { query: q.clone(), start, end }).collect();
+        let state = self.state.as_ref().map(|p| ScanState::load(p)).transpose()?;
+        let overlap = duration(&self.state_overlap, "--state-overlap")?;
+        Ok(Some(LokiScan {
+            client: self.client(url)?,
+            windows,
+            page_size: self.loki_page_size,
+            max_entries: self.loki_max_entries,
+            direction: match self.loki_direction {
+                DirectionArg::Forward => Direction::Forward,
+                DirectionArg::Backward => Direction::Backward,
+            },
+            state,
+            overlap_ns: i64::try_from(overlap.as_nanos()).unwrap_or(i64::MAX),
+        }))
+    }
+
+    /// `[start, end)` in nanoseconds.
+    fn window(&self) -> anyhow::Result<(i64, i64)> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?;
+        let now = i64::try_from(now.as_nanos()).context("the clock is past 2262")?;
+        let time = |s: &str, opt: &str| {
+            parse_time_ns(s)
+                .with_context(|| format!("{opt} {s:?}: expected RFC 3339, Unix seconds or nanoseconds"))
+        };
+        let end = self.to.as_deref().map(|t| time(t, "--to")).transpose()?.unwrap_or(now);
+        let start = match (&self.from, &self.since) {
+            (Some(f), _) => time(f, "--from")?,
+            (None, since) => {
+                let since = duration(since.as_deref().unwrap_or("1h"), "--since")?;
+                end.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+            }
+        };
+        if start >= end {
+            bail!("the window is empty: --from must be before --to");
+        }
+        Ok((start, end))
+    }
+
+    fn client(&self, url: &str) -> anyhow::Result<ClientConfig> {
+        let read_secret = |p: &PathBuf, opt: &str| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{opt} {}", p.display()))
+                .map(|s| s.trim().to_string())
+        };
+        let auth = match (&self.loki_token_file, &self.loki_user, &self.loki_password_file) {
+            (Some(t), _, _) => Auth::Bearer(read_secret(t, "--loki-token-file")?),
+            (None, Some(user), Some(pw)) => {
+                Auth::Basic { user: user.clone(), password: read_secret(pw, "--loki-password-file")? }
+            }
+            _ => Auth::None,
+        };
+        let timeout = duration(&self.loki_timeout, "--loki-timeout")?;
+        Ok(ClientConfig {
+            url: url.to_string(),
+            tenant: self.loki_tenant.clone(),
+            auth,
+            ca: self.loki_ca.clone(),
+            client_cert: self.loki_cert.clone().zip(self.loki_key.clone()),
+            retry: RetryPolicy {
+                attempts: self.loki_attempts.max(1),
+                backoff: duration(&self.loki_backoff, "--loki-backoff")?,
+                max_backoff: Duration::from_secs(30),
+                deadline: Instant::now() + timeout,
+            },
+            request_timeout: duration(&self.loki_request_timeout, "--loki-request-timeout")?,
+        })
+    }
+}
+
+/// A duration such as `250ms`, `90s`, `10m`, `2h`, `1d`.
+fn duration(s: &str, opt: &str) -> anyhow::Result<Duration> {
+    let parsed = match s.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().ok().filter(|&n| n > 0).map(Duration::from_millis),
+        None => parse_duration(s).map(|secs| Duration::from_secs(secs as u64)),
+    };
+    parsed.with_context(|| format!("{opt} {s:?}: expected a duration such as 250ms, 90s, 10m or 2h"))
+}

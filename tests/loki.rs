@@ -1,0 +1,401 @@
+//! Reading Grafana Loki, against an in-process server that follows Loki's documented query
+//! API (tests/support/fake_loki.rs): exact paging line by line, faults and retries, tenant,
+//! gzip, both value shapes, scheduled runs with a state file, and the same proposals as
+//! from stdin.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use logwarden::framing::Frame;
+use logwarden::loki::api::{Auth, ClientConfig, RetryPolicy};
+use logwarden::loki::paging::Direction;
+use logwarden::loki::{LokiOutcome, LokiScan, QueryWindow};
+use support::fake_loki::{FakeLoki, FakeStream, Fault};
+use support::{INCIDENT, logwarden};
+
+const BASE: i64 = 1_700_000_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+/// 20,000 lines in three streams, about 60 per second, so that many entries share one
+/// timestamp at every page boundary; some lines repeat within a stream and nanosecond.
+fn crowded_streams() -> Vec<FakeStream> {
+    let mut streams = vec![
+        FakeStream::new(&[("app", "web"), ("pod", "nginx-a")]),
+        FakeStream::new(&[("app", "web"), ("pod", "nginx-b")]),
+        FakeStream::new(&[("app", "web"), ("pod", "api-0")]),
+    ];
+    for i in 0..20_000i64 {
+        let ts = BASE + (i / 60) * SEC;
+        let s = (i % 3) as usize;
+        // Every 97th line repeats an earlier line of its stream at the same timestamp.
+        let n = if i % 97 == 0 && i % 60 > 5 { i - 3 } else { i };
+        streams[s].push(ts, &format!("203.0.113.{} - - line {n}", n % 250));
+    }
+    streams
+}
+
+fn expected(streams: &[FakeStream]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = streams
+        .iter()
+        .flat_map(|s| {
+            let key = support::fake_loki::label_string(&s.labels);
+            s.entries.iter().map(move |(_, line, _)| (key.clone(), line.clone()))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+fn client(url: &str) -> ClientConfig {
+    ClientConfig {
+        url: url.to_string(),
+        tenant: None,
+        auth: Auth::None,
+        ca: None,
+        client_cert: None,
+        retry: RetryPolicy {
+            attempts: 4,
+            backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            deadline: Instant::now() + Duration::from_secs(120),
+        },
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+fn window_scan(url: &str, page_size: usize, direction: Direction) -> LokiScan {
+    LokiScan {
+        client: client(url),
+        windows: vec![QueryWindow { query: "{app=\"web\"}".into(), start: BASE, end: BASE + 400 * SEC }],
+        page_size,
+        max_entries: 5000,
+        direction,
+        state: None,
+        overlap_ns: 0,
+    }
+}
+
+/// Every line the scan would parse, with its source, sorted.
+fn read_lines(scan: LokiScan) -> (Vec<(String, String)>, LokiOutcome) {
+    let (rx, handle) = scan.spawn(4).unwrap();
+    let mut lines = Vec::new();
+    for frame in rx {
+        if let Frame::Lines(chunk) = frame {
+            let text = String::from_utf8(chunk.data).unwrap();
+            lines.extend(text.lines().map(|l| (chunk.source.to_string(), l.to_string())));
+        }
+    }
+    lines.sort();
+    (lines, handle.join().unwrap())
+}
+
+#[test]
+fn every_line_exactly_once_for_any_page_size_and_direction() {
+    let streams = crowded_streams();
+    let want = expected(&streams);
+    let loki = FakeLoki::start(streams);
+    for (page, direction) in [
+        (1, Direction::Forward),
+        (7, Direction::Backward),
+        (7, Direction::Forward),
+        (5000, Direction::Backward),
+    ] {
+        loki.with(|s| s.log.clear());
+        let (got, outcome) = read_lines(window_scan(&loki.url, page, direction));
+        assert!(outcome.complete(), "page {page}: {:?}", outcome.coverage);
+        assert_eq!(got.len(), want.len(), "page size {page} {direction:?}");
+        assert!(got == want, "page size {page} {direction:?}: lines differ");
+        let requests = loki.range_requests();
+        let limits: Vec<&str> = requests.iter().map(|r| r.params["limit"].as_str()).collect();
+        assert!(limits.iter().all(|l| *l == page.to_string() || *l == "5000"), "{limits:?}");
+        assert!(requests.iter().all(|r| r.params["direction"] == direction.as_str()));
+        // Integer nanoseconds, never seconds or floats.
+        assert!(requests.iter().all(|r| r.params["start"].len() == 19 && r.params["end"].len() == 19));
+    }
+}
+
+#[test]
+fn a_nanosecond_fuller_than_the_largest_page_is_reported_not_skipped() {
+    let mut s = FakeStream::new(&[("app", "web")]);
+    for i in 0..30 {
+        s.push(BASE + 5 * SEC, &format!("same second {i}"));
+    }
+    let loki = FakeLoki::start(vec![s]);
+    loki.with(|s| s.max_entries = 20);
+    let mut scan = window_scan(&loki.url, 10, Direction::Forward);
+    scan.max_entries = 20;
+    let (_, outcome) = read_lines(scan);
+    assert!(!outcome.complete());
+    let missing = outcome.coverage[0].missing.clone().unwrap();
+    assert_eq!((missing.from_ns, missing.to_ns), (BASE, BASE + 400 * SEC));
+    assert!(missing.reason.contains("more than 20 entries share the timestamp"), "{}", missing.reason);
+}
+
+#[test]
+fn transient_failures_are_retried_and_retry_after_is_honoured() {
+    let loki = FakeLoki::start(crowded_streams());
+    loki.with(|s| {
+        s.faults.extend([
+            Fault::Status(500, "rpc error: code = Unavailable\n"),
+            Fault::Status(503, "upstream connect error\n"),
+            Fault::Status(504, "Gateway Timeout\n"),
+            Fault::Drop,
+            Fault::RetryAfter(1),
+        ])
+    });
+    let started = Instant::now();
+    let mut scan = window_scan(&loki.url, 5000, Direction::Forward);
+    scan.client.retry.attempts = 6;
+    let (got, outcome) = read_lines(scan);
+    assert!(outcome.complete(), "{:?}", outcome.coverage);
+    assert_eq!(got.len(), 20_000);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+}
+
+#[test]
+fn a_slow_answer_times_out_and_is_retried() {
+    let loki = FakeLoki::start(crowded_streams());
+    loki.with(|s| s.faults.push_back(Fault::Slow(Duration::from_millis(1500))));
+    let mut scan = window_scan(&loki.url, 5000, Direction::Forward);
+    scan.client.request_timeout = Duration::from_millis(500);
+    let (got, outcome) = read_lines(scan);
+    assert!(outcome.complete());
+    assert_eq!(got.len(), 20_000);
+    assert!(loki.range_requests().len() >= 2);
+}
+
+fn streams_of_incident() -> Vec<FakeStream> {
+    let mut access = FakeStream::new(&[("container", "nginx"), ("stream", "stdout")]);
+    let mut error = FakeStream::new(&[("container", "nginx"), ("stream", "stderr")]);
+    let mut backend = FakeStream::new(&[("container", "backend"), ("stream", "stdout")]);
+    for (stream, path) in [(&mut access, INCIDENT[0]), (&mut error, INCIDENT[1]), (&mut backend, INCIDENT[2])]
+    {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            // Shippers stamp at ingestion; a few lines share each nanosecond.
+            stream.push(BASE + (i as i64 / 4) * 1_000, line);
+        }
+    }
+    vec![access, error, backend]
+}
+
+fn scan_loki(loki: &FakeLoki, extra: &[&str]) -> Output {
+    let page = if extra.contains(&"--loki-page-size") { &[][..] } else { &["--loki-page-size", "97"][..] };
+    logwarden()
+        .args(["scan", "--output", "json", "--loki", &loki.url])
+        .args(["--query", "{container=\"nginx\"}", "--query", "{container=\"backend\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + 3600 * SEC).to_string()])
+        .args(["--loki-backoff", "5ms"])
+        .args(page)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn proposals(doc: &serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+    (doc["blocklist"].clone(), doc["lock_accounts"].clone())
+}
+
+#[test]
+fn loki_and_stdin_give_the_same_proposals() {
+    let loki = FakeLoki::start(streams_of_incident());
+    let from_loki = json(&scan_loki(&loki, &[]));
+    let mut stdin = Vec::new();
+    for path in INCIDENT {
+        stdin.extend(std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap());
+    }
+    let mut child = logwarden()
+        .args(["scan", "--output", "json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stdin).unwrap();
+    let from_stdin = json(&child.wait_with_output().unwrap());
+    assert!(!from_loki["blocklist"].as_array().unwrap().is_empty());
+    assert_eq!(proposals(&from_loki), proposals(&from_stdin));
+    assert_eq!(from_loki["stats"]["lines"], from_stdin["stats"]["lines"]);
+    let coverage = from_loki["loki"].as_array().unwrap();
+    assert_eq!(coverage.len(), 2);
+    assert!(coverage.iter().all(|c| c["complete"] == true));
+    // Streams are the sources: the report names where each sample came from.
+    let text = from_loki.to_string();
+    assert!(
+        text.contains(r#"{container=\"nginx\", stream=\"stdout\"}"#),
+        "sources are not the stream labels"
+    );
+}
+
+#[test]
+fn gzip_is_asked_for_and_read() {
+    let loki = FakeLoki::start(streams_of_incident());
+    json(&scan_loki(&loki, &[]));
+    let requests = loki.range_requests();
+    assert!(requests.iter().all(|r| r.headers.get("accept-encoding").is_some_and(|v| v.contains("gzip"))));
+}
+
+#[test]
+fn two_element_values_of_an_older_loki_read_the_same() {
+    let new = FakeLoki::start(streams_of_incident());
+    let old = FakeLoki::start(streams_of_incident());
+    old.with(|s| {
+        s.legacy = true;
+        // Structured metadata merged into labels splits nothing when it is constant.
+        for st in &mut s.streams {
+            for e in &mut st.entries {
+                e.2.insert("detected_level".into(), "info".into());
+            }
+        }
+    });
+    assert_eq!(proposals(&json(&scan_loki(&new, &[]))), proposals(&json(&scan_loki(&old, &[]))));
+    assert!(
+        new.range_requests()
+            .iter()
+            .all(|r| r.headers["x-loki-response-encoding-flags"] == "categorize-labels")
+    );
+}
+
+#[test]
+fn a_multi_tenant_loki_needs_the_tenant() {
+    let loki = FakeLoki::start(streams_of_incident());
+    loki.with(|s| s.tenant = Some("team-web".into()));
+    let out = scan_loki(&loki, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no org id") && err.contains("--loki-tenant"), "{err}");
+    json(&scan_loki(&loki, &["--loki-tenant", "team-web"]));
+}
+
+#[test]
+fn a_refused_limit_shows_lokis_own_message_and_exits_2() {
+    let loki = FakeLoki::start(streams_of_incident());
+    let out = scan_loki(&loki, &["--loki-page-size", "6000", "--loki-max-entries", "6000"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max entries limit per query exceeded"), "{err}");
+    // Refused at once: a 400 is never retried.
+    assert_eq!(loki.range_requests().len(), 1);
+}
+
+#[test]
+fn a_query_loki_cannot_parse_is_refused_with_its_message() {
+    let loki = FakeLoki::start(streams_of_incident());
+    let out = logwarden()
+        .args(["scan", "--loki", &loki.url, "--query", "container=nginx", "--since", "1h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("parse error"), "{err}");
+}
+
+#[test]
+fn bearer_token_and_basic_auth_are_sent() {
+    let loki = FakeLoki::start(streams_of_incident());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    json(&scan_loki(&loki, &["--loki-token-file", token.to_str().unwrap()]));
+    assert!(loki.range_requests().iter().all(|r| r.headers["authorization"] == "Bearer s3cret"));
+    loki.with(|s| s.log.clear());
+    json(&scan_loki(&loki, &["--loki-user", "ops", "--loki-password-file", token.to_str().unwrap()]));
+    // base64("ops:s3cret")
+    assert!(loki.range_requests().iter().all(|r| r.headers["authorization"] == "Basic b3BzOnMzY3JldA=="));
+}
+
+#[test]
+fn a_failed_window_exits_2_names_the_gap_and_writes_no_bundle() {
+    let loki = FakeLoki::start(streams_of_incident());
+    let cut = BASE + 200 * 1_000;
+    loki.with(|s| s.fail_from = Some((cut, Fault::Status(503, "too many outstanding requests\n"))));
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("bundle");
+    let out = scan_loki(&loki, &["--loki-attempts", "3", "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("{container=\\\"nginx\\\"}") && err.contains("was not read"), "{err}");
+    assert!(err.contains("gave up after 3 attempt(s)"), "{err}");
+    assert!(!out_dir.exists(), "a bundle was written for an incomplete window");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["loki"][0]["complete"], false);
+}
+
+/// Two streams of a CronJob's view: lines every second from `from` to `to` (seconds).
+fn add_lines(loki: &FakeLoki, from: i64, to: i64, tag: &str) {
+    loki.with(|s| {
+        for t in from..to {
+            for (i, st) in s.streams.iter_mut().enumerate() {
+                st.push(
+                    BASE + t * SEC,
+                    &format!("198.51.100.{i} - - [{tag}] \"GET /x HTTP/1.1\" 404 0 \"-\" \"c\" {t}"),
+                );
+            }
+        }
+    });
+}
+
+fn scheduled(loki: &FakeLoki, state: &std::path::Path, to: i64) -> Output {
+    logwarden()
+        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + to * SEC).to_string()])
+        .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s"])
+        .args(["--loki-backoff", "5ms", "--loki-attempts", "2", "--loki-page-size", "13"])
+        .output()
+        .unwrap()
+}
+
+fn lines_of(out: &Output) -> u64 {
+    json(out)["stats"]["lines"].as_u64().unwrap()
+}
+
+#[test]
+fn scheduled_runs_neither_skip_nor_double_count_even_after_a_failed_run() {
+    let loki = FakeLoki::start(vec![
+        FakeStream::new(&[("app", "web"), ("pod", "a")]),
+        FakeStream::new(&[("app", "web"), ("pod", "b")]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    add_lines(&loki, 0, 100, "first");
+    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 200);
+    let after_first = std::fs::read(&state).unwrap();
+
+    // Late lines for the end of the first window arrive, then new ones.
+    add_lines(&loki, 90, 100, "late");
+    add_lines(&loki, 100, 200, "second");
+    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Status(500, "internal error\n"))));
+    let failed = scheduled(&loki, &state, 200);
+    assert_eq!(failed.status.code(), Some(2));
+    assert_eq!(std::fs::read(&state).unwrap(), after_first, "a failed run advanced the state");
+
+    loki.with(|s| s.fail_from = None);
+    // The late lines (20) and the second window (200), nothing counted twice.
+    assert_eq!(lines_of(&scheduled(&loki, &state, 200)), 220);
+    assert_eq!(lines_of(&scheduled(&loki, &state, 200)), 0);
+    add_lines(&loki, 200, 210, "third");
+    assert_eq!(lines_of(&scheduled(&loki, &state, 210)), 20);
+    let saved: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["queries"]["{app=\"web\"}"]["end_ns"], BASE + 210 * SEC);
+}
+
+#[test]
+fn a_damaged_state_file_stops_the_run() {
+    let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web")])]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{\"version\": 1, \"key\"").unwrap();
+    let out = scheduled(&loki, &state, 10);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state.json"));
+    assert!(loki.range_requests().is_empty());
+}
