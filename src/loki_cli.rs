@@ -7,10 +7,38 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
+use logwarden::decide::Thresholds;
+use logwarden::detect::{AggregateKind, RuleSet};
 use logwarden::loki::api::{Auth, ClientConfig, RetryPolicy};
 use logwarden::loki::paging::Direction;
 use logwarden::loki::state::ScanState;
-use logwarden::loki::{LokiScan, QueryWindow, parse_time_ns};
+use logwarden::loki::{LokiScan, PushdownSpec, QueryWindow, parse_time_ns};
+
+/// What push-down must not miss of the local decision: the 4xx threshold, and the rules
+/// whose evidence is 4xx answers (a client on N distinct 4xx paths drew at least N 4xx).
+pub struct LocalRules {
+    /// The longest of their windows, seconds.
+    pub window_s: i64,
+    /// The lowest of their thresholds.
+    pub client_4xx: u64,
+    /// `--trusted-proxy` was given: clients come from X-Forwarded-For.
+    pub trusted_proxies: bool,
+}
+
+impl LocalRules {
+    pub fn new(t: &Thresholds, rules: &RuleSet, trusted_proxies: bool) -> LocalRules {
+        let four_xx =
+            rules.rules().iter().filter(|r| r.aggregate == Some(AggregateKind::ClientDistinct4xxPaths));
+        let (mut window_s, mut client_4xx) = (t.window, t.client_4xx);
+        for rule in four_xx {
+            if let Some(n) = rule.threshold {
+                client_4xx = client_4xx.min(u64::from(n));
+                window_s = window_s.max(rule.window.unwrap_or(t.window));
+            }
+        }
+        LocalRules { window_s, client_4xx, trusted_proxies }
+    }
+}
 use logwarden::time::parse_duration;
 
 #[derive(Args)]
@@ -21,6 +49,14 @@ pub struct LokiArgs {
     /// LogQL log query, e.g. '{namespace="web", container="nginx"}' (repeatable).
     #[arg(long = "query", value_name = "LOGQL", requires = "loki", help_heading = "Loki")]
     queries: Vec<String>,
+    /// Count 4xx per client inside Loki for this nginx access-log selector (combined/main
+    /// shape) and read only the lines of clients that may cross --max-4xx (repeatable).
+    #[arg(long = "pushdown-query", value_name = "LOGQL", requires = "loki", help_heading = "Loki")]
+    pushdown_queries: Vec<String>,
+    /// With --pushdown-query: the largest gap between Loki's timestamp of a line and the
+    /// time written in it; the count's range is widened by it so no client is missed.
+    #[arg(long, default_value = "1m", help_heading = "Loki")]
+    pushdown_slack: String,
     /// Read the last DURATION (e.g. 15m, 1h; default 1h, as Loki's own default).
     #[arg(long, value_name = "DURATION", conflicts_with = "from", help_heading = "Loki")]
     since: Option<String>,
@@ -89,13 +125,17 @@ enum DirectionArg {
 
 impl LokiArgs {
     /// Checks the options and builds the read; `None` without `--loki`.
-    pub fn build(&self, paths: &[PathBuf]) -> anyhow::Result<Option<LokiScan>> {
+    pub fn build(&self, paths: &[PathBuf], local: &LocalRules) -> anyhow::Result<Option<LokiScan>> {
         let Some(url) = &self.loki else { return Ok(None) };
         if !paths.is_empty() {
             bail!("--loki reads from Loki; give either --loki or files, not both");
         }
-        if self.queries.is_empty() || self.queries.iter().any(|q| q.trim().is_empty()) {
+        let all = self.queries.iter().chain(&self.pushdown_queries);
+        if self.queries.len() + self.pushdown_queries.len() == 0 || all.clone().any(|q| q.trim().is_empty()) {
             bail!("--loki needs at least one --query, e.g. --query '{{container=\"nginx\"}}'");
+        }
+        if !self.pushdown_queries.is_empty() {
+            self.check_pushdown(local)?;
         }
         if self.loki_page_size == 0 || self.loki_page_size > self.loki_max_entries {
             bail!(
@@ -108,6 +148,19 @@ impl LokiArgs {
         let windows = self.queries.iter().map(|q| QueryWindow { query: q.clone(), start, end }).collect();
         let state = self.state.as_ref().map(|p| ScanState::load(p)).transpose()?;
         let overlap = duration(&self.state_overlap, "--state-overlap")?;
+        let slack = duration(&self.pushdown_slack, "--pushdown-slack")?;
+        let pushdown = self
+            .pushdown_queries
+            .iter()
+            .map(|q| PushdownSpec {
+                selector: q.clone(),
+                start,
+                end,
+                window_s: local.window_s,
+                threshold: local.client_4xx,
+                slack_s: slack.as_secs() as i64,
+            })
+            .collect();
         Ok(Some(LokiScan {
             client: self.client(url)?,
             windows,
@@ -119,7 +172,24 @@ impl LokiArgs {
             },
             state,
             overlap_ns: i64::try_from(overlap.as_nanos()).unwrap_or(i64::MAX),
+            pushdown,
         }))
+    }
+
+    /// What push-down cannot express is refused rather than silently answered wrong.
+    fn check_pushdown(&self, local: &LocalRules) -> anyhow::Result<()> {
+        if local.trusted_proxies {
+            bail!(
+                "--pushdown-query counts by the connecting address and cannot walk X-Forwarded-For; \
+                 without push-down (--query), --trusted-proxy is honoured"
+            );
+        }
+        if self.state.is_some() {
+            bail!(
+                "--pushdown-query with --state is not supported yet; schedule push-down scans with --since"
+            );
+        }
+        Ok(())
     }
 
     /// `[start, end)` in nanoseconds.

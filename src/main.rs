@@ -379,7 +379,8 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");
     }
     let remedy = args.remedy.out.is_some().then(|| remedy_config(&args.remedy)).transpose()?;
-    let loki = args.loki.build(&args.input.paths)?;
+    let local = loki_cli::LocalRules::new(&thresholds, &config.rules, !args.input.trusted_proxy.is_empty());
+    let loki = args.loki.build(&args.input.paths, &local)?;
     if loki.is_some() && args.follow {
         bail!("--follow reads a live stream; with --loki, run on a schedule with --state instead");
     }

@@ -75,6 +75,7 @@ fn window_scan(url: &str, page_size: usize, direction: Direction) -> LokiScan {
         direction,
         state: None,
         overlap_ns: 0,
+        pushdown: Vec::new(),
     }
 }
 
@@ -397,5 +398,112 @@ fn a_damaged_state_file_stops_the_run() {
     let out = scheduled(&loki, &state, 10);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("state.json"));
+    assert!(loki.range_requests().is_empty());
+}
+
+/// nginx's `$time_local` for Unix seconds, in UTC.
+fn time_local(secs: i64) -> String {
+    let iso = logwarden::time::format_rfc3339(secs); // 2023-11-14T22:13:20Z
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = months[iso[5..7].parse::<usize>().unwrap() - 1];
+    format!("{}/{month}/{}:{} +0000", &iso[8..10], &iso[0..4], &iso[11..19])
+}
+
+/// An hour of access log: 250 quiet clients, and 4xx bursts from four more: 100 in five
+/// minutes, 60 on one path spread over almost the whole window, 59 on distinct paths (short
+/// of the 4xx threshold, over the probing rule's 10), and 12 on distinct paths.
+fn access_hour() -> FakeStream {
+    let mut s = FakeStream::new(&[("app", "nginx")]);
+    let start = BASE / SEC;
+    let mut push = |secs: i64, ip: &str, status: u16, n: i64, path: i64| {
+        let line = format!(
+            "{ip} - - [{}] \"GET /item/{path}?q=a%20b HTTP/1.1\" {status} 153 \"-\" \"Mozilla/5.0 (\\x22x\\x22)\"",
+            time_local(secs)
+        );
+        // Loki's timestamp trails the line's own by up to 20 seconds (the shipper's delay).
+        s.push(secs * SEC + (n % 20) * SEC + n % 1000, &line);
+    };
+    for n in 0..6000 {
+        let ip = format!("198.51.100.{}", n % 250);
+        push(start + n * 3600 / 6000, &ip, if n % 97 == 0 { 404 } else { 200 }, n, n);
+    }
+    for n in 0..100 {
+        push(start + 600 + n * 3, "203.0.113.10", 404, n, n);
+    }
+    // Exactly the threshold on one path, spread over 590 s of a 600 s window: Loki's
+    // timestamps (up to 19 s late) spread it wider than the window itself.
+    for n in 0..60 {
+        push(start + 1190 + n * 10, "203.0.113.20", 403, n, 0);
+    }
+    for n in 0..59 {
+        push(start + 2400 + n * 5, "203.0.113.30", 404, n, n);
+    }
+    for n in 0..12 {
+        push(start + 3000 + n * 20, "203.0.113.40", 404, n, n);
+    }
+    s
+}
+
+fn hour_scan(loki: &FakeLoki, mode: &str, extra: &[&str]) -> Output {
+    logwarden()
+        .args(["scan", "--output", "json", "--loki", &loki.url, mode, "{app=\"nginx\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + 3700 * SEC).to_string()])
+        .args(["--loki-backoff", "5ms", "--loki-attempts", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pushdown_proposes_what_the_full_read_proposes_from_a_fraction_of_the_lines() {
+    let loki = FakeLoki::start(vec![access_hour()]);
+    let full = json(&hour_scan(&loki, "--query", &[]));
+    loki.with(|s| s.log.clear());
+    let pushed = json(&hour_scan(&loki, "--pushdown-query", &[]));
+    let mut blocked: Vec<String> = serde_json::from_value(full["blocklist"].clone()).unwrap();
+    blocked.sort();
+    assert_eq!(blocked, ["203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.40"]);
+    assert_eq!(pushed["blocklist"], full["blocklist"]);
+    let read = pushed["stats"]["lines"].as_u64().unwrap();
+    assert!((231..300).contains(&read), "push-down read {read} lines of 6231");
+    let metric = &loki.range_requests()[0].params["query"];
+    assert!(
+        metric.starts_with("sum by (remote_addr) (count_over_time({app=\"nginx\"} | pattern"),
+        "{metric}"
+    );
+    // The probing rule's 10 distinct 4xx paths is the lowest 4xx-based threshold.
+    assert!(metric.contains("status=~\"4..\"") && metric.ends_with(">= 10"), "{metric}");
+    // Evidence for each proposal is the client's own lines.
+    let ips = pushed["ips"].as_array().unwrap();
+    let first = ips.iter().find(|c| c["ip"] == "203.0.113.10").unwrap();
+    assert_eq!(first["window_4xx"], 100);
+}
+
+#[test]
+fn pushdown_too_many_series_is_an_error_not_an_empty_answer() {
+    let mut s = FakeStream::new(&[("app", "nginx")]);
+    for c in 0..501 {
+        for n in 0..3 {
+            let line = format!(
+                "203.0.{}.{} - - [{}] \"GET /x HTTP/1.1\" 404 1 \"-\" \"-\"",
+                c / 250,
+                c % 250,
+                time_local(BASE / SEC + n)
+            );
+            s.push(BASE + n * SEC, &line);
+        }
+    }
+    let loki = FakeLoki::start(vec![s]);
+    let out = hour_scan(&loki, "--pushdown-query", &["--max-4xx", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum number of series (500)"));
+}
+
+#[test]
+fn pushdown_refuses_what_it_cannot_express() {
+    let loki = FakeLoki::start(vec![access_hour()]);
+    let out = hour_scan(&loki, "--pushdown-query", &["--trusted-proxy", "10.0.0.0/8"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("X-Forwarded-For"));
     assert!(loki.range_requests().is_empty());
 }

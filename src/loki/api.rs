@@ -128,11 +128,24 @@ impl LokiClient {
         response::decode_streams(&body).map_err(|e| FetchError::Decode(e.0))
     }
 
-    /// An instant metric query evaluated at `time` (nanoseconds).
-    pub async fn query_instant(&self, query: &str, time: i64) -> Result<Vec<Sample>, FetchError> {
-        let params = [("query", query.to_string()), ("time", time.to_string())];
-        let body = self.get("/loki/api/v1/query", &params).await?;
-        response::decode_vector(&body).map_err(|e| FetchError::Decode(e.0))
+    /// A metric query evaluated from `start` to `end` (inclusive) every `step` ns; each
+    /// series with its largest value.
+    pub async fn query_range_metric(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Sample>, FetchError> {
+        let params = [
+            ("query", query.to_string()),
+            ("start", start.to_string()),
+            ("end", end.to_string()),
+            // A float number of seconds, as the API documents for `step`.
+            ("step", format!("{}", step as f64 / 1e9)),
+        ];
+        let body = self.get("/loki/api/v1/query_range", &params).await?;
+        response::decode_matrix(&body).map_err(|e| FetchError::Decode(e.0))
     }
 
     async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Vec<u8>, FetchError> {

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod paging;
+pub mod pushdown;
 pub mod response;
 pub mod state;
 
@@ -51,6 +52,21 @@ pub struct LokiScan {
     pub state: Option<ScanState>,
     /// Nanoseconds re-read before each query's previous end, for late-arriving lines.
     pub overlap_ns: i64,
+    /// Access-log selectors counted inside Loki ([`pushdown`]).
+    pub pushdown: Vec<PushdownSpec>,
+}
+
+/// One `--pushdown-query`: count 4xx per client in Loki, then read only the candidates.
+#[derive(Clone, Debug)]
+pub struct PushdownSpec {
+    pub selector: String,
+    pub start: i64,
+    pub end: i64,
+    /// The local sliding window and 4xx threshold the count must not miss.
+    pub window_s: i64,
+    pub threshold: u64,
+    /// Allowed gap between Loki's timestamp and the line's own, seconds.
+    pub slack_s: i64,
 }
 
 /// What was read of one query's window.
@@ -98,6 +114,20 @@ impl LokiOutcome {
     pub fn complete(&self) -> bool {
         self.refused.is_none() && self.coverage.iter().all(|c| c.complete)
     }
+
+    /// Adds one query's coverage; true when reading must stop (a refusal, or nobody
+    /// listens any more).
+    fn record(&mut self, (coverage, refused): (QueryCoverage, Option<String>), gone: bool) -> bool {
+        if let Some(message) = refused {
+            self.refused = Some(format!("query {:?}: {message}", coverage.query));
+        }
+        self.coverage.push(coverage);
+        self.stopped(gone)
+    }
+
+    fn stopped(&self, gone: bool) -> bool {
+        self.refused.is_some() || gone
+    }
 }
 
 impl LokiScan {
@@ -126,13 +156,16 @@ impl LokiScan {
             let previous = state.as_ref().and_then(|s| s.queries.get(&w.query));
             let mut reader = QueryReader::new(w, previous, fp, self.overlap_ns);
             let result = reader.read(&self, client, &mut out).await;
-            if let Err(FetchError::Refused { message, .. }) = &result {
-                outcome.refused = Some(format!("query {:?}: {message}", w.query));
-            }
-            outcome.coverage.push(reader.coverage(result.err().map(|e| e.to_string())));
-            finished.push((w.query.clone(), reader.recorder.map(OverlapRecorder::finish)));
-            if outcome.refused.is_some() || out.gone {
+            finished.push((w.query.clone(), reader.recorder.take().map(OverlapRecorder::finish)));
+            if outcome.record(reader.coverage_of(result), out.gone) {
                 break;
+            }
+        }
+        if !outcome.stopped(out.gone) {
+            for spec in &self.pushdown {
+                if self.push_down(spec, client, &mut out, &mut outcome).await {
+                    break;
+                }
             }
         }
         outcome.bytes = out.bytes;
@@ -143,6 +176,53 @@ impl LokiScan {
         }
         outcome.next_state = state.filter(|_| outcome.complete());
         outcome
+    }
+}
+
+impl LokiScan {
+    /// Counts in Loki, then reads the candidates' lines; true when reading must stop.
+    async fn push_down(
+        &self,
+        spec: &PushdownSpec,
+        client: &LokiClient,
+        out: &mut Output<'_>,
+        outcome: &mut LokiOutcome,
+    ) -> bool {
+        let q = pushdown::count_4xx(
+            &spec.selector,
+            spec.start,
+            spec.end,
+            spec.window_s,
+            spec.threshold,
+            spec.slack_s,
+        );
+        let series = client.query_range_metric(&q.logql, q.start_ns, q.end_ns, q.step_ns).await;
+        let (found, result) = match series {
+            Ok(series) => (series, Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        // A label value that is not an address cannot be a client; its lines, if any,
+        // would be unparsed as access lines anyway.
+        let (candidates, _not_addresses) = pushdown::valid_candidates(
+            found.into_iter().filter_map(|s| s.labels.get("remote_addr").cloned()),
+        );
+        let count = QueryWindow { query: q.logql.clone(), start: spec.start, end: spec.end };
+        let mut counted = QueryReader::new(&count, None, None, 0);
+        counted.entries = candidates.len() as u64;
+        counted.pages = 1;
+        counted.whole = result.is_ok();
+        if outcome.record(counted.coverage_of(result), out.gone) {
+            return true;
+        }
+        for query in pushdown::evidence_queries(&spec.selector, &candidates) {
+            let w = QueryWindow { query, start: spec.start, end: spec.end };
+            let mut reader = QueryReader::new(&w, None, None, 0);
+            let result = reader.read(self, client, out).await;
+            if outcome.record(reader.coverage_of(result), out.gone) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -157,6 +237,8 @@ struct QueryReader<'w> {
     pages: u64,
     entries: u64,
     already_counted: u64,
+    /// Read in one answer rather than paged (a metric query).
+    whole: bool,
 }
 
 impl<'w> QueryReader<'w> {
@@ -174,6 +256,7 @@ impl<'w> QueryReader<'w> {
             pages: 0,
             entries: 0,
             already_counted: 0,
+            whole: false,
         }
     }
 
@@ -219,9 +302,19 @@ impl<'w> QueryReader<'w> {
         Ok(())
     }
 
+    /// The coverage of a finished read, and Loki's message if it refused the query.
+    fn coverage_of(&self, result: Result<(), FetchError>) -> (QueryCoverage, Option<String>) {
+        let refused = match &result {
+            Err(FetchError::Refused { message, .. }) => Some(message.clone()),
+            _ => None,
+        };
+        (self.coverage(result.err().map(|e| e.to_string())), refused)
+    }
+
     fn coverage(&self, error: Option<String>) -> QueryCoverage {
         let (from, to) = (self.start, self.window.end);
-        let read = self.pager.as_ref().map_or((from, from), Pager::covered);
+        let whole = if self.whole { (from, to) } else { (from, from) };
+        let read = self.pager.as_ref().map_or(whole, Pager::covered);
         let missing = error.map(|reason| {
             let (mf, mt) = if read.0 > from { (from, read.0) } else { (read.1, to) };
             Missing { from: rfc3339_ns(mf), to: rfc3339_ns(mt), from_ns: mf, to_ns: mt, reason }

@@ -1,4 +1,5 @@
-//! The JSON Loki answers `query_range` and `query` with, read into entries and samples.
+//! The JSON Loki answers `query_range` with, read into entries (log queries) and series
+//! (metric queries).
 //!
 //! Log queries answer `{"status":"success","data":{"resultType":"streams","result":[{"stream":
 //! {labels},"values":[["<ns>","<line>"], ...]}]}}`. Timestamps are strings of integer
@@ -51,9 +52,9 @@ pub struct Sample {
 }
 
 #[derive(Deserialize)]
-struct VectorItem {
+struct MatrixItem {
     metric: BTreeMap<String, String>,
-    value: (f64, String),
+    values: Vec<(f64, String)>,
 }
 
 /// The answer could not be read as Loki's documented shape.
@@ -78,19 +79,21 @@ pub fn decode_streams(body: &[u8]) -> Result<Vec<Entry>, DecodeError> {
     Ok(entries)
 }
 
-/// Reads an instant metric query's answer (`resultType: vector`).
-pub fn decode_vector(body: &[u8]) -> Result<Vec<Sample>, DecodeError> {
-    let result = result_of(body, "vector")?;
-    let items: Vec<VectorItem> =
-        serde_json::from_value(result).map_err(|e| DecodeError(format!("vector: {e}")))?;
-    items
-        .into_iter()
-        .map(|i| {
-            let value =
-                i.value.1.parse().map_err(|_| DecodeError(format!("sample value {:?}", i.value.1)))?;
-            Ok(Sample { labels: i.metric, value })
-        })
-        .collect()
+/// Reads a metric range query's answer (`resultType: matrix`): each series with the
+/// largest of its values.
+pub fn decode_matrix(body: &[u8]) -> Result<Vec<Sample>, DecodeError> {
+    let result = result_of(body, "matrix")?;
+    let items: Vec<MatrixItem> =
+        serde_json::from_value(result).map_err(|e| DecodeError(format!("matrix: {e}")))?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let mut max = f64::NEG_INFINITY;
+        for (_, v) in &item.values {
+            max = max.max(v.parse().map_err(|_| DecodeError(format!("sample value {v:?}")))?);
+        }
+        out.push(Sample { labels: item.metric, value: max });
+    }
+    Ok(out)
 }
 
 fn result_of(body: &[u8], want: &str) -> Result<serde_json::Value, DecodeError> {
@@ -173,11 +176,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_vector() {
-        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
-            {"metric":{"remote_addr":"203.0.113.9"},"value":[1700000000.0,"42"]}]}}"#;
-        let got = decode_vector(body).unwrap();
-        assert_eq!(got[0].value, 42.0);
+    fn reads_a_matrix_as_each_series_maximum() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"remote_addr":"203.0.113.9"},"values":[[1700000000,"42"],[1700000060,"61"]]}]}}"#;
+        let got = decode_matrix(body).unwrap();
+        assert_eq!(got[0].value, 61.0);
         assert_eq!(got[0].labels["remote_addr"], "203.0.113.9");
     }
 }

@@ -209,9 +209,9 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-type Answer = Option<Resp>;
+pub type Answer = Option<Resp>;
 
-fn text(status: u16, body: &str) -> Answer {
+pub fn text(status: u16, body: &str) -> Answer {
     Some(Resp {
         status,
         ctype: "text/plain; charset=utf-8",
@@ -285,6 +285,8 @@ fn param_time(req: &Request, name: &str) -> Option<i64> {
 pub struct Selector {
     pub matchers: Vec<(String, String)>,
     pub contains: Vec<String>,
+    /// `|~` filters (RE2; unanchored, as Loki applies them).
+    pub matches: Vec<regex::Regex>,
 }
 
 pub fn parse_selector(q: &str) -> Result<Selector, String> {
@@ -303,24 +305,43 @@ pub fn parse_selector(q: &str) -> Result<Selector, String> {
         return Err("parse error : queries require at least one regexp or equality matcher".into());
     }
     let mut contains = Vec::new();
+    let mut matches = Vec::new();
     let mut rest = q[close + 1..].trim();
-    while let Some(r) = rest.strip_prefix("|=") {
-        let r = r.trim().strip_prefix('"').ok_or("parse error : line filter needs a string")?;
-        let end = r.find('"').ok_or("parse error : unterminated string")?;
-        contains.push(r[..end].to_string());
+    while let Some((op, r)) =
+        rest.strip_prefix("|=").map(|r| ("=", r)).or(rest.strip_prefix("|~").map(|r| ("~", r)))
+    {
+        let r = r.trim();
+        // A backquoted string is raw; this fake takes double-quoted ones without escapes.
+        let quote = r
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '`')
+            .ok_or("parse error : line filter needs a string")?;
+        let end = r[1..].find(quote).ok_or("parse error : unterminated string")? + 1;
+        let text = &r[1..end];
+        if op == "=" {
+            contains.push(text.to_string());
+        } else {
+            matches.push(regex::Regex::new(text).map_err(|e| format!("parse error : invalid regex: {e}"))?);
+        }
         rest = r[end + 1..].trim();
     }
     if !rest.is_empty() {
         return Err(format!(
-            "parse error : unexpected {rest:?} (this fake Loki knows selectors and |= only)"
+            "parse error : unexpected {rest:?} (this fake Loki knows selectors, |= and |~ only)"
         ));
     }
-    Ok(Selector { matchers, contains })
+    Ok(Selector { matchers, contains, matches })
 }
 
 impl Selector {
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    pub fn keeps(&self, line: &str) -> bool {
+        self.contains.iter().all(|c| line.contains(c.as_str()))
+            && self.matches.iter().all(|r| r.is_match(line))
     }
 }
 
@@ -359,7 +380,11 @@ fn query_range(req: &Request, s: &Shared) -> Answer {
         Some(d) if d == "forward" => false,
         Some(d) => return text(400, &format!("invalid direction {d:?}\n")),
     };
-    let selector = match parse_selector(req.params.get("query").map_or("", |q| q)) {
+    let query = req.params.get("query").map_or("", |q| q.as_str());
+    if query.starts_with("sum ") {
+        return crate::support::fake_loki_metric::query_range(req.params.get("step"), query, start, end, s);
+    }
+    let selector = match parse_selector(query) {
         Ok(sel) => sel,
         Err(e) => return text(400, &format!("{e}\n")),
     };
@@ -369,10 +394,7 @@ fn query_range(req: &Request, s: &Shared) -> Answer {
     let mut hits: Vec<Hit> = Vec::new();
     for st in s.streams.iter().filter(|st| selector.selects(&st.labels)) {
         let plain_key = label_string(&st.labels);
-        for (ts, line, meta) in candidates(st, start, end, limit as usize, backward) {
-            if !selector.contains.iter().all(|c| line.contains(c.as_str())) {
-                continue;
-            }
+        for (ts, line, meta) in candidates(st, &selector, start, end, limit as usize, backward) {
             // Without categorize-labels, structured metadata is merged into the labels.
             let mut labels = st.labels.clone();
             let key = if categorize || meta.is_empty() {
@@ -415,13 +437,14 @@ fn query_range(req: &Request, s: &Shared) -> Answer {
 /// The entries of `st` in `[start, end)` that can be among the first `limit` in direction
 /// order: the first `limit`, and every further one sharing the last one's timestamp (the
 /// tie order among streams decides which of those make the page).
-fn candidates(
-    st: &FakeStream,
+fn candidates<'a>(
+    st: &'a FakeStream,
+    selector: &Selector,
     start: i64,
     end: i64,
     limit: usize,
     backward: bool,
-) -> Vec<&(i64, String, BTreeMap<String, String>)> {
+) -> Vec<&'a (i64, String, BTreeMap<String, String>)> {
     let mut sorted: Vec<&(i64, String, BTreeMap<String, String>)> = st.entries.iter().collect();
     if !st.entries.is_sorted_by_key(|e| e.0) {
         sorted.sort_by_key(|e| e.0);
@@ -432,7 +455,7 @@ fn candidates(
     let ordered: Box<dyn Iterator<Item = &&(i64, String, BTreeMap<String, String>)>> =
         if backward { Box::new(range.iter().rev()) } else { Box::new(range.iter()) };
     let mut out = Vec::new();
-    for e in ordered {
+    for e in ordered.filter(|e| selector.keeps(&e.1)) {
         if out.len() >= limit && out.last().is_some_and(|l: &&(i64, String, _)| l.0 != e.0) {
             break;
         }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_loki;
+pub mod fake_loki_metric;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
