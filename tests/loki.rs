@@ -507,3 +507,75 @@ fn pushdown_refuses_what_it_cannot_express() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("X-Forwarded-For"));
     assert!(loki.range_requests().is_empty());
 }
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM
+/// files in `dir`; the server's rustls configuration, asking for a client certificate
+/// signed by the CA when `mutual`.
+fn pki(dir: &std::path::Path, mutual: bool) -> std::sync::Arc<rustls::ServerConfig> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+        (cert, key)
+    };
+    let (server, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client, client_key) = leaf(vec!["logwarden".into()]);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if mutual {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let chain: Vec<CertificateDer<'static>> = vec![server.der().clone()];
+    std::sync::Arc::new(builder.with_single_cert(chain, key).unwrap())
+}
+
+#[test]
+fn tls_with_a_custom_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let loki = FakeLoki::start_tls(streams_of_incident(), pki(dir.path(), true));
+    // The server's CA is not in the system's trust store: refused.
+    let untrusted = scan_loki(&loki, &["--loki-attempts", "1"]);
+    assert_eq!(untrusted.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    // Trusted, but the server asks for a client certificate.
+    let anonymous = scan_loki(&loki, &["--loki-attempts", "1", "--loki-ca", &path("ca.pem")]);
+    assert_eq!(anonymous.status.code(), Some(2));
+    let mutual = scan_loki(
+        &loki,
+        &[
+            "--loki-ca",
+            &path("ca.pem"),
+            "--loki-cert",
+            &path("client.pem"),
+            "--loki-key",
+            &path("client.key"),
+        ],
+    );
+    let doc = json(&mutual);
+    assert!(!doc["blocklist"].as_array().unwrap().is_empty());
+    assert!(loki.range_requests().len() >= 2);
+}

@@ -5,8 +5,8 @@
 //! test; every request is logged for the test to inspect.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,8 +76,18 @@ pub struct FakeLoki {
 
 impl FakeLoki {
     pub fn start(streams: Vec<FakeStream>) -> FakeLoki {
+        FakeLoki::start_with(streams, None)
+    }
+
+    /// The same server behind TLS (rustls) with `config`.
+    pub fn start_tls(streams: Vec<FakeStream>, config: Arc<rustls::ServerConfig>) -> FakeLoki {
+        FakeLoki::start_with(streams, Some(config))
+    }
+
+    fn start_with(streams: Vec<FakeStream>, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLoki {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let shared = Arc::new(Mutex::new(Shared {
             streams,
             max_entries: 5000,
@@ -92,7 +102,14 @@ impl FakeLoki {
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let s = s.clone();
-                std::thread::spawn(move || serve(conn, &s));
+                let _ = conn.set_nodelay(true);
+                match &tls {
+                    None => std::thread::spawn(move || serve(conn, &s)),
+                    Some(config) => {
+                        let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+                        std::thread::spawn(move || serve(rustls::StreamOwned::new(tls, conn), &s))
+                    }
+                };
             }
         });
         FakeLoki { url, shared }
@@ -115,20 +132,18 @@ struct Request {
 }
 
 /// HTTP/1.1 with keep-alive: one request after another on the connection.
-fn serve(conn: TcpStream, shared: &Mutex<Shared>) {
-    let _ = conn.set_nodelay(true);
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut writer = conn;
+fn serve(conn: impl Read + Write, shared: &Mutex<Shared>) {
+    let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
         let Some(resp) = answer(&req, shared) else { return };
         let gzip = req.headers.get("accept-encoding").is_some_and(|v| v.contains("gzip"));
-        if write_response(&mut writer, resp, gzip).is_err() {
+        if write_response(reader.get_mut(), resp, gzip).is_err() {
             return;
         }
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -168,7 +183,7 @@ pub struct Resp {
     body: Vec<u8>,
 }
 
-fn write_response(w: &mut TcpStream, resp: Resp, gzip: bool) -> std::io::Result<()> {
+fn write_response(w: &mut impl Write, resp: Resp, gzip: bool) -> std::io::Result<()> {
     let Resp { status, ctype, mut headers, body } = resp;
     // Loki compresses only when the client asks (Accept-Encoding: gzip).
     let body = if gzip {
