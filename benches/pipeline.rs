@@ -31,6 +31,8 @@ fn config(threads: usize) -> ScanConfig {
         rules: Arc::new(RuleSet::builtin().unwrap()),
         explain: false,
         bytes_read: Default::default(),
+        limits: Default::default(),
+        summary: Default::default(),
     }
 }
 

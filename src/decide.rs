@@ -62,6 +62,14 @@ pub struct ClientReport {
     pub top_paths: Vec<(String, u64)>,
     pub top_user_agents: Vec<(String, u64)>,
     pub samples: Vec<Sample>,
+    /// Evidence this client had before it was folded into the memory summary and came
+    /// back (an upper bound): its exact counts may miss up to this many events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded_evidence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ClientReport {
@@ -164,10 +172,25 @@ pub struct ScanReport {
     pub loki: Vec<crate::loki::QueryCoverage>,
 }
 
+/// The least evidence on which any client threshold can fire.
+fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
+    let rule_thresholds = rules.rules().iter().filter_map(|r| r.threshold.map(u64::from));
+    rule_thresholds.chain([t.client_4xx, t.client_auth_failures]).min().unwrap_or(1).max(1)
+}
+
 /// Turns what a scan learned into proposals.
 pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
-    let mut judged: Vec<Judged> =
-        agg.clients.into_iter().map(|(key, c)| judge(key, c, thresholds, spare, rules)).collect();
+    // Light entries hold at most a couple of events: judged only when a threshold is that low.
+    let lowest = lowest_client_threshold(thresholds, rules);
+    let light_kept = agg.light.len() as u64;
+    let light = agg.light.into_iter().filter(|(_, l)| l.evidence() >= lowest);
+    let light = light.map(|(key, l)| (key, Box::new(crate::aggregate::ClientStats::from_light(l))));
+    let mut judged: Vec<Judged> = agg
+        .clients
+        .into_iter()
+        .chain(light)
+        .map(|(key, c)| judge(key, c, thresholds, spare, rules))
+        .collect();
     judged.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.key.cmp(&b.key)));
     let blocklist = judged.iter().filter(|j| j.block()).map(|j| j.key.to_string()).collect();
     let spared =
@@ -188,8 +211,10 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rul
             .then_with(|| (&a.realm, &a.user).cmp(&(&b.realm, &b.user)))
     });
     let lock_accounts = accounts.iter().filter(|a| a.lock).map(|a| a.user.clone()).collect();
+    let mut stats = agg.stats;
+    stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary, light_kept);
     ScanReport {
-        stats: agg.stats,
+        stats,
         thresholds: thresholds.clone(),
         ips,
         ips_omitted,
@@ -365,6 +390,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         top_paths: c.paths.top(5),
         top_user_agents: c.user_agents.top(3),
         samples: c.samples,
+        folded_evidence: c.folded_evidence,
     }
 }
 

@@ -177,6 +177,11 @@ struct InputArgs {
     /// Also load the rules in this directory (repeatable; a rule with the same id overrides).
     #[arg(long, value_name = "DIR")]
     patterns: Vec<PathBuf>,
+    /// Keep memory near this many MiB however many clients and accounts appear: beyond
+    /// the limit, those with the least evidence are folded into an approximate summary
+    /// (reported when used).
+    #[arg(long, value_name = "MIB", default_value_t = 200, value_parser = clap::value_parser!(u64).range(64..))]
+    max_memory: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -311,6 +316,10 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         rules: Arc::new(rules),
         explain: false,
         bytes_read: Default::default(),
+        summary: Default::default(),
+        limits: logwarden::aggregate::bounded::Limits::for_memory(
+            usize::try_from(input.max_memory).unwrap_or(usize::MAX).saturating_mul(1 << 20),
+        ),
     })
 }
 

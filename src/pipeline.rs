@@ -36,6 +36,10 @@ pub struct ScanConfig {
     pub explain: bool,
     /// Bytes read so far, for a progress display.
     pub bytes_read: Arc<AtomicU64>,
+    /// Clients and accounts kept exactly, for all workers together.
+    pub limits: crate::aggregate::bounded::Limits,
+    /// The memory summary's sketch, shared by the workers.
+    pub summary: crate::aggregate::bounded::Summary,
 }
 
 /// A line that matched a detection, as `logwarden match` prints it.
@@ -129,7 +133,11 @@ impl Worker {
             policy: config.policy.clone(),
             joiner: PartialJoiner::default(),
             max_line_bytes: config.framing.max_line_bytes,
-            agg: Aggregator::default(),
+            agg: Aggregator {
+                limits: config.limits.share(config.threads),
+                summary: config.summary.sharing(),
+                ..Aggregator::default()
+            },
             matches: None,
             rules: config.rules.clone(),
             explain: config.explain,

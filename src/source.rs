@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Decompressed bytes per compressed byte beyond which a gzip input is taken for a bomb.
+/// Real access logs compress 10:1 to 30:1, very repetitive ones rarely past 200:1;
+/// DEFLATE's own ceiling is about 1032:1, which only crafted input approaches.
+pub const MAX_GZIP_RATIO: u64 = 500;
+/// Below this much output the ratio is not judged (small files can look extreme).
+const GZIP_RATIO_GRACE: u64 = 64 << 20;
+
 /// One input to scan: a display name (used as the record's source) and its bytes.
 pub struct Input {
     /// The name reports use: the path as given, or `stdin`.
@@ -42,11 +49,18 @@ impl Input {
     }
 
     fn sniff(name: String, reader: Box<dyn Read + Send>) -> io::Result<Input> {
+        let compressed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted: Box<dyn Read + Send> =
+            Box::new(CountingReader { inner: reader, count: compressed.clone() });
         // 256 KiB reads: large enough that per-read overhead vanishes on fast inputs.
-        let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+        let mut buffered = BufReader::with_capacity(256 * 1024, counted);
         let gzip = peek_gzip(&mut buffered)?;
-        let reader: Box<dyn Read + Send> =
-            if gzip { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
+        let reader: Box<dyn Read + Send> = if gzip {
+            let inflate = flate2::bufread::MultiGzDecoder::new(buffered);
+            Box::new(BombGuard { inner: inflate, compressed, out: 0 })
+        } else {
+            Box::new(buffered)
+        };
         Ok(Input { name, reader, gzip })
     }
 }
@@ -70,6 +84,47 @@ fn peek_gzip(reader: &mut BufReader<Box<dyn Read + Send>>) -> io::Result<bool> {
     let rebuilt: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(rest));
     *reader = BufReader::with_capacity(256 * 1024, rebuilt);
     Ok(gzip)
+}
+
+/// Counts the bytes read from the underlying (compressed) source.
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Stops a gzip input whose output outgrows [`MAX_GZIP_RATIO`] times its input: what came
+/// before is scanned, the rest is reported as a read error.
+struct BombGuard<R> {
+    inner: R,
+    compressed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    out: u64,
+}
+
+impl<R: Read> Read for BombGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        let compressed = self.compressed.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        if self.out > GZIP_RATIO_GRACE && self.out / compressed > MAX_GZIP_RATIO {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "gzip expands more than {MAX_GZIP_RATIO}:1 ({} bytes from {compressed}): \
+                     taken for a decompression bomb and not read further",
+                    self.out
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 struct FailingReader(Option<io::Error>);
@@ -117,6 +172,29 @@ mod tests {
         let input = Input::from_reader("t", io::Cursor::new(data));
         assert!(input.gzip);
         assert_eq!(read_all(input), b"first\nsecond\n");
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_ratio() {
+        // 200 MiB of zeros compress to about 200 KiB: 1000:1.
+        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..200 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        let mut reader = Input::from_reader("bomb.gz", io::Cursor::new(bomb)).reader;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        let err = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => panic!("the whole bomb was inflated ({total} bytes)"),
+                Ok(n) => total += n as u64,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        assert!(total < 100 << 20, "{total} bytes were inflated first");
     }
 
     #[test]

@@ -58,6 +58,8 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
         rules: Arc::new(logwarden::detect::RuleSet::builtin().unwrap()),
         explain: false,
         bytes_read: Default::default(),
+        limits: Default::default(),
+        summary: Default::default(),
     }
 }
 

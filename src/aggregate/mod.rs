@@ -3,6 +3,7 @@
 //! merges commutatively, so the result never depends on line order or on how the
 //! input was cut into chunks.
 
+pub mod bounded;
 pub mod topk;
 pub mod window;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use crate::client::{ClientKey, ClientPolicy};
 use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
+use bounded::{EventKind, LIGHT_EVENTS, Light, LightEvent, Limits, Summary};
 use topk::TopK;
 use window::{DistinctTimes, EventTimes};
 
@@ -53,6 +55,16 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8));
     foldhash::fast::FixedState::with_seed(seed).hash_one(bytes)
+}
+
+/// A client's age for folding: last seen, then a fixed per-process order of keys.
+fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
+    use std::hash::BuildHasher;
+    (last_seen.unwrap_or(i64::MIN), foldhash::fast::FixedState::with_seed(7).hash_one(key))
+}
+
+fn client_hash(key: ClientKey) -> u64 {
+    stable_hash(key.to_string().as_bytes())
 }
 
 /// Where a line came from.
@@ -156,6 +168,32 @@ pub struct Stats {
     pub unparsed_samples: Vec<Sample>,
     /// Inputs that could not be read to their end, with the reason.
     pub read_errors: Vec<ReadError>,
+    /// Set when clients or accounts were folded into the approximate summary to stay
+    /// within `--max-memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_summary: Option<MemorySummary>,
+}
+
+/// What had to be summarised to stay within the memory bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MemorySummary {
+    /// Clients kept in compact form: counts and windows exact, top lists and samples dropped.
+    #[serde(default)]
+    pub compact_clients: u64,
+    /// Folded into the approximate sketch.
+    pub clients: bounded::Folded,
+    pub accounts: bounded::Folded,
+}
+
+impl MemorySummary {
+    /// The report's account of `summary` and of `compact` light entries, when either was used.
+    pub fn of(summary: &Summary, compact: u64) -> Option<MemorySummary> {
+        (summary.used() || compact > 0).then(|| MemorySummary {
+            compact_clients: compact,
+            clients: summary.clients.clone(),
+            accounts: summary.accounts.clone(),
+        })
+    }
 }
 
 /// An input that failed part-way: lines before the failure were scanned.
@@ -187,6 +225,12 @@ pub struct ClientStats {
     /// Paths answered 4xx, with times (probing).
     pub paths_4xx: DistinctTimes,
     pub samples: Vec<Sample>,
+    /// Evidence this client had when it was folded into the summary before (an upper
+    /// bound; 0 when never folded).
+    pub folded_evidence: u64,
+    /// Its first evidence events, so that a client with few can be folded into a light
+    /// entry without losing any of them.
+    pub first_events: Vec<LightEvent>,
 }
 
 impl Default for ClientStats {
@@ -209,11 +253,18 @@ impl Default for ClientStats {
             auth_accounts: DistinctTimes::default(),
             paths_4xx: DistinctTimes::default(),
             samples: Vec::new(),
+            folded_evidence: 0,
+            first_events: Vec::new(),
         }
     }
 }
 
 impl ClientStats {
+    /// What decisions use: 4xx answers, failed logins and rule hits.
+    pub fn evidence(&self) -> u64 {
+        self.status_4xx + self.auth_failures + self.rules.values().sum::<u64>()
+    }
+
     /// Counts one request; returns whether it is evidence (a 4xx).
     fn observe_request(&mut self, record: &Record<'_>) -> bool {
         let time = record.time;
@@ -233,8 +284,72 @@ impl ClientStats {
         }
         self.status_4xx += 1;
         self.times_4xx.add(time);
-        self.paths_4xx.add(time, stable_hash(path.unwrap_or("").as_bytes()));
+        let hash = stable_hash(path.unwrap_or("").as_bytes());
+        self.paths_4xx.add(time, hash);
+        self.note_event(EventKind::Status4xx, time, Some(hash));
         true
+    }
+
+    fn note_event(&mut self, kind: EventKind, time: Option<i64>, value: Option<u64>) {
+        if self.first_events.len() < LIGHT_EVENTS {
+            self.first_events.push(LightEvent { kind, time, value });
+        }
+    }
+
+    /// This client in compact form, when every piece of its evidence fits in one.
+    fn to_light(&self) -> Option<Light> {
+        (self.evidence() == self.first_events.len() as u64).then(|| Light {
+            requests: self.requests,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            events: self.first_events.clone(),
+            folded: self.folded_evidence,
+        })
+    }
+
+    /// Rebuilds the counts and windows of a light entry (top lists and samples were not kept).
+    pub fn from_light(l: Light) -> ClientStats {
+        let mut c = ClientStats {
+            requests: l.requests,
+            first_seen: l.first_seen,
+            last_seen: l.last_seen,
+            folded_evidence: l.folded,
+            ..Default::default()
+        };
+        for e in l.events {
+            c.replay(e);
+        }
+        c
+    }
+
+    fn replay(&mut self, e: LightEvent) {
+        match e.kind {
+            EventKind::Status4xx => {
+                self.status_4xx += 1;
+                self.times_4xx.add(e.time);
+                if let Some(v) = e.value {
+                    self.paths_4xx.add(e.time, v);
+                }
+            }
+            EventKind::AuthFailure => {
+                self.auth_failures += 1;
+                self.times_auth.add(e.time);
+                if let Some(v) = e.value {
+                    self.auth_accounts.add(e.time, v);
+                }
+            }
+        }
+        self.note_event(e.kind, e.time, e.value);
+    }
+
+    /// Adds a light entry's counts and events to this record.
+    fn absorb(&mut self, l: Light) {
+        self.requests += l.requests;
+        self.folded_evidence = self.folded_evidence.max(l.folded);
+        merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen, l.last_seen);
+        for e in l.events {
+            self.replay(e);
+        }
     }
 
     fn merge(&mut self, o: ClientStats) {
@@ -256,6 +371,9 @@ impl ClientStats {
         self.auth_accounts.merge(o.auth_accounts);
         self.paths_4xx.merge(o.paths_4xx);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
+        self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
+        self.first_events.extend(o.first_events);
+        self.first_events.truncate(LIGHT_EVENTS);
     }
 }
 
@@ -367,9 +485,15 @@ pub struct Aggregator {
     /// Boxed: the map rehashes as clients arrive, and moving a pointer is cheaper than
     /// moving the whole record.
     pub clients: HashMap<ClientKey, Box<ClientStats>>,
+    /// Clients folded out of `clients` in compact form (see [`bounded`]).
+    pub light: HashMap<ClientKey, Light>,
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
     pub accounts: BTreeMap<String, HashMap<String, AccountStats>>,
     pub incident: IncidentStats,
+    /// How many clients and accounts are kept exactly.
+    pub limits: Limits,
+    /// What was folded out of the exact tables to stay within `limits`.
+    pub summary: Summary,
 }
 
 impl Aggregator {
@@ -445,9 +569,93 @@ impl Aggregator {
         }
     }
 
+    /// The record of `key`, created (and the table kept within its limit) if new.
+    fn client(&mut self, key: ClientKey) -> &mut ClientStats {
+        if !self.clients.contains_key(&key) {
+            if self.clients.len() >= self.limits.clients {
+                self.fold_clients();
+            }
+            let c = match self.light.remove(&key) {
+                Some(light) => Box::new(ClientStats::from_light(light)),
+                None => {
+                    let mut c = Box::<ClientStats>::default();
+                    if self.summary.clients.max_evidence > 0 {
+                        c.folded_evidence = self.summary.estimate(client_hash(key));
+                    }
+                    c
+                }
+            };
+            self.clients.insert(key, c);
+        }
+        self.clients.get_mut(&key).expect("inserted above")
+    }
+
+    /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
+    fn fold_clients(&mut self) {
+        let target = self.limits.clients / 4 * 3;
+        let level =
+            bounded::fold_level(self.clients.values().map(|c| c.evidence()), self.clients.len(), target);
+        let (summary, light) = (&mut self.summary, &mut self.light);
+        self.clients.retain(|key, c| {
+            let evidence = c.evidence();
+            let keep = evidence > level;
+            if !keep {
+                match c.to_light() {
+                    Some(l) => {
+                        light.insert(*key, l);
+                    }
+                    // Only its own evidence: what it had before is in the sketch already.
+                    None => summary.fold_client(client_hash(*key), evidence),
+                }
+            }
+            keep
+        });
+        if self.light.len() > self.limits.light {
+            self.fold_light();
+        }
+    }
+
+    /// Folds the light entries with the least evidence into the sketch, down to 3/4.
+    fn fold_light(&mut self) {
+        let target = self.limits.light / 4 * 3;
+        let entries = self.light.iter().map(|(k, l)| (l.evidence(), age(k, l.last_seen)));
+        let plan = bounded::FoldPlan::new(entries, self.light.len(), target);
+        let summary = &mut self.summary;
+        self.light.retain(|key, l| {
+            let keep = !plan.folds(l.evidence(), age(key, l.last_seen));
+            if !keep {
+                summary.fold_client(client_hash(*key), l.evidence());
+            }
+            keep
+        });
+    }
+
+    /// Adds a light entry from another worker.
+    fn merge_light(&mut self, key: ClientKey, l: Light) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.absorb(l);
+            return;
+        }
+        match self.light.remove(&key) {
+            None => {
+                self.light.insert(key, l);
+            }
+            Some(mine) => match mine.clone().combine(l.clone()) {
+                Some(both) => {
+                    self.light.insert(key, both);
+                }
+                None => {
+                    let mut c = ClientStats::from_light(mine);
+                    c.absorb(l);
+                    self.clients.insert(key, Box::new(c));
+                }
+            },
+        }
+    }
+
     fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
         let record = seen.record;
-        let c = self.clients.entry(key).or_default();
+        let c = self.client(key);
         let time = record.time;
         merge_seen(&mut c.first_seen, &mut c.last_seen, time, time);
         let mut evidence = !seen.hits.is_empty();
@@ -466,10 +674,12 @@ impl Aggregator {
         if auth {
             c.auth_failures += 1;
             c.times_auth.add(time);
-            if let Some(user) = user {
+            let hash = user.map(|u| stable_hash(u.as_bytes()));
+            if let (Some(user), Some(hash)) = (user, hash) {
                 c.accounts.add(user);
-                c.auth_accounts.add(time, stable_hash(user.as_bytes()));
+                c.auth_accounts.add(time, hash);
             }
+            c.note_event(EventKind::AuthFailure, time, hash);
         }
         if evidence {
             keep_sample(&mut c.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
@@ -480,6 +690,11 @@ impl Aggregator {
         let time = seen.record.time;
         if !self.accounts.contains_key(realm) {
             self.accounts.insert(realm.to_string(), HashMap::default());
+        }
+        if self.accounts.values().map(|u| u.len()).sum::<usize>() >= self.limits.accounts
+            && !self.accounts[realm].contains_key(user)
+        {
+            self.fold_accounts();
         }
         let users = self.accounts.get_mut(realm).expect("inserted above");
         if !users.contains_key(user) {
@@ -496,16 +711,41 @@ impl Aggregator {
         keep_sample(&mut a.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
     }
 
-    /// Adds everything `other` has learned.
+    /// Folds the accounts with the fewest failed logins into the summary, down to 3/4 of
+    /// the limit.
+    fn fold_accounts(&mut self) {
+        let len: usize = self.accounts.values().map(|u| u.len()).sum();
+        let target = self.limits.accounts / 4 * 3;
+        let failures = self.accounts.values().flat_map(|u| u.values().map(|a| a.auth_failures));
+        let level = bounded::fold_level(failures, len, target);
+        let summary = &mut self.summary;
+        for (realm, users) in self.accounts.iter_mut() {
+            users.retain(|user, a| {
+                let keep = a.auth_failures > level;
+                if !keep {
+                    summary.fold_account(stable_hash(format!("{realm}\0{user}").as_bytes()), a.auth_failures);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Adds everything `other` has learned, staying within this aggregator's limits.
     pub fn merge(&mut self, other: Aggregator) {
         self.merge_stats(other.stats);
-        for (key, c) in other.clients {
+        for (key, mut c) in other.clients {
+            if let Some(l) = self.light.remove(&key) {
+                c.absorb(l);
+            }
             match self.clients.get_mut(&key) {
                 Some(mine) => mine.merge(*c),
                 None => {
                     self.clients.insert(key, c);
                 }
             }
+        }
+        for (key, l) in other.light {
+            self.merge_light(key, l);
         }
         for (realm, accounts) in other.accounts {
             let mine = self.accounts.entry(realm).or_default();
@@ -519,6 +759,16 @@ impl Aggregator {
             }
         }
         self.incident.merge(other.incident);
+        self.summary.merge(other.summary);
+        if self.clients.len() > self.limits.clients {
+            self.fold_clients();
+        }
+        if self.light.len() > self.limits.light {
+            self.fold_light();
+        }
+        if self.accounts.values().map(|u| u.len()).sum::<usize>() > self.limits.accounts {
+            self.fold_accounts();
+        }
     }
 
     fn merge_stats(&mut self, o: Stats) {
@@ -559,6 +809,7 @@ impl Aggregator {
             c.paths_4xx.evict_before(cutoff);
             c.last_seen.is_none_or(|t| t >= cutoff)
         });
+        self.light.retain(|_, l| l.last_seen.is_none_or(|t| t >= cutoff));
         for users in self.accounts.values_mut() {
             users.retain(|_, a| {
                 a.times.evict_before(cutoff);

@@ -1,0 +1,348 @@
+//! Bounded memory when an attacker sprays addresses or account names. The exact tables
+//! hold at most a configured number of clients and accounts; when one outgrows its limit,
+//! the entries with the least evidence are folded into an approximate summary (a
+//! count-min sketch of their evidence) until the table is back to three quarters full.
+//!
+//! Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events and no
+//! rule hits first becomes a [`Light`] entry (about 80 bytes instead of about 2 KB) that
+//! keeps its counts and the time (and path or account) of each of those events, so when it
+//! returns its record is rebuilt with every window count exact: a sprayed stream can
+//! interleave an attacker's requests with hundreds of thousands of one-off addresses and
+//! the attacker's count still comes out exact. Only when the light table is full too do
+//! entries go to the sketch, where they are approximate.
+//!
+//! Evidence decides who stays: a client with no 4xx, failed login or rule hit carries
+//! nothing a decision needs and goes first, so ordinary traffic never changes a proposal.
+//! Under spraying, a client is only folded while at least the table's capacity of
+//! clients has more evidence than it, so anyone who crosses a threshold is still counted
+//! exactly unless an attacker can afford that many stronger decoys. Whenever the summary
+//! is used, the report says so, with the most evidence any folded entry had; a client that
+//! returns after being folded carries the sketch's estimate of what it had before.
+
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+/// Entries kept exactly, per table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub clients: usize,
+    /// Folded clients kept in compact form.
+    pub light: usize,
+    pub accounts: usize,
+}
+
+/// Evidence events a [`Light`] entry keeps exactly.
+pub const LIGHT_EVENTS: usize = 2;
+/// Estimated bytes of one light entry in its map.
+pub const BYTES_PER_LIGHT: usize = 256;
+
+/// Estimated bytes one tracked client or account costs (measured: about 1.7 KB per
+/// client with evidence on this machine, map overhead and allocator included).
+pub const BYTES_PER_ENTRY: usize = 3072;
+/// Memory that does not grow with entries: buffers, rules, sketches, the runtime.
+pub const FIXED_BYTES: usize = 40 << 20;
+
+impl Limits {
+    /// No limit (library default; the command line always sets one).
+    pub const UNBOUNDED: Limits = Limits { clients: usize::MAX, light: usize::MAX, accounts: usize::MAX };
+
+    /// Limits that keep a scan near `bytes` of memory: of what is left after the fixed
+    /// part, half for full client records, a quarter for light ones, a quarter for accounts.
+    pub fn for_memory(bytes: usize) -> Limits {
+        let room = bytes.saturating_sub(FIXED_BYTES);
+        Limits {
+            clients: (room / 2 / BYTES_PER_ENTRY).max(64),
+            light: (room / 4 / BYTES_PER_LIGHT).max(64),
+            accounts: (room / 4 / BYTES_PER_ENTRY).max(64),
+        }
+    }
+
+    /// One worker's share, so that all workers together stay within the limits.
+    pub fn share(self, workers: usize) -> Limits {
+        let w = workers.max(1);
+        Limits {
+            clients: (self.clients / w).max(16),
+            light: (self.light / w).max(16),
+            accounts: (self.accounts / w).max(16),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::UNBOUNDED
+    }
+}
+
+/// What the summary holds for one kind of entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folded {
+    /// Entries folded into the summary (an entry folded twice counts twice).
+    pub entries: u64,
+    /// The most evidence any folded entry had (4xx + failed logins + rule hits for a
+    /// client; failed logins for an account). 0: nothing a decision uses was lost.
+    pub max_evidence: u64,
+}
+
+/// The approximate summary of folded entries. Workers of one scan share one sketch.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub clients: Folded,
+    pub accounts: Folded,
+    sketch: Arc<CountMin>,
+}
+
+impl Summary {
+    /// Whether anything was folded.
+    pub fn used(&self) -> bool {
+        self.clients.entries > 0 || self.accounts.entries > 0
+    }
+
+    /// Records a folded client (`key_hash`: its stable hash) with `evidence`.
+    pub fn fold_client(&mut self, key_hash: u64, evidence: u64) {
+        self.clients.entries += 1;
+        self.clients.max_evidence = self.clients.max_evidence.max(evidence);
+        if evidence > 0 {
+            self.sketch.add(key_hash, evidence);
+        }
+    }
+
+    /// Records a folded account with `failures`.
+    pub fn fold_account(&mut self, key_hash: u64, failures: u64) {
+        self.accounts.entries += 1;
+        self.accounts.max_evidence = self.accounts.max_evidence.max(failures);
+        if failures > 0 {
+            self.sketch.add(key_hash, failures);
+        }
+    }
+
+    /// An upper bound of the evidence folded for `key_hash` (0 when never folded with any).
+    pub fn estimate(&self, key_hash: u64) -> u64 {
+        self.sketch.estimate(key_hash)
+    }
+
+    /// A summary that shares this one's sketch (for another worker of the same scan).
+    pub fn sharing(&self) -> Summary {
+        Summary { clients: Folded::default(), accounts: Folded::default(), sketch: self.sketch.clone() }
+    }
+
+    pub fn merge(&mut self, o: Summary) {
+        for (mine, theirs) in [(&mut self.clients, o.clients), (&mut self.accounts, o.accounts)] {
+            mine.entries += theirs.entries;
+            mine.max_evidence = mine.max_evidence.max(theirs.max_evidence);
+        }
+        if !Arc::ptr_eq(&self.sketch, &o.sketch) {
+            self.sketch.merge(&o.sketch);
+        }
+    }
+}
+
+/// Which entries a fold removes: all with less evidence than `level`, and of those at
+/// `level` the oldest (by last seen, then an arbitrary fixed order) up to the number needed.
+/// Keeping the newest at the boundary is what lets a returning attacker survive a spray.
+#[derive(Clone, Copy, Debug)]
+pub struct FoldPlan {
+    level: u64,
+    cutoff: (i64, u64),
+}
+
+/// An entry's age for folding: when it was last seen, then a tie-break.
+pub type Age = (i64, u64);
+
+impl FoldPlan {
+    /// Plans a fold of `entries` (evidence, age) from `len` down to `target`.
+    pub fn new(entries: impl Iterator<Item = (u64, Age)> + Clone, len: usize, target: usize) -> FoldPlan {
+        let level = fold_level(entries.clone().map(|e| e.0), len, target);
+        let below = entries.clone().filter(|e| e.0 < level).count();
+        let need = len.saturating_sub(target).saturating_sub(below);
+        let mut ages: Vec<Age> = entries.filter(|e| e.0 == level).map(|e| e.1).collect();
+        let cutoff =
+            if need >= ages.len() { (i64::MAX, u64::MAX) } else { *ages.select_nth_unstable(need).1 };
+        FoldPlan { level, cutoff }
+    }
+
+    /// Whether the entry with `evidence` and `age` is folded.
+    pub fn folds(&self, evidence: u64, age: Age) -> bool {
+        evidence < self.level || (evidence == self.level && age < self.cutoff)
+    }
+}
+
+/// The smallest evidence level `l` such that dropping every entry with evidence `<= l`
+/// brings `scores.len()` down to `target` or below.
+pub fn fold_level(scores: impl Iterator<Item = u64>, len: usize, target: usize) -> u64 {
+    const LEVELS: usize = 256;
+    let mut histogram = [0usize; LEVELS];
+    for s in scores {
+        histogram[(s as usize).min(LEVELS - 1)] += 1;
+    }
+    let need = len.saturating_sub(target);
+    let mut dropped = 0;
+    for (level, n) in histogram.iter().enumerate() {
+        dropped += n;
+        if dropped >= need {
+            return level as u64;
+        }
+    }
+    u64::MAX
+}
+
+/// A folded client in compact form: its counts, and each evidence event exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Light {
+    pub requests: u64,
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    /// At most [`LIGHT_EVENTS`].
+    pub events: Vec<LightEvent>,
+    /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
+    pub folded: u64,
+}
+
+/// One evidence event of a light entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LightEvent {
+    pub kind: EventKind,
+    pub time: Option<i64>,
+    /// The path (4xx) or account (failed login) hash, when there was one.
+    pub value: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Status4xx,
+    AuthFailure,
+}
+
+impl Light {
+    /// Evidence events held.
+    pub fn evidence(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    /// Both entries together, or `None` when that holds too many events to stay light.
+    pub fn combine(mut self, o: Light) -> Option<Light> {
+        if self.events.len() + o.events.len() > LIGHT_EVENTS {
+            return None;
+        }
+        self.requests += o.requests;
+        self.first_seen = min_some(self.first_seen, o.first_seen);
+        self.last_seen = self.last_seen.max(o.last_seen);
+        self.events.extend(o.events);
+        self.folded = self.folded.max(o.folded);
+        Some(self)
+    }
+}
+
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+const DEPTH: usize = 4;
+const WIDTH: usize = 1 << 19;
+
+/// A count-min sketch (8 MiB, allocated at the first fold): estimates never undercount.
+/// Counters are atomic so that the workers of one scan add to the same sketch.
+#[derive(Debug, Default)]
+struct CountMin {
+    cells: OnceLock<Box<[AtomicU32]>>,
+}
+
+impl CountMin {
+    fn cells(&self) -> &[AtomicU32] {
+        self.cells.get_or_init(|| (0..DEPTH * WIDTH).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    fn index(hash: u64) -> impl Iterator<Item = usize> {
+        // Row hashes from one 64-bit hash (Kirsch-Mitzenmacher double hashing).
+        let (h1, h2) = (hash as u32 as usize, (hash >> 32) as usize | 1);
+        (0..DEPTH).map(move |i| i * WIDTH + h1.wrapping_add(i.wrapping_mul(h2)) % WIDTH)
+    }
+
+    fn add(&self, hash: u64, n: u64) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let cells = self.cells();
+        for i in CountMin::index(hash) {
+            // Saturating: a counter that reached the top stays there.
+            let _ = cells[i].fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(n)));
+        }
+    }
+
+    fn estimate(&self, hash: u64) -> u64 {
+        let Some(cells) = self.cells.get() else { return 0 };
+        CountMin::index(hash).map(|i| u64::from(cells[i].load(Relaxed))).min().unwrap_or(0)
+    }
+
+    fn merge(&self, o: &CountMin) {
+        let Some(theirs) = o.cells.get() else { return };
+        for (a, b) in self.cells().iter().zip(theirs.iter()) {
+            let b = b.load(Relaxed);
+            let _ = a.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(b)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_level_drops_the_least_evidence_first() {
+        let scores = [0, 0, 0, 5, 5, 9, 1, 1];
+        assert_eq!(fold_level(scores.iter().copied(), 8, 5), 0);
+        assert_eq!(fold_level(scores.iter().copied(), 8, 4), 1);
+        assert_eq!(fold_level(scores.iter().copied(), 8, 2), 5);
+    }
+
+    #[test]
+    fn a_fold_keeps_the_newest_at_the_boundary_level() {
+        let entries: Vec<(u64, Age)> =
+            (0..10).map(|i| (1, (i, 0))).chain([(0, (50, 0)), (3, (0, 0))]).collect();
+        let plan = FoldPlan::new(entries.iter().copied(), entries.len(), 6);
+        let kept: Vec<_> = entries.iter().filter(|(e, a)| !plan.folds(*e, *a)).collect();
+        assert_eq!(kept.len(), 6);
+        assert!(
+            kept.contains(&&(3, (0, 0))) && kept.contains(&&(1, (9, 0))) && !kept.contains(&&(0, (50, 0)))
+        );
+    }
+
+    #[test]
+    fn the_sketch_never_undercounts_and_merges() {
+        let mut a = Summary::default();
+        let mut b = Summary::default();
+        for k in 0..50_000u64 {
+            a.fold_client(crate::aggregate::stable_hash(&k.to_le_bytes()), 1);
+        }
+        b.fold_client(crate::aggregate::stable_hash(b"x"), 7);
+        a.merge(b);
+        assert!(a.estimate(crate::aggregate::stable_hash(b"x")) >= 7);
+        assert_eq!(a.clients.entries, 50_001);
+        assert_eq!(a.clients.max_evidence, 7);
+    }
+
+    #[test]
+    fn light_entries_combine_until_they_hold_too_much() {
+        let one = |t| Light {
+            requests: 1,
+            first_seen: Some(t),
+            last_seen: Some(t),
+            events: vec![LightEvent { kind: EventKind::Status4xx, time: Some(t), value: Some(1) }],
+            folded: 0,
+        };
+        let two = one(5).combine(one(3)).unwrap();
+        assert_eq!((two.requests, two.first_seen, two.last_seen, two.evidence()), (2, Some(3), Some(5), 2));
+        assert!(two.combine(one(9)).is_none());
+    }
+
+    #[test]
+    fn memory_limits_scale() {
+        let l = Limits::for_memory(200 << 20);
+        assert!(l.clients > 20_000 && l.clients < 100_000 && l.light > 100_000, "{l:?}");
+        assert_eq!(l.share(2).clients, l.clients / 2);
+    }
+}
