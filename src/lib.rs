@@ -14,6 +14,8 @@ pub mod detect;
 pub mod error;
 pub mod follow;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loki;
 pub mod parse;
 pub mod pipeline;
