@@ -101,3 +101,59 @@ fn sprayed_addresses_keep_memory_bounded_and_attackers_are_still_found() {
     // (the limit counts the tables; a debug build and the sketch add some).
     assert!(peak_kb < 110 * 1024, "peak {peak_kb} KiB");
 }
+
+/// Pipes `data` to `scan --output json` on stdin; the document and the peak RSS in KiB.
+fn scan_stdin(data: Vec<u8>) -> (serde_json::Value, u64) {
+    let mut cmd = logwarden();
+    cmd.args(["scan", "--output", "json", "--threads", "2"]).stdin(Stdio::piped());
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let pid = child.id();
+    let peak = std::thread::spawn(move || {
+        let mut peak = 0u64;
+        while let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            else {
+                break;
+            };
+            peak = peak.max(kb);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        peak
+    });
+    writer.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_slice(&out.stdout).unwrap(), peak.join().unwrap())
+}
+
+#[test]
+fn a_100_mb_line_is_skipped_and_counted_in_bounded_memory() {
+    let ok = b"203.0.113.9 - - [14/Nov/2023:22:13:20 +0000] \"GET / HTTP/1.1\" 404 0 \"-\" \"x\"\n";
+    let mut data = ok.to_vec();
+    data.extend(std::iter::repeat_n(b'A', 100 << 20));
+    data.push(b'\n');
+    data.extend_from_slice(ok);
+    let (doc, peak_kb) = scan_stdin(data);
+    let stats = &doc["stats"];
+    assert_eq!(
+        (stats["lines"].as_u64(), stats["parsed"].as_u64(), stats["oversized"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    // The line is never held whole: memory stays far below its size.
+    assert!(peak_kb < 60 * 1024, "peak {peak_kb} KiB for a 100 MiB line");
+}
+
+#[test]
+fn a_stream_of_nul_bytes_is_one_counted_line() {
+    let (doc, _) = scan_stdin(vec![0u8; 10 << 20]);
+    let stats = &doc["stats"];
+    assert_eq!(
+        (stats["lines"].as_u64(), stats["unparsed"].as_u64(), stats["oversized"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
+}
