@@ -74,6 +74,54 @@ pub fn scan(data: &[u8]) {
     crate::report::write_json(&mut json, &report).expect("writing to memory");
     let back: crate::decide::ScanReport = serde_json::from_slice(&json).expect("the document reads back");
     assert_eq!(back.blocklist, report.blocklist);
+    bundle_texts(&report);
+}
+
+/// The bundle's report.md and SQL for `report`: no log line may add an HTML tag to the
+/// Markdown, and the SQL scripts hold no control character but newlines.
+fn bundle_texts(report: &crate::decide::ScanReport) {
+    let scripts = crate::remedy::sql::lock_scripts(&Default::default(), "lw-fuzz", &report.lock_accounts)
+        .expect("default target");
+    for script in [&scripts.lock, &scripts.unlock] {
+        assert!(!script.chars().any(|c| c.is_control() && c != '\n'), "a control character in the SQL");
+    }
+    let plan = crate::remedy::BundlePlan {
+        bundle_id: "lw-fuzz".into(),
+        added: report.blocklist.clone(),
+        already_blocked: Vec::new(),
+        locked: scripts.locked,
+        refused: scripts.refused,
+        malformed: Vec::new(),
+        blocklist_note: "fuzz".into(),
+        files: Vec::new(),
+    };
+    let md = crate::remedy::markdown::render(report, &plan);
+    // Inside a fence (longer than any backtick run in it) text is shown as is; outside,
+    // a tag from a log line would be rendered.
+    assert!(
+        !outside_fences(&md).any(|line| line.contains("<script") || line.contains("<img")),
+        "log text became HTML in report.md"
+    );
+}
+
+/// The lines of `md` that are not inside a fenced code block.
+fn outside_fences(md: &str) -> impl Iterator<Item = &str> {
+    let mut fence: Option<usize> = None;
+    md.lines().filter(move |line| {
+        let ticks = line.chars().take_while(|c| *c == '`').count();
+        match fence {
+            Some(n) if ticks >= n && line.trim_end_matches('`').is_empty() => {
+                fence = None;
+                false
+            }
+            Some(_) => false,
+            None if ticks >= 3 => {
+                fence = Some(ticks);
+                false
+            }
+            None => true,
+        }
+    })
 }
 
 /// Compiles the first line as a `log_format` (escape chosen by the first byte) and applies
