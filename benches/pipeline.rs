@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+use logwarden::aggregate::{Aggregator, LineRef, Seen};
 use logwarden::client::ClientPolicy;
 use logwarden::detect::RuleSet;
 use logwarden::framing::{FramingConfig, frame_all};
@@ -104,5 +105,69 @@ fn rules(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages, rules);
+/// The whole scan on one thread for each format and wrapper, from the bundled fixtures
+/// repeated to about 4 MB: the same order of speed is expected of every shape.
+fn formats(c: &mut Criterion) {
+    let mut g = c.benchmark_group("formats");
+    g.sample_size(10);
+    for name in [
+        "combined",
+        "access-json",
+        "ingress-nginx",
+        "nginx-error",
+        "backend-json",
+        "logfmt",
+        "plain",
+        "kubectl-prefix-timestamps",
+        "cri-containerd",
+        "docker-json",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/formats/{name}.log"));
+        let one = std::fs::read(path).unwrap();
+        let data = one.repeat((4 << 20) / one.len() + 1);
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let input = Input::from_reader("b", std::io::Cursor::new(data.clone()));
+                black_box(scan(vec![input], &config(1)).unwrap().stats.parsed)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Aggregation alone: parsed and detected records into per-client and per-account evidence.
+fn aggregation(c: &mut Criterion) {
+    let data = corpus();
+    let set = RuleSet::builtin().unwrap();
+    let policy = ClientPolicy::default();
+    let mut parser = Parser::detecting(&[]);
+    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let records: Vec<_> = lines
+        .iter()
+        .filter_map(|l| parser.parse(b"b", l).map(|(r, _)| (*l, r)))
+        .map(|(l, r)| {
+            let mut hits = Vec::new();
+            set.detect(l, &r, &mut hits);
+            (l, r, hits)
+        })
+        .collect();
+    let mut g = c.benchmark_group("aggregation");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10);
+    g.bench_function("observe", |b| {
+        b.iter(|| {
+            let mut agg = Aggregator::default();
+            for (n, (raw, record, hits)) in records.iter().enumerate() {
+                let at = LineRef { source: "b", line: n as u64 + 1 };
+                let seen = Seen { source: "b", at, format: "combined", raw, record, hits };
+                agg.observe(&seen, &set, &policy);
+            }
+            black_box(agg.clients.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, rules, formats, aggregation);
 criterion_main!(benches);

@@ -189,7 +189,7 @@ impl Worker {
             return;
         }
         let payload = self.joiner.complete(wrapped.stream, wrapped.payload);
-        let source_name = wrapped.prefix.map(String::from_utf8_lossy);
+        let source_name = wrapped.prefix.map(crate::parse::text);
         let stats_source = source_name.as_deref().unwrap_or(input);
         let cache_key = wrapped.prefix.unwrap_or(input.as_bytes());
         let Some((record, format, text)) =

@@ -87,13 +87,23 @@ pub struct Sample {
 
 impl Sample {
     fn new(at: LineRef<'_>, time: Option<i64>, raw: &[u8]) -> Sample {
-        let text = String::from_utf8_lossy(raw);
+        let text = crate::parse::text(raw);
         let text = match text.char_indices().nth(SAMPLE_CHARS) {
             Some((cut, _)) => format!("{}…", &text[..cut]),
             None => text.into_owned(),
         };
         Sample { time, source: at.source.to_string(), line: at.line, text }
     }
+}
+
+/// Offers the line at `at` as a sample, building it only when it would be kept (most
+/// evidence lines of a busy client are not).
+fn offer_sample(samples: &mut Vec<Sample>, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
+    let later = |last: &Sample| (last.time, last.source.as_str(), last.line) <= (time, at.source, at.line);
+    if samples.len() >= n && samples.last().is_some_and(later) {
+        return;
+    }
+    keep_sample(samples, n, Sample::new(at, time, raw));
 }
 
 /// Keeps the `n` smallest samples, so the kept set does not depend on arrival order.
@@ -506,7 +516,7 @@ impl Aggregator {
         let source = self.source(source);
         source.lines += 1;
         source.unparsed += 1;
-        keep_sample(&mut self.stats.unparsed_samples, UNPARSED_SAMPLES, Sample::new(at, None, raw));
+        offer_sample(&mut self.stats.unparsed_samples, UNPARSED_SAMPLES, at, None, raw);
     }
 
     /// Counts a line that was too long to read.
@@ -571,23 +581,21 @@ impl Aggregator {
 
     /// The record of `key`, created (and the table kept within its limit) if new.
     fn client(&mut self, key: ClientKey) -> &mut ClientStats {
-        if !self.clients.contains_key(&key) {
-            if self.clients.len() >= self.limits.clients {
-                self.fold_clients();
-            }
-            let c = match self.light.remove(&key) {
-                Some(light) => Box::new(ClientStats::from_light(light)),
-                None => {
-                    let mut c = Box::<ClientStats>::default();
-                    if self.summary.clients.max_evidence > 0 {
-                        c.folded_evidence = self.summary.estimate(client_hash(key));
-                    }
-                    c
-                }
-            };
-            self.clients.insert(key, c);
+        // One hash lookup on the hot path; the extra check only when the table is full.
+        if self.clients.len() >= self.limits.clients && !self.clients.contains_key(&key) {
+            self.fold_clients();
         }
-        self.clients.get_mut(&key).expect("inserted above")
+        let (light, summary) = (&mut self.light, &self.summary);
+        self.clients.entry(key).or_insert_with(|| match light.remove(&key) {
+            Some(l) => Box::new(ClientStats::from_light(l)),
+            None => {
+                let mut c = Box::<ClientStats>::default();
+                if summary.clients.max_evidence > 0 {
+                    c.folded_evidence = summary.estimate(client_hash(key));
+                }
+                c
+            }
+        })
     }
 
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
@@ -682,7 +690,7 @@ impl Aggregator {
             c.note_event(EventKind::AuthFailure, time, hash);
         }
         if evidence {
-            keep_sample(&mut c.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
+            offer_sample(&mut c.samples, SAMPLES, seen.at, time, seen.raw);
         }
     }
 
@@ -708,7 +716,7 @@ impl Aggregator {
             a.add_client(key);
             a.client_times.add(time, stable_hash(key.to_string().as_bytes()));
         }
-        keep_sample(&mut a.samples, SAMPLES, Sample::new(seen.at, time, seen.raw));
+        offer_sample(&mut a.samples, SAMPLES, seen.at, time, seen.raw);
     }
 
     /// Folds the accounts with the fewest failed logins into the summary, down to 3/4 of

@@ -207,7 +207,7 @@ impl RuleSet {
         }
         let mut hit = Hit { rule: id, user: None, ip: None };
         if let Some(re) = &rule.regex {
-            let text = String::from_utf8_lossy(line);
+            let text = crate::parse::text(line);
             let caps = re.captures(&text)?;
             hit.user = caps.name("user").map(|m| m.as_str().to_string());
             hit.ip = caps.name("ip").and_then(|m| parse_ip(m.as_str().as_bytes()));

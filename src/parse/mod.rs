@@ -216,16 +216,23 @@ impl Parser {
     }
 }
 
-/// Lossy UTF-8 for text fields: borrowed when valid.
+/// Lossy UTF-8 for text fields: borrowed when valid. `from_utf8` first, because its
+/// ASCII fast path is several times quicker than the lossy decoder on the common case.
 pub fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Lossy UTF-8 for an owned or borrowed byte value.
 pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
     match bytes {
-        Cow::Borrowed(b) => String::from_utf8_lossy(b),
-        Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+        Cow::Borrowed(b) => text(b),
+        Cow::Owned(v) => match String::from_utf8(v) {
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        },
     }
 }
 
