@@ -8,31 +8,30 @@ use std::process::{Command, Stdio};
 
 use support::logwarden;
 
-/// Runs `cmd` to its end, returning its output and its peak resident memory in KiB
-/// (VmHWM, read until the process exits).
+/// Follows the peak resident memory (VmHWM, KiB) of process `pid` until it exits.
+fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0u64;
+        while let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm = text.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            // A zombie has no memory left to report.
+            let Some(kb) = hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            else {
+                break;
+            };
+            peak = peak.max(kb);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        peak
+    })
+}
+
+/// Runs `cmd` to its end, returning its output and its peak resident memory in KiB.
 fn run_measured(mut cmd: Command) -> (std::process::Output, u64) {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let watch = {
-        let peak = peak.clone();
-        std::thread::spawn(move || {
-            while let Ok(text) = std::fs::read_to_string(&status) {
-                let hwm = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-                match hwm {
-                    Some(kb) => peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed),
-                    None => break, // a zombie has no memory left to report
-                };
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        })
-    };
+    let peak = watch_peak(child.id());
     let out = child.wait_with_output().unwrap();
-    watch.join().unwrap();
-    (out, peak.load(std::sync::atomic::Ordering::Relaxed))
+    (out, peak.join().unwrap())
 }
 
 /// `lines` requests, each from a new address (IPv4 and IPv6 over many /64s), every one a
@@ -109,22 +108,7 @@ fn scan_stdin(data: Vec<u8>) -> (serde_json::Value, u64) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let pid = child.id();
-    let peak = std::thread::spawn(move || {
-        let mut peak = 0u64;
-        while let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            else {
-                break;
-            };
-            peak = peak.max(kb);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        peak
-    });
+    let peak = watch_peak(child.id());
     writer.join().unwrap().unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
