@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use crate::client::{ClientKey, ClientPolicy, SparePolicy};
 use crate::decide::{Thresholds, decide};
 use crate::detect::RuleSet;
-use crate::framing::{BufferPool, FramingConfig, frame_all};
+use crate::framing::{BufferPool, FramingConfig, frame_source};
 use crate::parse::Parser;
 use crate::parse::logformat::{Escape, LogFormat, from_nginx_conf};
 use crate::pipeline::{ScanConfig, Worker};
@@ -53,7 +53,12 @@ pub fn scan(data: &[u8]) {
     let config = config();
     let mut worker = Worker::new(config);
     let pool = BufferPool::new();
-    for frame in frame_all("fuzz", Cursor::new(data), config.framing) {
+    // Every frame stands for at least one input byte (one more for a read error), so this
+    // channel never blocks; sized to the input, not preallocated for 65,536 frames.
+    let (tx, rx) = std::sync::mpsc::sync_channel(data.len() + 2);
+    let _ = frame_source("fuzz".into(), Cursor::new(data), config.framing, &pool, &tx);
+    drop(tx);
+    for frame in rx {
         worker.process(frame, &pool);
     }
     let stats = &worker.agg.stats;
