@@ -141,3 +141,38 @@ fn a_stream_of_nul_bytes_is_one_counted_line() {
         (Some(1), Some(1), Some(1))
     );
 }
+
+#[test]
+fn a_spray_of_one_off_user_names_does_not_hide_the_account_under_attack() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = std::io::BufWriter::new(f.as_file_mut());
+    let lines = 100_000;
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..lines {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // 40 failures against one account, every 2,000 lines once the tables are full (so
+        // folds fall between them); the rest one-off names.
+        let victim = i >= 20_000 && i % 2_000 == 7;
+        let user = if victim { "victim@example.com".to_string() } else { format!("u{x:016x}") };
+        let (m, s) = (i * 300 / lines / 60, i * 300 / lines % 60);
+        writeln!(
+            w,
+            "{{\"ts\":\"2024-01-15T10:{m:02}:{s:02}Z\",\"event\":\"auth.failed\",\"user\":\"{user}\",\"client_ip\":\"198.18.{}.{}\"}}",
+            (x >> 8) & 0xff,
+            1 + (x >> 16) % 254
+        )
+        .unwrap();
+    }
+    drop(w);
+    let out =
+        logwarden().args(["scan", "--output", "json", "--threads", "2"]).arg(f.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["stats"]["memory_summary"]["accounts"]["entries"].as_u64().unwrap() > 50_000);
+    assert_eq!(doc["lock_accounts"], serde_json::json!(["victim@example.com"]));
+    let victim =
+        doc["accounts"].as_array().unwrap().iter().find(|a| a["user"] == "victim@example.com").unwrap();
+    assert_eq!(victim["auth_failures"], 40, "{victim}");
+}

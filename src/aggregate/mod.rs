@@ -63,6 +63,10 @@ fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
     (last_seen.unwrap_or(i64::MIN), foldhash::fast::FixedState::with_seed(7).hash_one(key))
 }
 
+fn account_age(user: &str, a: &AccountStats) -> bounded::Age {
+    (a.last_seen.unwrap_or(i64::MIN), stable_hash(user.as_bytes()))
+}
+
 fn client_hash(key: ClientKey) -> u64 {
     stable_hash(key.to_string().as_bytes())
 }
@@ -724,12 +728,15 @@ impl Aggregator {
     fn fold_accounts(&mut self) {
         let len: usize = self.accounts.values().map(|u| u.len()).sum();
         let target = self.limits.accounts / 4 * 3;
-        let failures = self.accounts.values().flat_map(|u| u.values().map(|a| a.auth_failures));
-        let level = bounded::fold_level(failures, len, target);
+        // As for clients: least evidence first, and at the boundary the oldest, so an
+        // account attacked now and then survives a spray of one-off names.
+        let entries =
+            self.accounts.values().flat_map(|u| u.iter().map(|(n, a)| (a.auth_failures, account_age(n, a))));
+        let plan = bounded::FoldPlan::new(entries, len, target);
         let summary = &mut self.summary;
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
-                let keep = a.auth_failures > level;
+                let keep = !plan.folds(a.auth_failures, account_age(user, a));
                 if !keep {
                     summary.fold_account(stable_hash(format!("{realm}\0{user}").as_bytes()), a.auth_failures);
                 }
