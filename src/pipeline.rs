@@ -3,10 +3,9 @@
 //! gzip, decompresses: a stage of its own, so parsing never waits behind inflate);
 //! workers parse chunks in parallel, each into its own [`Aggregator`], merged at the end.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use rayon::prelude::*;
@@ -19,7 +18,7 @@ use crate::detect::{Hit, RuleSet};
 use crate::error::{Error, Result};
 use crate::framing::{BufferPool, Chunk, Frame, FramingConfig, frame_source};
 use crate::parse::{Parser, Record};
-use crate::source::Input;
+use crate::source::{Counting, Input};
 use crate::wrapper::{PartialJoiner, unwrap};
 
 /// How a scan reads and interprets its input; built once from the command line.
@@ -287,20 +286,6 @@ pub fn spawn_reader(
         bytes
     });
     (rx, handle)
-}
-
-/// Counts the bytes that pass through, for progress.
-struct Counting<R> {
-    inner: R,
-    counter: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
 }
 
 /// Scans `inputs` to their end with `config.threads` parsing threads.

@@ -50,8 +50,7 @@ impl Input {
 
     fn sniff(name: String, reader: Box<dyn Read + Send>) -> io::Result<Input> {
         let compressed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted: Box<dyn Read + Send> =
-            Box::new(CountingReader { inner: reader, count: compressed.clone() });
+        let counted: Box<dyn Read + Send> = Box::new(Counting { inner: reader, counter: compressed.clone() });
         // 256 KiB reads: large enough that per-read overhead vanishes on fast inputs.
         let mut buffered = BufReader::with_capacity(256 * 1024, counted);
         let gzip = peek_gzip(&mut buffered)?;
@@ -86,16 +85,17 @@ fn peek_gzip(reader: &mut BufReader<Box<dyn Read + Send>>) -> io::Result<bool> {
     Ok(gzip)
 }
 
-/// Counts the bytes read from the underlying (compressed) source.
-struct CountingReader {
-    inner: Box<dyn Read + Send>,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+/// A reader that adds the bytes passing through to a shared counter (compressed bytes
+/// for the bomb guard, bytes read for progress).
+pub struct Counting<R> {
+    pub inner: R,
+    pub counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Read for CountingReader {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
