@@ -5,30 +5,12 @@ mod support;
 
 use std::path::Path;
 
-use support::{INCIDENT, logwarden, ok};
+use support::incident_bundle;
 
 #[test]
 fn the_incident_bundle_matches_the_reviewed_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bundle");
-    ok(
-        logwarden()
-            .args([
-                "scan",
-                "--output",
-                "json",
-                "--namespace",
-                "web",
-                "--current",
-                "fixtures/remedy/nginx-config.json",
-                "--out",
-            ])
-            .arg(&out)
-            .args(INCIDENT)
-            .output()
-            .unwrap(),
-        "scan --out",
-    );
+    let out = incident_bundle(dir.path(), &["--current", "fixtures/remedy/nginx-config.json"]).dir;
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bundles/incident");
     let mut names: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::{INCIDENT, kubectl, logwarden, ok};
+use support::{INCIDENT, incident_bundle, kubectl, logwarden, ok};
 
 fn configmap_yaml(dir: &Path, name: &str, data: &str) -> PathBuf {
     let path = dir.join(name);
@@ -45,20 +45,6 @@ fn as_json(dir: &Path, file: &Path) -> PathBuf {
     path
 }
 
-fn bundle(dir: &Path, extra: &[&str]) -> (PathBuf, String) {
-    let out_dir = dir.join("bundle");
-    let out = logwarden()
-        .args(["scan", "--output", "json", "--namespace", "web", "--out"])
-        .arg(&out_dir)
-        .args(extra)
-        .args(INCIDENT)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    ok(out, "logwarden scan --out");
-    (out_dir, stderr)
-}
-
 fn value(doc: &Value) -> &str {
     doc["data"]["blocked-ips"].as_str().unwrap()
 }
@@ -73,7 +59,7 @@ fn merge_patch_unions_and_rollback_restores_byte_for_byte() {
         &format!("data:\n  blocked-ips: \"{old}\"\n  other-key: kept\n"),
     );
     let current = as_json(dir.path(), &cm);
-    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    let b = incident_bundle(dir.path(), &["--current", current.to_str().unwrap()]).dir;
 
     let patched = patch(&cm, "merge", &b.join("blocklist.patch.json")).unwrap();
     let entries: Vec<&str> = value(&patched).split(',').collect();
@@ -106,7 +92,7 @@ fn the_guard_refuses_a_configmap_that_changed_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  blocked-ips: \"1.2.3.4\"\n");
     let current = as_json(dir.path(), &cm);
-    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    let b = incident_bundle(dir.path(), &["--current", current.to_str().unwrap()]).dir;
     // Someone else blocked an address after logwarden read the ConfigMap.
     let changed = configmap_yaml(dir.path(), "changed.yaml", "data:\n  blocked-ips: \"1.2.3.4,9.9.9.9\"\n");
     let refused = patch(&changed, "json", &b.join("blocklist.guard.json"));
@@ -123,7 +109,7 @@ fn a_missing_key_is_added_and_removed_again() {
     let dir = tempfile::tempdir().unwrap();
     let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  unrelated: x\n");
     let current = as_json(dir.path(), &cm);
-    let (b, _) = bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    let b = incident_bundle(dir.path(), &["--current", current.to_str().unwrap()]).dir;
     let patched = patch(&cm, "json", &b.join("blocklist.guard.json")).unwrap();
     assert!(value(&patched).contains("198.51.100.23"));
     let patched_file = dir.path().join("patched.json");
@@ -135,12 +121,12 @@ fn a_missing_key_is_added_and_removed_again() {
 #[test]
 fn without_current_no_patch_is_written_and_the_reason_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (b, said) = bundle(dir.path(), &[]);
+    let support::Bundle { dir: b, stderr: said, .. } = incident_bundle(dir.path(), &[]);
     assert!(!b.join("blocklist.patch.json").exists());
     assert!(said.contains("without --current"), "{said}");
     assert!(std::fs::read_to_string(b.join("README.md")).unwrap().contains("without --current"));
     let dir2 = tempfile::tempdir().unwrap();
-    let (b2, _) = bundle(dir2.path(), &["--replace"]);
+    let b2 = incident_bundle(dir2.path(), &["--replace"]).dir;
     let patch: Value =
         serde_json::from_str(&std::fs::read_to_string(b2.join("blocklist.patch.json")).unwrap()).unwrap();
     assert_eq!(value(&patch), "192.0.2.66,198.51.100.23,203.0.113.77");
@@ -149,7 +135,7 @@ fn without_current_no_patch_is_written_and_the_reason_is_given() {
 #[test]
 fn emit_rewrites_the_bundle_from_an_edited_report() {
     let dir = tempfile::tempdir().unwrap();
-    let (b, _) = bundle(dir.path(), &["--replace"]);
+    let b = incident_bundle(dir.path(), &["--replace"]).dir;
     let mut report: Value =
         serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
     // The reviewer decides against one block.
@@ -227,22 +213,8 @@ fn clients_already_blocked_are_not_proposed_again() {
     let dir = tempfile::tempdir().unwrap();
     let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  blocked-ips: \"192.0.2.0/24\"\n");
     let current = as_json(dir.path(), &cm);
-    let out = logwarden()
-        .args([
-            "scan",
-            "--output",
-            "json",
-            "--namespace",
-            "web",
-            "--current",
-            current.to_str().unwrap(),
-            "--out",
-        ])
-        .arg(dir.path().join("bundle"))
-        .args(INCIDENT)
-        .output()
-        .unwrap();
-    let doc: Value = serde_json::from_str(&ok(out, "scan")).unwrap();
+    let bundle = incident_bundle(dir.path(), &["--current", current.to_str().unwrap()]);
+    let doc: Value = serde_json::from_str(&bundle.stdout).unwrap();
     assert!(
         !doc["blocklist"].as_array().unwrap().iter().any(|ip| ip == "192.0.2.66"),
         "{}",

@@ -25,6 +25,32 @@ pub fn logwarden() -> Command {
     cmd
 }
 
+/// What `scan --output json --namespace web ... --out DIR/bundle` on the incident gave.
+pub struct Bundle {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// The scan document.
+    pub stdout: String,
+    /// What logwarden said about the bundle.
+    pub stderr: String,
+}
+
+/// Writes the incident's review bundle into `dir/bundle` with `extra` options; fails
+/// unless the scan succeeded.
+pub fn incident_bundle(dir: &Path, extra: &[&str]) -> Bundle {
+    let bundle = dir.join("bundle");
+    let out = logwarden()
+        .args(["scan", "--output", "json", "--namespace", "web", "--out"])
+        .arg(&bundle)
+        .args(extra)
+        .args(INCIDENT)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = ok(out, "logwarden scan --out");
+    Bundle { dir: bundle, stdout, stderr }
+}
+
 /// Fails with a message unless `out` succeeded.
 pub fn ok(out: Output, what: &str) -> String {
     assert!(
