@@ -34,6 +34,14 @@ fn run_measured(mut cmd: Command) -> (std::process::Output, u64) {
     (out, peak.join().unwrap())
 }
 
+/// The next value of a xorshift64 sequence: cheap, fixed-seed pseudo-random test data.
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
 /// `lines` requests, each from a new address (IPv4 and IPv6 over many /64s), every one a
 /// 404, with three attackers whose 70 requests each are spread evenly through the stream.
 fn spray(lines: usize) -> (tempfile::NamedTempFile, Vec<String>) {
@@ -44,9 +52,7 @@ fn spray(lines: usize) -> (tempfile::NamedTempFile, Vec<String>) {
     let mut planted = 0;
     let mut x: u64 = 0x2545f4914f6cdd1d;
     for i in 0..lines {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        x = xorshift(x);
         let ip = if i % every == 0 && planted < 3 * 70 {
             planted += 1;
             attackers[planted % 3].clone()
@@ -149,9 +155,7 @@ fn a_spray_of_one_off_user_names_does_not_hide_the_account_under_attack() {
     let lines = 100_000;
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for i in 0..lines {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        x = xorshift(x);
         // 40 failures against one account, every 2,000 lines once the tables are full (so
         // folds fall between them); the rest one-off names.
         let victim = i >= 20_000 && i % 2_000 == 7;
