@@ -703,9 +703,7 @@ impl Aggregator {
         if !self.accounts.contains_key(realm) {
             self.accounts.insert(realm.to_string(), HashMap::default());
         }
-        if self.accounts.values().map(|u| u.len()).sum::<usize>() >= self.limits.accounts
-            && !self.accounts[realm].contains_key(user)
-        {
+        if self.account_count() >= self.limits.accounts && !self.accounts[realm].contains_key(user) {
             self.fold_accounts();
         }
         let users = self.accounts.get_mut(realm).expect("inserted above");
@@ -723,10 +721,15 @@ impl Aggregator {
         offer_sample(&mut a.samples, SAMPLES, seen.at, time, seen.raw);
     }
 
+    /// Accounts held, over all realms.
+    fn account_count(&self) -> usize {
+        self.accounts.values().map(|u| u.len()).sum()
+    }
+
     /// Folds the accounts with the fewest failed logins into the summary, down to 3/4 of
     /// the limit.
     fn fold_accounts(&mut self) {
-        let len: usize = self.accounts.values().map(|u| u.len()).sum();
+        let len = self.account_count();
         let target = self.limits.accounts / 4 * 3;
         // As for clients: least evidence first, and at the boundary the oldest, so an
         // account attacked now and then survives a spray of one-off names.
@@ -781,7 +784,7 @@ impl Aggregator {
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
-        if self.accounts.values().map(|u| u.len()).sum::<usize>() > self.limits.accounts {
+        if self.account_count() > self.limits.accounts {
             self.fold_accounts();
         }
     }
