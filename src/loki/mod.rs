@@ -146,8 +146,9 @@ impl LokiScan {
         Ok((rx, handle))
     }
 
-    async fn read_all(self, client: &LokiClient, tx: &SyncSender<Frame>) -> LokiOutcome {
-        let mut state = self.state.clone();
+    async fn read_all(mut self, client: &LokiClient, tx: &SyncSender<Frame>) -> LokiOutcome {
+        // Taken, not cloned: the overlap fingerprints can be many.
+        let mut state = self.state.take();
         let fp = state.as_ref().and_then(ScanState::fingerprinter);
         let mut out = Output { tx, lines: HashMap::new(), bytes: 0, gone: false };
         let mut outcome = LokiOutcome { coverage: Vec::new(), bytes: 0, next_state: None, refused: None };
