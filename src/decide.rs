@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregator, IncidentStats, Sample, Stats};
+use crate::aggregate::bounded::Light;
+use crate::aggregate::{Aggregator, ClientStats, IncidentStats, Sample, Stats};
 use crate::client::{ClientKey, SparePolicy};
 use crate::detect::{APP_REALM, AggregateKind, RuleSet};
 use crate::time::format_rfc3339;
@@ -58,6 +59,9 @@ pub struct ClientReport {
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spared: Option<String>,
+    /// Top accounts, paths and user agents count the client's requests from its first
+    /// piece of evidence (4xx, failed login, rule hit) on: a client that never sent any is
+    /// counted in compact form, without them (see [`crate::aggregate::bounded`]).
     pub accounts: Vec<(String, u64)>,
     pub top_paths: Vec<(String, u64)>,
     pub top_user_agents: Vec<(String, u64)>,
@@ -180,22 +184,29 @@ fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
 
 /// Turns what a scan learned into proposals.
 pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
-    // Light entries hold at most a couple of events: judged only when a threshold is that low.
+    let compact = agg.light.values().filter(|l| l.compact).count() as u64;
+    // Light entries hold at most a couple of events: judged only when a threshold is that
+    // low. The rest (most clients: they never sent any evidence) can cross no threshold;
+    // only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
-    let light_kept = agg.light.len() as u64;
-    let light = agg.light.into_iter().filter(|(_, l)| l.evidence() >= lowest);
-    let light = light.map(|(key, l)| (key, Box::new(crate::aggregate::ClientStats::from_light(l))));
+    let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
+    let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     let mut judged: Vec<Judged> = agg
         .clients
         .into_iter()
-        .chain(light)
+        .chain(heavy)
         .map(|(key, c)| judge(key, c, thresholds, spare, rules))
         .collect();
+    let quiet_total = quiet.len();
+    let listed = most_notable_quiet(quiet, thresholds, rules);
+    let quiet_omitted = quiet_total - listed.len();
+    let listed = listed.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
+    judged.extend(listed.map(|(key, c)| judge(key, c, thresholds, spare, rules)));
     judged.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.key.cmp(&b.key)));
     let blocklist = judged.iter().filter(|j| j.block()).map(|j| j.key.to_string()).collect();
     let spared =
         judged.iter().filter_map(|j| j.spared.clone().map(|reason| Spared { ip: j.key, reason })).collect();
-    let ips_omitted = judged.len().saturating_sub(REPORT_CLIENTS);
+    let ips_omitted = judged.len().saturating_sub(REPORT_CLIENTS) + quiet_omitted;
     // Full reports (top lists, samples) only for the clients the document shows.
     let ips: Vec<ClientReport> =
         judged.into_iter().take(REPORT_CLIENTS).map(|j| client_report(j, rules)).collect();
@@ -212,7 +223,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rul
     });
     let lock_accounts = accounts.iter().filter(|a| a.lock).map(|a| a.user.clone()).collect();
     let mut stats = agg.stats;
-    stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary, light_kept);
+    stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary, compact);
     ScanReport {
         stats,
         thresholds: thresholds.clone(),
@@ -232,6 +243,31 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rul
         loki: Vec::new(),
         already_blocked: Vec::new(),
     }
+}
+
+/// The quiet light entries that could make the report's list: the [`REPORT_CLIENTS`]
+/// first in its order (see [`Judged::rank`]; none of them can be proposed or spared).
+fn most_notable_quiet(
+    mut quiet: Vec<(ClientKey, Light)>,
+    t: &Thresholds,
+    rules: &RuleSet,
+) -> Vec<(ClientKey, Light)> {
+    if quiet.len() <= REPORT_CLIENTS {
+        return quiet;
+    }
+    let rank = |l: &Light| -> (u64, u64, u64) {
+        if l.events.is_empty() {
+            return (0, 0, l.requests);
+        }
+        let events = Light { events: l.events.clone(), ..Light::default() };
+        let v = client_verdict(&mut ClientStats::from_light(events), t, rules);
+        (v.window_auth_failures, v.window_4xx, l.requests)
+    };
+    let mut ranked: Vec<((u64, u64, u64), ClientKey, Light)> =
+        quiet.drain(..).map(|(k, l)| (rank(&l), k, l)).collect();
+    ranked.select_nth_unstable_by(REPORT_CLIENTS, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranked.truncate(REPORT_CLIENTS);
+    ranked.into_iter().map(|(_, k, l)| (k, l)).collect()
 }
 
 /// A client with its verdict, before its report is built.
@@ -462,5 +498,59 @@ pub fn human_window(secs: i64) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{LineRef, Seen};
+    use crate::client::ClientPolicy;
+    use crate::parse::{Record, RecordKind};
+
+    fn request(agg: &mut Aggregator, rules: &RuleSet, ip: [u8; 4], t: i64, status: u16, path: &str) {
+        let record = Record {
+            kind: Some(RecordKind::Access),
+            time: Some(t),
+            remote_addr: Some(ip.into()),
+            status: Some(status),
+            path: Some(path.into()),
+            ..Record::default()
+        };
+        let at = LineRef { source: "s", line: t as u64 };
+        let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
+        agg.observe(&seen, rules, &ClientPolicy::default());
+    }
+
+    #[test]
+    fn quiet_clients_keep_exact_counts_and_are_ranked_without_full_records() {
+        let rules = RuleSet::builtin().unwrap();
+        let mut agg = Aggregator::default();
+        // 1500 quiet clients, client i sending i % 7 + 1 requests.
+        for i in 0..1500u32 {
+            for n in 0..(i % 7 + 1) {
+                request(&mut agg, &rules, [198, 18, (i >> 8) as u8, i as u8], i64::from(n), 200, "/");
+            }
+        }
+        // An attacker: 10 quiet requests, then 70 404s, then 5 more quiet ones.
+        let attacker = [203, 0, 113, 9];
+        (0..10).for_each(|t| request(&mut agg, &rules, attacker, t, 200, "/"));
+        (10..80).for_each(|t| request(&mut agg, &rules, attacker, t, 404, "/x"));
+        (80..85).for_each(|t| request(&mut agg, &rules, attacker, t, 503, "/"));
+        assert_eq!(agg.clients.len(), 1, "only the client with evidence has a full record");
+        let report = decide(agg, &Thresholds::default(), &SparePolicy::default(), &rules);
+        let first = &report.ips[0];
+        assert_eq!(first.ip.to_string(), "203.0.113.9");
+        assert_eq!((first.requests, first.status_4xx, first.status_5xx), (85, 70, 5));
+        assert_eq!(first.statuses, BTreeMap::from([(200, 10), (404, 70), (503, 5)]));
+        assert_eq!(first.top_paths, vec![("/x".to_string(), 70), ("/".to_string(), 5)]);
+        assert!(first.block);
+        // Then the busiest quiet clients, by requests: all with 7 come before any with 6.
+        assert_eq!(report.ips.len(), REPORT_CLIENTS);
+        assert_eq!(report.ips_omitted, 1501 - REPORT_CLIENTS);
+        let sevens = (0..1500).filter(|i| i % 7 == 6).count();
+        assert!(report.ips[1..=sevens].iter().all(|c| c.requests == 7 && c.statuses[&200] == 7));
+        assert_eq!(report.ips[sevens + 1].requests, 6);
+        assert!(report.stats.memory_summary.is_none(), "nothing was compacted or folded");
     }
 }

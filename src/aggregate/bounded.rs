@@ -3,8 +3,9 @@
 //! the entries with the least evidence are folded into an approximate summary (a
 //! count-min sketch of their evidence) until the table is back to three quarters full.
 //!
-//! Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events and no
-//! rule hits first becomes a [`Light`] entry (about 80 bytes instead of about 2 KB) that
+//! Every client starts as a [`Light`] entry and gets a full record with its first piece of
+//! evidence. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
+//! and no rule hits first goes back to a light entry (about 100 bytes instead of 2 KB) that
 //! keeps its counts and the time (and path or account) of each of those events, so when it
 //! returns its record is rebuilt with every window count exact: a sprayed stream can
 //! interleave an attacker's requests with hundreds of thousands of one-off addresses and
@@ -191,16 +192,24 @@ pub fn fold_level(scores: impl Iterator<Item = u64>, len: usize, target: usize) 
     u64::MAX
 }
 
-/// A folded client in compact form: its counts, and each evidence event exactly.
+/// A client in compact form: its counts, and each evidence event exactly. Every client
+/// starts as one, and only gets a full record (top lists, samples, windows) with its first
+/// piece of evidence: most clients never send any, and counting their requests this way
+/// costs one small entry instead of a full record. A full record with little evidence is
+/// folded back into one (`compact`) when its table is full.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Light {
     pub requests: u64,
+    /// Answers by status code, in first-seen order.
+    pub statuses: Vec<(u16, u64)>,
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
     /// At most [`LIGHT_EVENTS`].
     pub events: Vec<LightEvent>,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
     pub folded: u64,
+    /// Folded from a full record, whose top lists and samples were dropped.
+    pub compact: bool,
 }
 
 /// One evidence event of a light entry.
@@ -224,17 +233,42 @@ impl Light {
         self.events.len() as u64
     }
 
+    /// Notes that the client was seen at `time`.
+    pub fn seen(&mut self, time: Option<i64>) {
+        self.first_seen = min_some(self.first_seen, time);
+        self.last_seen = self.last_seen.max(time);
+    }
+
+    /// Counts one request answered with `status` (which is not evidence).
+    pub fn request(&mut self, status: Option<u16>) {
+        self.requests += 1;
+        if let Some(status) = status {
+            add_status(&mut self.statuses, status, 1);
+        }
+    }
+
     /// Both entries together, or `None` when that holds too many events to stay light.
     pub fn combine(mut self, o: Light) -> Option<Light> {
         if self.events.len() + o.events.len() > LIGHT_EVENTS {
             return None;
         }
         self.requests += o.requests;
-        self.first_seen = min_some(self.first_seen, o.first_seen);
-        self.last_seen = self.last_seen.max(o.last_seen);
+        for (status, n) in o.statuses {
+            add_status(&mut self.statuses, status, n);
+        }
+        self.seen(o.first_seen);
+        self.seen(o.last_seen);
         self.events.extend(o.events);
         self.folded = self.folded.max(o.folded);
+        self.compact |= o.compact;
         Some(self)
+    }
+}
+
+fn add_status(statuses: &mut Vec<(u16, u64)>, status: u16, n: u64) {
+    match statuses.iter_mut().find(|(s, _)| *s == status) {
+        Some((_, count)) => *count += n,
+        None => statuses.push((status, n)),
     }
 }
 
@@ -331,13 +365,16 @@ mod tests {
     fn light_entries_combine_until_they_hold_too_much() {
         let one = |t| Light {
             requests: 1,
+            statuses: vec![(404, 1)],
             first_seen: Some(t),
             last_seen: Some(t),
             events: vec![LightEvent { kind: EventKind::Status4xx, time: Some(t), value: Some(1) }],
             folded: 0,
+            compact: true,
         };
         let two = one(5).combine(one(3)).unwrap();
         assert_eq!((two.requests, two.first_seen, two.last_seen, two.evidence()), (2, Some(3), Some(5), 2));
+        assert_eq!(two.statuses, vec![(404, 2)]);
         assert!(two.combine(one(9)).is_none());
     }
 

@@ -71,6 +71,18 @@ fn client_hash(key: ClientKey) -> u64 {
     stable_hash(key.to_string().as_bytes())
 }
 
+/// The sketch's bound on what `key` had when it was folded before (0 when nothing was).
+fn folded_before(summary: &Summary, key: ClientKey) -> u64 {
+    if summary.clients.max_evidence > 0 { summary.estimate(client_hash(key)) } else { 0 }
+}
+
+/// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
+fn is_evidence(seen: &Seen<'_, '_>) -> bool {
+    let r = seen.record;
+    let is_4xx = r.kind == Some(RecordKind::Access) && r.status.is_some_and(|s| (400..500).contains(&s));
+    !seen.hits.is_empty() || is_4xx
+}
+
 /// Where a line came from.
 #[derive(Clone, Copy, Debug)]
 pub struct LineRef<'s> {
@@ -314,25 +326,19 @@ impl ClientStats {
     fn to_light(&self) -> Option<Light> {
         (self.evidence() == self.first_events.len() as u64).then(|| Light {
             requests: self.requests,
+            statuses: self.statuses.iter().map(|(s, n)| (*s, *n)).collect(),
             first_seen: self.first_seen,
             last_seen: self.last_seen,
             events: self.first_events.clone(),
             folded: self.folded_evidence,
+            compact: true,
         })
     }
 
-    /// Rebuilds the counts and windows of a light entry (top lists and samples were not kept).
+    /// Rebuilds the counts and windows of a light entry (it holds no top lists or samples).
     pub fn from_light(l: Light) -> ClientStats {
-        let mut c = ClientStats {
-            requests: l.requests,
-            first_seen: l.first_seen,
-            last_seen: l.last_seen,
-            folded_evidence: l.folded,
-            ..Default::default()
-        };
-        for e in l.events {
-            c.replay(e);
-        }
+        let mut c = ClientStats::default();
+        c.absorb(l);
         c
     }
 
@@ -359,6 +365,10 @@ impl ClientStats {
     /// Adds a light entry's counts and events to this record.
     fn absorb(&mut self, l: Light) {
         self.requests += l.requests;
+        for (status, n) in l.statuses {
+            *self.statuses.entry(status).or_default() += n;
+            self.status_5xx += if status >= 500 { n } else { 0 };
+        }
         self.folded_evidence = self.folded_evidence.max(l.folded);
         merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen, l.last_seen);
         for e in l.events {
@@ -593,13 +603,26 @@ impl Aggregator {
         self.clients.entry(key).or_insert_with(|| match light.remove(&key) {
             Some(l) => Box::new(ClientStats::from_light(l)),
             None => {
-                let mut c = Box::<ClientStats>::default();
-                if summary.clients.max_evidence > 0 {
-                    c.folded_evidence = summary.estimate(client_hash(key));
-                }
-                c
+                Box::new(ClientStats { folded_evidence: folded_before(summary, key), ..Default::default() })
             }
         })
+    }
+
+    /// Counts a line that is no evidence, from a client without a full record: its light
+    /// entry holds all such a line changes.
+    fn observe_quiet(&mut self, key: ClientKey, record: &Record<'_>) {
+        if self.light.len() >= self.limits.light && !self.light.contains_key(&key) {
+            self.fold_light();
+        }
+        let summary = &self.summary;
+        let l = self
+            .light
+            .entry(key)
+            .or_insert_with(|| Light { folded: folded_before(summary, key), ..Default::default() });
+        l.seen(record.time);
+        if record.kind == Some(RecordKind::Access) {
+            l.request(record.status);
+        }
     }
 
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
@@ -667,6 +690,9 @@ impl Aggregator {
 
     fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
         let record = seen.record;
+        if !is_evidence(seen) && !self.clients.contains_key(&key) {
+            return self.observe_quiet(key, record);
+        }
         let c = self.client(key);
         let time = record.time;
         merge_seen(&mut c.first_seen, &mut c.last_seen, time, time);
