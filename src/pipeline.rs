@@ -122,6 +122,7 @@ pub struct Worker {
     explain: bool,
     /// Reused for every line's rule hits.
     hits: Vec<Hit>,
+    prefilter_memo: crate::detect::PrefilterMemo,
 }
 
 impl Worker {
@@ -141,6 +142,7 @@ impl Worker {
             rules: config.rules.clone(),
             explain: config.explain,
             hits: Vec::new(),
+            prefilter_memo: crate::detect::PrefilterMemo::new(),
         }
     }
 
@@ -199,7 +201,7 @@ impl Worker {
         };
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.rules.detect(text, &record, &mut hits);
+        self.rules.detect_memo(text, &record, &mut self.prefilter_memo, &mut hits);
         if let Some(matches) = self.matches.as_mut() {
             for hit in &hits {
                 matches.push(MatchLine::new(

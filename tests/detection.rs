@@ -340,12 +340,15 @@ fn distributed_brute_force_locks_the_account_and_blocks_no_client() {
 /// with the prefilter equal the hits of every rule evaluated on every line.
 #[test]
 fn the_prefilter_never_hides_a_match_in_the_fixtures() {
+    use logwarden::detect::PrefilterMemo;
     use logwarden::parse::Parser;
     let set = RuleSet::builtin().unwrap();
     let mut parser = Parser::detecting(&[]);
+    let mut memo = PrefilterMemo::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut checked = 0;
-    for dir in ["fixtures/incident", "fixtures/formats"] {
+    let (mut checked, mut by_fields) = (0, 0);
+    // Twice, so the second pass reads every field value's answer from the memo.
+    for dir in ["fixtures/incident", "fixtures/formats", "fixtures/hostile", "fixtures/incident"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "log") {
@@ -356,17 +359,22 @@ fn the_prefilter_never_hides_a_match_in_the_fixtures() {
                 let Some((record, _)) = parser.parse(b"f", &u.payload) else { continue };
                 let mut fast = Vec::new();
                 set.detect(&u.payload, &record, &mut fast);
+                let mut remembered = Vec::new();
+                set.detect_memo(&u.payload, &record, &mut memo, &mut remembered);
                 let mut naive = Vec::new();
                 for id in 0..set.rules().len() as u16 {
                     set.detect_unfiltered(&u.payload, &record, id, &mut naive);
                 }
                 naive.retain(|h| set.rule(h.rule).aggregate.is_none());
-                assert_eq!(fast, naive, "{}: {}", path.display(), String::from_utf8_lossy(line));
+                let shown = String::from_utf8_lossy(line);
+                assert_eq!(fast, naive, "{}: {shown}", path.display());
+                assert_eq!(remembered, naive, "{}: {shown}", path.display());
                 checked += 1;
+                by_fields += usize::from(record.raw_fields.is_some());
             }
         }
     }
-    assert!(checked > 4000);
+    assert!(checked > 8000 && by_fields > 6000, "{checked} lines, {by_fields} searched by field");
 }
 
 #[test]

@@ -83,7 +83,8 @@ fn single_line(
     let mut alone: Vec<Hit> = Vec::new();
     set.detect_unfiltered(&payload, &record, rule, &mut alone);
     let matches = !alone.is_empty();
-    let prefilter_no = !set.rule(rule).literals.is_empty() && !set.candidates(&payload).contains(&rule);
+    let prefilter_no =
+        !set.rule(rule).literals.is_empty() && !set.candidates_for(&payload, &record).contains(&rule);
     Ok((matches, matches && prefilter_no))
 }
 

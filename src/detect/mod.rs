@@ -43,11 +43,116 @@ pub struct Hit {
 /// Every rule, compiled into one matcher.
 pub struct RuleSet {
     rules: Vec<Rule>,
-    prefilter: Option<AhoCorasick>,
-    /// Literal index to the rules that own it.
-    owners: Vec<Vec<RuleId>>,
+    /// Every single-line rule's literals, searched in the whole line.
+    line: Prefilter,
+    /// For access records that carry their request and user agent spans
+    /// ([`Record::raw_fields`]): the literals of rules that only read those fields,
+    /// searched only there (and, per worker, remembered per distinct value)...
+    fields: Prefilter,
+    /// ...and of the other rules that read access records, searched in the whole line.
+    access_line: Prefilter,
     /// Single-line rules without literals, evaluated on every record of their inputs.
     field_rules: Vec<RuleId>,
+}
+
+/// One Aho-Corasick automaton over some rules' literals, each literal mapped back to the
+/// rules that own it.
+#[derive(Default)]
+struct Prefilter {
+    ac: Option<AhoCorasick>,
+    owners: Vec<Vec<RuleId>>,
+}
+
+impl Prefilter {
+    fn build<'r>(rules: impl Iterator<Item = (RuleId, &'r Rule)>) -> Result<Prefilter, RuleError> {
+        let mut literals: Vec<&str> = Vec::new();
+        let mut owners: Vec<Vec<RuleId>> = Vec::new();
+        for (id, rule) in rules {
+            for lit in &rule.literals {
+                match literals.iter().position(|l| l == lit) {
+                    Some(at) => owners[at].push(id),
+                    None => {
+                        literals.push(lit);
+                        owners.push(vec![id]);
+                    }
+                }
+            }
+        }
+        // A full DFA: overlapping search (every literal at every position, so the
+        // prefilter never misses one) is fastest on it, and the sets are small.
+        let ac = (!literals.is_empty())
+            .then(|| {
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
+                    .build(&literals)
+                    .map_err(|e| RuleError { file: "patterns".into(), line: 1, message: e.to_string() })
+            })
+            .transpose()?;
+        Ok(Prefilter { ac, owners })
+    }
+
+    /// Appends the rules whose literals occur in `text` (unsorted, maybe repeated).
+    fn candidates(&self, text: &[u8], out: &mut Vec<RuleId>) {
+        let Some(ac) = &self.ac else { return };
+        for m in ac.find_overlapping_iter(text) {
+            out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
+        }
+    }
+}
+
+/// Whether a rule's literals may be searched in an access record's request and user agent
+/// alone: it reads access records only, and only through their fields (no whole-line regex).
+fn reads_access_fields_only(rule: &Rule) -> bool {
+    rule.regex.is_none() && rule.inputs.iter().all(|i| *i == rules::InputKind::Access)
+}
+
+/// A worker's memory of which rules' literals occur in recently seen field values: user
+/// agents and request lines repeat, and a hash and a compare cost far less than searching
+/// them again. Direct-mapped; the whole value is compared, so the answer is always exact.
+pub struct PrefilterMemo {
+    slots: Vec<MemoSlot>,
+}
+
+#[derive(Default)]
+struct MemoSlot {
+    hash: u64,
+    value: Vec<u8>,
+    rules: Vec<RuleId>,
+}
+
+impl PrefilterMemo {
+    const SLOTS: usize = 4096;
+    /// Longer values are searched every time rather than copied.
+    const MAX_VALUE: usize = 512;
+
+    pub fn new() -> PrefilterMemo {
+        PrefilterMemo { slots: (0..Self::SLOTS).map(|_| MemoSlot::default()).collect() }
+    }
+
+    /// Appends the rules of `prefilter` whose literals occur in `value`.
+    fn candidates(&mut self, prefilter: &Prefilter, value: &[u8], out: &mut Vec<RuleId>) {
+        if value.len() > Self::MAX_VALUE {
+            return prefilter.candidates(value, out);
+        }
+        let hash = crate::aggregate::stable_hash(value);
+        let slot = &mut self.slots[hash as usize % Self::SLOTS];
+        if slot.hash != hash || slot.value != value {
+            slot.hash = hash;
+            slot.value.clear();
+            slot.value.extend_from_slice(value);
+            slot.rules.clear();
+            prefilter.candidates(value, &mut slot.rules);
+        }
+        out.extend_from_slice(&slot.rules);
+    }
+}
+
+impl Default for PrefilterMemo {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -104,36 +209,15 @@ impl RuleSet {
         if rules.len() > RuleId::MAX as usize {
             return Err(RuleError { file: "patterns".into(), line: 1, message: "too many rules".into() });
         }
-        let mut literals: Vec<String> = Vec::new();
-        let mut owners: Vec<Vec<RuleId>> = Vec::new();
-        let mut field_rules = Vec::new();
-        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.aggregate.is_none()) {
-            if rule.literals.is_empty() {
-                field_rules.push(i as RuleId);
-            }
-            for lit in &rule.literals {
-                match literals.iter().position(|l| l == lit) {
-                    Some(at) => owners[at].push(i as RuleId),
-                    None => {
-                        literals.push(lit.clone());
-                        owners.push(vec![i as RuleId]);
-                    }
-                }
-            }
-        }
-        let prefilter = (!literals.is_empty())
-            .then(|| {
-                // A full DFA: overlapping search (every literal at every position, so the
-                // prefilter never misses one) is fastest on it, and the set is small.
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .kind(Some(AhoCorasickKind::DFA))
-                    .build(&literals)
-                    .map_err(|e| RuleError { file: "patterns".into(), line: 1, message: e.to_string() })
-            })
-            .transpose()?;
-        Ok(RuleSet { rules, prefilter, owners, field_rules })
+        let single =
+            || rules.iter().enumerate().filter(|(_, r)| r.aggregate.is_none()).map(|(i, r)| (i as RuleId, r));
+        let field_rules = single().filter(|(_, r)| r.literals.is_empty()).map(|(i, _)| i).collect();
+        let reads_access = |r: &Rule| r.inputs.contains(&rules::InputKind::Access);
+        let line = Prefilter::build(single())?;
+        let fields = Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r)))?;
+        let access_line =
+            Prefilter::build(single().filter(|(_, r)| reads_access(r) && !reads_access_fields_only(r)))?;
+        Ok(RuleSet { rules, line, fields, access_line, field_rules })
     }
 
     /// All rules, indexed by [`RuleId`].
@@ -165,26 +249,72 @@ impl RuleSet {
         self.rules.iter().position(|r| r.id == id).map(|i| i as RuleId)
     }
 
-    /// The rules whose literals occur in `line` (sorted, unique): the prefilter's "maybe".
+    /// The rules whose literals occur in `line` (sorted, unique): the prefilter's "maybe"
+    /// when nothing is known of the line's fields.
     pub fn candidates(&self, line: &[u8]) -> Vec<RuleId> {
-        let Some(ac) = &self.prefilter else { return Vec::new() };
-        let mut out: Vec<RuleId> = Vec::new();
-        for m in ac.find_overlapping_iter(line) {
-            out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
+        let mut out = Vec::new();
+        self.line.candidates(line, &mut out);
+        sort_unique(out)
+    }
+
+    /// The prefilter's "maybe" for `record`, read from `line` (sorted, unique): for an
+    /// access record whose request and user agent spans are known, the field-only rules
+    /// whose literals occur there and the other access rules whose literals occur in the
+    /// line; otherwise as [`RuleSet::candidates`].
+    pub fn candidates_for(&self, line: &[u8], record: &Record<'_>) -> Vec<RuleId> {
+        self.candidates_with(line, record, None)
+    }
+
+    fn candidates_with(
+        &self,
+        line: &[u8],
+        record: &Record<'_>,
+        mut memo: Option<&mut PrefilterMemo>,
+    ) -> Vec<RuleId> {
+        let mut out = Vec::new();
+        match (&record.raw_fields, record.kind) {
+            (Some(values), Some(RecordKind::Access)) => {
+                for value in values.iter() {
+                    match memo.as_deref_mut() {
+                        Some(memo) => memo.candidates(&self.fields, value, &mut out),
+                        None => self.fields.candidates(value, &mut out),
+                    }
+                }
+                self.access_line.candidates(line, &mut out);
+            }
+            _ => self.line.candidates(line, &mut out),
         }
-        if out.len() > 1 {
-            out.sort_unstable();
-            out.dedup();
-        }
-        out
+        sort_unique(out)
     }
 
     /// Appends to `hits` every single-line rule that `record` (read from `line`) matches.
     pub fn detect(&self, line: &[u8], record: &Record<'_>, hits: &mut Vec<Hit>) {
+        self.detect_with(line, record, None, hits)
+    }
+
+    /// [`RuleSet::detect`], remembering field values' prefilter answers in `memo`.
+    pub fn detect_memo(
+        &self,
+        line: &[u8],
+        record: &Record<'_>,
+        memo: &mut PrefilterMemo,
+        hits: &mut Vec<Hit>,
+    ) {
+        self.detect_with(line, record, Some(memo), hits)
+    }
+
+    fn detect_with(
+        &self,
+        line: &[u8],
+        record: &Record<'_>,
+        memo: Option<&mut PrefilterMemo>,
+        hits: &mut Vec<Hit>,
+    ) {
         let Some(kind) = record.kind else { return };
         let mut fields = Fields::new(record);
         let start = hits.len();
-        for id in self.candidates(line).into_iter().chain(self.field_rules.iter().copied()) {
+        let candidates = self.candidates_with(line, record, memo);
+        for id in candidates.into_iter().chain(self.field_rules.iter().copied()) {
             if let Some(hit) = self.evaluate(id, kind, line, &mut fields) {
                 hits.push(hit);
             }
@@ -214,6 +344,14 @@ impl RuleSet {
         }
         Some(hit)
     }
+}
+
+fn sort_unique(mut ids: Vec<RuleId>) -> Vec<RuleId> {
+    if ids.len() > 1 {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    ids
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, RuleError> {

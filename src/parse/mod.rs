@@ -69,6 +69,31 @@ pub struct Record<'a> {
     /// Log level, lower-cased.
     pub level: Option<Cow<'a, str>>,
     pub error_event: Option<ErrorLogEvent>,
+    /// For access records read with a `log_format`: the raw (still escaped) text of every
+    /// variable the request and user agent fields came from, so the prefilter can search
+    /// those instead of the whole line. `None`: not known, search the line.
+    pub raw_fields: Option<RawFields<'a>>,
+}
+
+/// A few raw spans of one line (see [`Record::raw_fields`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawFields<'a> {
+    spans: [&'a [u8]; 4],
+    len: usize,
+}
+
+impl<'a> RawFields<'a> {
+    /// Adds a span; `false` when there is no room left.
+    pub fn push(&mut self, span: &'a [u8]) -> bool {
+        let Some(slot) = self.spans.get_mut(self.len) else { return false };
+        *slot = span;
+        self.len += 1;
+        true
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.spans[..self.len].iter().copied()
+    }
 }
 
 /// The formats logwarden reads.
@@ -239,9 +264,38 @@ pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
 /// Parses an IP address as logs write it: plain, in brackets, or with a port, and folds
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as dual-stack listeners log it) to IPv4.
 pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(s) {
+        return Some(IpAddr::V4(v4));
+    }
     let s = std::str::from_utf8(s).ok()?.trim();
     let ip = s.parse::<IpAddr>().ok().or_else(|| strip_port(s).and_then(|h| h.parse().ok()))?;
     Some(canonical_ip(ip))
+}
+
+/// The common case of [`parse_ip`] without the general parser: exactly four decimal
+/// octets, each 0 to 255 without a leading zero (the standard parser's rules). `None`
+/// only means "not this shape"; the general parser then decides.
+fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for octet in &mut octets {
+        *octet = decimal_octet(parts.next()?)?;
+    }
+    parts.next().is_none().then_some(octets.into())
+}
+
+fn decimal_octet(digits: &[u8]) -> Option<u8> {
+    if digits.is_empty() || digits.len() > 3 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n = 0u16;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u16::from(d - b'0');
+    }
+    u8::try_from(n).ok()
 }
 
 /// Folds an IPv4-mapped IPv6 address to IPv4; other addresses are returned unchanged.
@@ -273,6 +327,18 @@ mod tests {
         assert_eq!(parse_ip(b"2001:db8::1"), "2001:db8::1".parse().ok());
         assert_eq!(parse_ip(b"1.2.3"), None);
         assert_eq!(parse_ip(b"-"), None);
+    }
+
+    proptest::proptest! {
+        /// The dotted-quad shortcut agrees with the standard parser on every input it accepts.
+        #[test]
+        fn the_ipv4_shortcut_agrees_with_the_standard_parser(s in "[0-9.]{0,16}|([0-9]{1,3}\\.){3}[0-9]{1,3}") {
+            if let Some(ip) = dotted_quad(s.as_bytes()) {
+                proptest::prop_assert_eq!(Some(ip), s.parse().ok());
+            } else {
+                proptest::prop_assert!(s.parse::<std::net::Ipv4Addr>().is_err());
+            }
+        }
     }
 
     #[test]
