@@ -316,6 +316,43 @@ impl ClientStats {
         true
     }
 
+    /// Counts one line of this client's.
+    fn observe(&mut self, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
+        let record = seen.record;
+        let time = record.time;
+        merge_seen(&mut self.first_seen, &mut self.last_seen, time, time);
+        let mut evidence = !seen.hits.is_empty();
+        if record.kind == Some(RecordKind::Access) {
+            evidence |= self.observe_request(record);
+        }
+        let mut auth = false;
+        for hit in seen.hits {
+            let rule = rules.rule(hit.rule);
+            *self.rules.entry(hit.rule).or_default() += 1;
+            auth |= rule.auth_failure && matches!(rule.counts, Counts::Client | Counts::Both);
+            if rule.threshold.is_some() && rule.aggregate.is_none() {
+                self.times_rules.entry(hit.rule).or_default().add(time);
+            }
+        }
+        if auth {
+            self.observe_auth_failure(time, user);
+        }
+        if evidence {
+            offer_sample(&mut self.samples, SAMPLES, seen.at, time, seen.raw);
+        }
+    }
+
+    fn observe_auth_failure(&mut self, time: Option<i64>, user: Option<&str>) {
+        self.auth_failures += 1;
+        self.times_auth.add(time);
+        let hash = user.map(|u| stable_hash(u.as_bytes()));
+        if let (Some(user), Some(hash)) = (user, hash) {
+            self.accounts.add(user);
+            self.auth_accounts.add(time, hash);
+        }
+        self.note_event(EventKind::AuthFailure, time, hash);
+    }
+
     fn note_event(&mut self, kind: EventKind, time: Option<i64>, value: Option<u64>) {
         if self.first_events.len() < LIGHT_EVENTS {
             self.first_events.push(LightEvent { kind, time, value });
@@ -689,39 +726,14 @@ impl Aggregator {
     }
 
     fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
-        let record = seen.record;
-        if !is_evidence(seen) && !self.clients.contains_key(&key) {
-            return self.observe_quiet(key, record);
+        // One hash lookup for a client with a full record, the common case on a busy one.
+        if let Some(c) = self.clients.get_mut(&key) {
+            return c.observe(seen, user, rules);
         }
-        let c = self.client(key);
-        let time = record.time;
-        merge_seen(&mut c.first_seen, &mut c.last_seen, time, time);
-        let mut evidence = !seen.hits.is_empty();
-        if record.kind == Some(RecordKind::Access) {
-            evidence |= c.observe_request(record);
+        if !is_evidence(seen) {
+            return self.observe_quiet(key, seen.record);
         }
-        let mut auth = false;
-        for hit in seen.hits {
-            let rule = rules.rule(hit.rule);
-            *c.rules.entry(hit.rule).or_default() += 1;
-            auth |= rule.auth_failure && matches!(rule.counts, Counts::Client | Counts::Both);
-            if rule.threshold.is_some() && rule.aggregate.is_none() {
-                c.times_rules.entry(hit.rule).or_default().add(time);
-            }
-        }
-        if auth {
-            c.auth_failures += 1;
-            c.times_auth.add(time);
-            let hash = user.map(|u| stable_hash(u.as_bytes()));
-            if let (Some(user), Some(hash)) = (user, hash) {
-                c.accounts.add(user);
-                c.auth_accounts.add(time, hash);
-            }
-            c.note_event(EventKind::AuthFailure, time, hash);
-        }
-        if evidence {
-            offer_sample(&mut c.samples, SAMPLES, seen.at, time, seen.raw);
-        }
+        self.client(key).observe(seen, user, rules);
     }
 
     fn observe_account(&mut self, realm: &str, user: &str, key: Option<ClientKey>, seen: &Seen<'_, '_>) {
