@@ -80,6 +80,17 @@ fn rules(c: &mut Criterion) {
             black_box(hits.len())
         })
     });
+    // As a scan worker does: field values' answers remembered across lines.
+    let mut memo = logwarden::detect::PrefilterMemo::new();
+    g.bench_function("prefiltered-remembered", |b| {
+        b.iter(|| {
+            let mut hits = Vec::new();
+            for (line, record) in &records {
+                set.detect_memo(line, record, &mut memo, &mut hits);
+            }
+            black_box(hits.len())
+        })
+    });
     let regexes = set.regexes();
     g.bench_function("every-regex-every-line", |b| {
         b.iter(|| {

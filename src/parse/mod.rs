@@ -175,6 +175,9 @@ pub struct Parser {
     candidates: Arc<Vec<Format>>,
     forced: bool,
     cache: HashMap<Box<[u8]>, usize>,
+    /// The source and format of the last line read: most lines come from the same
+    /// source as the one before, and comparing names is cheaper than hashing one.
+    last: Option<(Box<[u8]>, usize)>,
 }
 
 impl Parser {
@@ -189,17 +192,17 @@ impl Parser {
             Format::Logfmt,
             Format::PlainText,
         ]);
-        Parser { candidates: Arc::new(candidates), forced: false, cache: HashMap::new() }
+        Parser { candidates: Arc::new(candidates), forced: false, cache: HashMap::new(), last: None }
     }
 
     /// A parser that only ever tries `format`.
     pub fn forced(format: Format) -> Parser {
-        Parser { candidates: Arc::new(vec![format]), forced: true, cache: HashMap::new() }
+        Parser { candidates: Arc::new(vec![format]), forced: true, cache: HashMap::new(), last: None }
     }
 
     /// A parser with the same formats and an empty cache, for another worker.
     pub fn fresh(&self) -> Parser {
-        Parser { candidates: self.candidates.clone(), forced: self.forced, cache: HashMap::new() }
+        Parser { candidates: self.candidates.clone(), forced: self.forced, cache: HashMap::new(), last: None }
     }
 
     /// Parses `line` from `source`; returns the record and the format that read it.
@@ -217,7 +220,10 @@ impl Parser {
     /// for `source` first, then every candidate in order. Structured formats are mutually
     /// exclusive, so the cache changes the cost, never the answer.
     pub fn parse_structured<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, usize)> {
-        let cached = self.cache.get(source).copied();
+        let cached = match &self.last {
+            Some((name, i)) if **name == *source => Some(*i),
+            _ => self.cache.get(source).copied(),
+        };
         if let Some(i) = cached
             && let Some(r) = self.candidates[i].parse(line)
         {
@@ -230,6 +236,7 @@ impl Parser {
             .filter(|(i, f)| Some(*i) != cached && !matches!(f, Format::PlainText))
             .find_map(|(i, f)| f.parse(line).map(|r| (i, r)))?;
         self.cache.insert(source.into(), i);
+        self.last = Some((source.into(), i));
         Some((record, i))
     }
 
