@@ -164,8 +164,7 @@ impl Worker {
     }
 
     fn process_chunk(&mut self, chunk: &Chunk) {
-        let lines = chunk.data.split_inclusive(|&b| b == b'\n');
-        for (line_no, line) in (chunk.first_line..).zip(lines) {
+        for (line_no, line) in (chunk.first_line..).zip(whole_lines(&chunk.data)) {
             // Framing skips long lines it cannot hold; one that fit in a buffer is
             // caught here, so the limit is the same wherever a line falls.
             if line.len() > self.max_line_bytes {
@@ -220,6 +219,18 @@ impl Worker {
         self.agg.observe(&seen, &self.rules, &self.policy);
         self.hits = hits;
     }
+}
+
+/// The lines of `data`, each with its `\n` (the last may lack one): `split_inclusive`,
+/// with the memchr crate's vectorised search, which is quicker at log-line distances.
+fn whole_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', data).map(|p| p + 1).chain(std::iter::once(data.len()));
+    ends.filter_map(move |end| {
+        let line = &data[start..end];
+        start = end;
+        (!line.is_empty()).then_some(line)
+    })
 }
 
 impl Worker {

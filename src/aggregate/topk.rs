@@ -6,15 +6,17 @@
 
 use compact_str::CompactString;
 
-use super::HashMap;
+use super::{HashMap, stable_hash};
 
 /// Counts values, keeping the heaviest `capacity` of them.
 #[derive(Clone, Debug)]
 pub struct TopK {
     capacity: usize,
-    /// Short values (most paths, many user agents) are stored inline: counting a new
-    /// value usually allocates nothing.
-    counts: HashMap<CompactString, u64>,
+    /// Keyed by the value's [`stable_hash`]: counting a value seen before hashes it once
+    /// and compares no text (user agents are long, and a busy client repeats its own).
+    /// Two values with one 64-bit keyed hash would share a count; the key is secret and
+    /// per process, so that cannot be aimed at. Short values are stored inline.
+    counts: HashMap<u64, (CompactString, u64)>,
     /// Whether any value was ever evicted.
     pub approximate: bool,
 }
@@ -31,26 +33,27 @@ impl TopK {
     }
 
     fn add_n(&mut self, value: &str, n: u64) {
-        if let Some(c) = self.counts.get_mut(value) {
+        let key = stable_hash(value.as_bytes());
+        if let Some((_, c)) = self.counts.get_mut(&key) {
             *c += n;
             return;
         }
         let inherited = if self.counts.len() >= self.capacity { self.evict_min() } else { 0 };
-        self.counts.insert(CompactString::new(value), inherited + n);
+        self.counts.insert(key, (CompactString::new(value), inherited + n));
     }
 
     fn evict_min(&mut self) -> u64 {
         self.approximate = true;
         // Ties break on the value so the result does not depend on hash order.
-        let min = self.counts.iter().min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
-        let key = min.map(|(k, _)| k.clone()).expect("full counter is not empty");
-        self.counts.remove(&key).unwrap_or(0)
+        let min = self.counts.iter().min_by(|a, b| a.1.1.cmp(&b.1.1).then_with(|| b.1.0.cmp(&a.1.0)));
+        let key = *min.map(|(k, _)| k).expect("full counter is not empty");
+        self.counts.remove(&key).map_or(0, |(_, n)| n)
     }
 
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: TopK) {
         self.approximate |= other.approximate;
-        let mut entries: Vec<_> = other.counts.into_iter().collect();
+        let mut entries: Vec<_> = other.counts.into_values().collect();
         entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         for (value, n) in entries {
             self.add_n(&value, n);
@@ -59,7 +62,7 @@ impl TopK {
 
     /// The `n` heaviest values, heaviest first, ties by value.
     pub fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut all: Vec<_> = self.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut all: Vec<_> = self.counts.values().map(|(k, v)| (k.to_string(), *v)).collect();
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
