@@ -536,7 +536,8 @@ impl IncidentStats {
 
 /// A path without its query string, for grouping endpoints.
 pub fn endpoint(path: &str) -> &str {
-    path.split('?').next().unwrap_or(path)
+    // `?` is ASCII, so the cut is a char boundary.
+    memchr::memchr(b'?', path.as_bytes()).map_or(path, |end| &path[..end])
 }
 
 /// Everything one scan has learned.

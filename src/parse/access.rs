@@ -10,7 +10,10 @@ use crate::time;
 
 /// Parses `line` with `format`.
 pub fn parse_with_format<'a>(format: &Arc<LogFormat>, line: &'a [u8]) -> Option<Record<'a>> {
-    let caps = format.captures(line)?;
+    let mut caps = super::logformat::Captures::new();
+    if !format.capture_into(line, &mut caps) {
+        return None;
+    }
     let mut record = Record { kind: Some(RecordKind::Access), ..Record::default() };
     let mut uri: Option<&[u8]> = None;
     let mut args: Option<&[u8]> = None;
@@ -97,8 +100,10 @@ fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, [u8]
 
 /// `METHOD TARGET[ PROTOCOL]` with an upper-case method, or `None`.
 fn split_http(s: &str) -> Option<(&str, &str)> {
-    let (method, rest) = s.split_once(' ')?;
-    let target = rest.split(' ').next().unwrap_or(rest);
+    // Byte searches: a space is ASCII, so every cut is a char boundary.
+    let space = s.bytes().position(|b| b == b' ')?;
+    let (method, rest) = (&s[..space], &s[space + 1..]);
+    let target = memchr::memchr(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
     let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && !target.is_empty();
     valid.then_some((method, target))
 }

@@ -134,12 +134,23 @@ impl LogFormat {
     /// Matches a whole line; `None` when the line does not have this format's shape.
     pub fn captures<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
         let mut caps = Captures::new();
+        self.capture_into(line, &mut caps).then_some(caps)
+    }
+
+    /// [`LogFormat::captures`] into `caps` (cleared first); false when the line does not
+    /// have this format's shape. The hot path: the captures are not moved around.
+    pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> bool {
+        caps.clear();
+        self.match_items(line, caps).is_some()
+    }
+
+    fn match_items<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> Option<()> {
         let mut pos = 0;
         let mut i = 0;
         while i < self.items.len() {
             match &self.items[i] {
                 Item::Literal(lit) => {
-                    if !line[pos..].starts_with(lit) {
+                    if !starts_with(&line[pos..], lit) {
                         return None;
                     }
                     pos += lit.len();
@@ -156,7 +167,7 @@ impl LogFormat {
             }
             i += 1;
         }
-        (pos == line.len()).then_some(caps)
+        (pos == line.len()).then_some(())
     }
 
     /// Where the variable at item `i`, starting at `pos`, ends.
@@ -269,6 +280,12 @@ pub fn unescape(raw: &[u8], escape: Escape) -> std::borrow::Cow<'_, [u8]> {
         i += used;
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `hay.starts_with(lit)` for the short separators of a format, without a call to
+/// `memcmp` per separator per line.
+fn starts_with(hay: &[u8], lit: &[u8]) -> bool {
+    hay.len() >= lit.len() && hay.iter().zip(lit).all(|(a, b)| a == b)
 }
 
 fn decode_hex_escape(s: &[u8]) -> (u8, usize) {
