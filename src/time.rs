@@ -6,6 +6,22 @@
 
 /// Parses nginx's `$time_local`: `10/Oct/2000:13:55:36 -0700`.
 pub fn parse_time_local(s: &[u8]) -> Option<i64> {
+    // Consecutive lines of a busy log mostly share their second: remember the last one
+    // this thread read.
+    thread_local! {
+        static LAST: std::cell::Cell<([u8; 26], Option<i64>)> = const { std::cell::Cell::new(([0; 26], None)) };
+    }
+    let Ok(key) = <[u8; 26]>::try_from(s) else { return read_time_local(s) };
+    let (last, value) = LAST.get();
+    if last == key && value.is_some() {
+        return value;
+    }
+    let value = read_time_local(s);
+    LAST.set((key, value));
+    value
+}
+
+fn read_time_local(s: &[u8]) -> Option<i64> {
     if s.len() < 20 || s[2] != b'/' || s[6] != b'/' || s[11] != b':' {
         return None;
     }

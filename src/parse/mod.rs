@@ -284,24 +284,23 @@ pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
 /// only means "not this shape"; the general parser then decides.
 fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for octet in &mut octets {
-        *octet = decimal_octet(parts.next()?)?;
+    let mut rest = s;
+    for (i, octet) in octets.iter_mut().enumerate() {
+        let digits = rest.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+        *octet = decimal_octet(&rest[..digits])?;
+        rest = &rest[digits..];
+        if i < 3 {
+            rest = rest.strip_prefix(b".")?;
+        }
     }
-    parts.next().is_none().then_some(octets.into())
+    rest.is_empty().then_some(octets.into())
 }
 
 fn decimal_octet(digits: &[u8]) -> Option<u8> {
     if digits.is_empty() || digits.len() > 3 || (digits.len() > 1 && digits[0] == b'0') {
         return None;
     }
-    let mut n = 0u16;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u16::from(d - b'0');
-    }
+    let n = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     u8::try_from(n).ok()
 }
 
