@@ -159,9 +159,11 @@ fn transient_failures_are_retried_and_retry_after_is_honoured() {
 #[test]
 fn a_slow_answer_times_out_and_is_retried() {
     let loki = FakeLoki::start(crowded_streams());
-    loki.with(|s| s.faults.push_back(Fault::Slow(Duration::from_millis(1500))));
+    // Generous against an ordinary page (a debug build on a busy machine takes a few
+    // hundred milliseconds for one), far below the slow answer.
+    loki.with(|s| s.faults.push_back(Fault::Slow(Duration::from_secs(6))));
     let mut scan = window_scan(&loki.url, 5000, Direction::Forward);
-    scan.client.request_timeout = Duration::from_millis(500);
+    scan.client.request_timeout = Duration::from_secs(2);
     let (got, outcome) = read_lines(scan);
     assert!(outcome.complete());
     assert_eq!(got.len(), 20_000);
