@@ -192,8 +192,9 @@ impl Worker {
         let source_name = wrapped.prefix.map(crate::parse::text);
         let stats_source = source_name.as_deref().unwrap_or(input);
         let cache_key = wrapped.prefix.unwrap_or(input.as_bytes());
-        let Some((record, format, text)) =
-            self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time)
+        let mut record = Record::default();
+        let Some((format, text)) =
+            self.read_record(cache_key, &payload, wrapped.unstripped, wrapped.time, &mut record)
         else {
             self.agg.unparsed(stats_source, at, raw, UnparsedReason::Unrecognized);
             return;
@@ -245,22 +246,25 @@ impl Worker {
         payload: &'a [u8],
         unstripped: Option<&'a [u8]>,
         wrapper_time: Option<i64>,
-    ) -> Option<(Record<'a>, usize, &'a [u8])> {
-        if let Some((mut record, i)) = self.parser.parse_structured(source, payload) {
+        record: &mut Record<'a>,
+    ) -> Option<(usize, &'a [u8])> {
+        if let Some(i) = self.parser.parse_structured_into(source, payload, record) {
             record.time = record.time.or(wrapper_time);
-            return Some((record, i, payload));
+            return Some((i, payload));
         }
         if let Some(whole) = unstripped
-            && let Some((record, i)) = self.parser.parse_structured(source, whole)
+            && let Some(i) = self.parser.parse_structured_into(source, whole, record)
         {
-            return Some((record, i, whole));
+            return Some((i, whole));
         }
-        if let Some((mut record, i)) = self.parser.parse_plain(payload) {
-            record.time = record.time.or(wrapper_time);
-            return Some((record, i, payload));
+        if let Some((plain, i)) = self.parser.parse_plain(payload) {
+            *record = Record { time: plain.time.or(wrapper_time), ..plain };
+            return Some((i, payload));
         }
         let whole = unstripped?;
-        self.parser.parse_plain(whole).map(|(record, i)| (record, i, whole))
+        let (plain, i) = self.parser.parse_plain(whole)?;
+        *record = plain;
+        Some((i, whole))
     }
 }
 

@@ -126,6 +126,19 @@ impl Format {
         }
     }
 
+    /// Parses one line in this format into `out`, which must be empty (default); on
+    /// failure `out` is left empty.
+    pub fn parse_into<'a>(&self, line: &'a [u8], out: &mut Record<'a>) -> bool {
+        let parsed = match self {
+            Format::Access(f) => access::parse_into(f, line, out),
+            other => other.parse(line).map(|r| *out = r).is_some(),
+        };
+        if !parsed {
+            *out = Record::default();
+        }
+        parsed
+    }
+
     /// Parses one line in this format.
     pub fn parse<'a>(&self, line: &'a [u8]) -> Option<Record<'a>> {
         match self {
@@ -220,24 +233,38 @@ impl Parser {
     /// for `source` first, then every candidate in order. Structured formats are mutually
     /// exclusive, so the cache changes the cost, never the answer.
     pub fn parse_structured<'a>(&mut self, source: &[u8], line: &'a [u8]) -> Option<(Record<'a>, usize)> {
+        let mut record = Record::default();
+        let i = self.parse_structured_into(source, line, &mut record)?;
+        Some((record, i))
+    }
+
+    /// [`Parser::parse_structured`] into `out` (which must be empty; left empty when no
+    /// format reads the line); returns the format's index.
+    pub fn parse_structured_into<'a>(
+        &mut self,
+        source: &[u8],
+        line: &'a [u8],
+        out: &mut Record<'a>,
+    ) -> Option<usize> {
         let cached = match &self.last {
             Some((name, i)) if **name == *source => Some(*i),
             _ => self.cache.get(source).copied(),
         };
         if let Some(i) = cached
-            && let Some(r) = self.candidates[i].parse(line)
+            && self.candidates[i].parse_into(line, out)
         {
-            return Some((r, i));
+            return Some(i);
         }
-        let (i, record) = self
+        let i = self
             .candidates
             .iter()
             .enumerate()
             .filter(|(i, f)| Some(*i) != cached && !matches!(f, Format::PlainText))
-            .find_map(|(i, f)| f.parse(line).map(|r| (i, r)))?;
+            .find(|(_, f)| f.parse_into(line, out))?
+            .0;
         self.cache.insert(source.into(), i);
         self.last = Some((source.into(), i));
-        Some((record, i))
+        Some(i)
     }
 
     /// Parses `line` as plain text, when plain text is among the candidates. Plain text
