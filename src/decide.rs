@@ -553,4 +553,32 @@ mod tests {
         assert_eq!(report.ips[sevens + 1].requests, 6);
         assert!(report.stats.memory_summary.is_none(), "nothing was compacted or folded");
     }
+
+    #[test]
+    fn merging_either_way_round_gives_the_same_report() {
+        let rules = RuleSet::builtin().unwrap();
+        let fill = |agg: &mut Aggregator, offset: u8, n: u32| {
+            for i in 0..n {
+                let ip = [198, 18, offset, (i % 200) as u8];
+                let status = if i % 3 == 0 { 404 } else { 200 };
+                request(agg, &rules, ip, i64::from(i), status, "/p");
+            }
+        };
+        let build = || {
+            let (mut small, mut large) = (Aggregator::default(), Aggregator::default());
+            fill(&mut small, 1, 50);
+            fill(&mut large, 1, 900);
+            fill(&mut large, 2, 400);
+            (small, large)
+        };
+        let (mut small, large) = build();
+        small.merge(large);
+        let (small_b, mut large_b) = build();
+        large_b.merge(small_b);
+        let report = |agg| {
+            serde_json::to_value(decide(agg, &Thresholds::default(), &SparePolicy::default(), &rules).ips)
+                .unwrap()
+        };
+        assert_eq!(report(small), report(large_b));
+    }
 }

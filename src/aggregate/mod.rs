@@ -788,7 +788,15 @@ impl Aggregator {
     }
 
     /// Adds everything `other` has learned, staying within this aggregator's limits.
-    pub fn merge(&mut self, other: Aggregator) {
+    pub fn merge(&mut self, mut other: Aggregator) {
+        // Into the larger tables: the reduction starts from an empty aggregator, and
+        // re-inserting a whole worker's tables into it held both copies at once (the peak
+        // of a scan). Merging commutes, so which side holds the result does not matter.
+        if self.clients.len() + self.light.len() < other.clients.len() + other.light.len() {
+            std::mem::swap(&mut self.clients, &mut other.clients);
+            std::mem::swap(&mut self.light, &mut other.light);
+            std::mem::swap(&mut self.accounts, &mut other.accounts);
+        }
         self.merge_stats(other.stats);
         for (key, mut c) in other.clients {
             if let Some(l) = self.light.remove(&key) {
