@@ -60,14 +60,19 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every line of `data` that parses, with its record.
+fn parsed_lines(data: &[u8]) -> Vec<(&[u8], logwarden::parse::Record<'_>)> {
+    let mut parser = Parser::detecting(&[]);
+    let lines = data.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    lines.filter_map(|l| parser.parse(b"b", l).map(|(r, _)| (l, r))).collect()
+}
+
 /// The full rule set through the prefilter, against evaluating every rule (its regexes
 /// and conditions) on every line.
 fn rules(c: &mut Criterion) {
     let data = corpus();
     let set = RuleSet::builtin().unwrap();
-    let mut parser = Parser::detecting(&[]);
-    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-    let records: Vec<_> = lines.iter().filter_map(|l| parser.parse(b"b", l).map(|(r, _)| (*l, r))).collect();
+    let records = parsed_lines(&data);
     let mut g = c.benchmark_group("rules");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
@@ -152,11 +157,8 @@ fn aggregation(c: &mut Criterion) {
     let data = corpus();
     let set = RuleSet::builtin().unwrap();
     let policy = ClientPolicy::default();
-    let mut parser = Parser::detecting(&[]);
-    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-    let records: Vec<_> = lines
-        .iter()
-        .filter_map(|l| parser.parse(b"b", l).map(|(r, _)| (*l, r)))
+    let records: Vec<_> = parsed_lines(&data)
+        .into_iter()
         .map(|(l, r)| {
             let mut hits = Vec::new();
             set.detect(l, &r, &mut hits);

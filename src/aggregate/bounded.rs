@@ -235,8 +235,7 @@ impl Light {
 
     /// Notes that the client was seen at `time`.
     pub fn seen(&mut self, time: Option<i64>) {
-        self.first_seen = min_some(self.first_seen, time);
-        self.last_seen = self.last_seen.max(time);
+        super::merge_seen(&mut self.first_seen, &mut self.last_seen, time, time);
     }
 
     /// Counts one request answered with `status` (which is not evidence).
@@ -256,8 +255,7 @@ impl Light {
         for (status, n) in o.statuses {
             add_status(&mut self.statuses, status, n);
         }
-        self.seen(o.first_seen);
-        self.seen(o.last_seen);
+        super::merge_seen(&mut self.first_seen, &mut self.last_seen, o.first_seen, o.last_seen);
         self.events.extend(o.events);
         self.folded = self.folded.max(o.folded);
         self.compact |= o.compact;
@@ -269,13 +267,6 @@ fn add_status(statuses: &mut Vec<(u16, u64)>, status: u16, n: u64) {
     match statuses.iter_mut().find(|(s, _)| *s == status) {
         Some((_, count)) => *count += n,
         None => statuses.push((status, n)),
-    }
-}
-
-fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
     }
 }
 

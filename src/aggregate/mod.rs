@@ -79,8 +79,12 @@ fn folded_before(summary: &Summary, key: ClientKey) -> u64 {
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
 fn is_evidence(seen: &Seen<'_, '_>) -> bool {
     let r = seen.record;
-    let is_4xx = r.kind == Some(RecordKind::Access) && r.status.is_some_and(|s| (400..500).contains(&s));
-    !seen.hits.is_empty() || is_4xx
+    !seen.hits.is_empty() || (r.kind == Some(RecordKind::Access) && r.status.is_some_and(is_4xx))
+}
+
+/// A 4xx answer: the status class counted as evidence against a client.
+fn is_4xx(status: u16) -> bool {
+    (400..500).contains(&status)
 }
 
 /// Where a line came from.
@@ -305,7 +309,7 @@ impl ClientStats {
         let Some(status) = record.status else { return false };
         *self.statuses.entry(status).or_default() += 1;
         self.status_5xx += u64::from(status >= 500);
-        if !(400..500).contains(&status) {
+        if !is_4xx(status) {
             return false;
         }
         self.status_4xx += 1;
