@@ -249,18 +249,10 @@ impl RuleSet {
         self.rules.iter().position(|r| r.id == id).map(|i| i as RuleId)
     }
 
-    /// The rules whose literals occur in `line` (sorted, unique): the prefilter's "maybe"
-    /// when nothing is known of the line's fields.
-    pub fn candidates(&self, line: &[u8]) -> Vec<RuleId> {
-        let mut out = Vec::new();
-        self.line.candidates(line, &mut out);
-        sort_unique(out)
-    }
-
     /// The prefilter's "maybe" for `record`, read from `line` (sorted, unique): for an
     /// access record whose request and user agent spans are known, the field-only rules
     /// whose literals occur there and the other access rules whose literals occur in the
-    /// line; otherwise as [`RuleSet::candidates`].
+    /// line; otherwise the rules whose literals occur anywhere in the line.
     pub fn candidates_for(&self, line: &[u8], record: &Record<'_>) -> Vec<RuleId> {
         self.candidates_with(line, record, None)
     }
