@@ -248,7 +248,7 @@ pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rul
 /// The quiet light entries that could make the report's list: the [`REPORT_CLIENTS`]
 /// first in its order (see [`Judged::rank`]; none of them can be proposed or spared).
 fn most_notable_quiet(
-    mut quiet: Vec<(ClientKey, Light)>,
+    quiet: Vec<(ClientKey, Light)>,
     t: &Thresholds,
     rules: &RuleSet,
 ) -> Vec<(ClientKey, Light)> {
@@ -264,7 +264,7 @@ fn most_notable_quiet(
         (v.window_auth_failures, v.window_4xx, l.requests)
     };
     let mut ranked: Vec<((u64, u64, u64), ClientKey, Light)> =
-        quiet.drain(..).map(|(k, l)| (rank(&l), k, l)).collect();
+        quiet.into_iter().map(|(k, l)| (rank(&l), k, l)).collect();
     ranked.select_nth_unstable_by(REPORT_CLIENTS, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     ranked.truncate(REPORT_CLIENTS);
     ranked.into_iter().map(|(_, k, l)| (k, l)).collect()
