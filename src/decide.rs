@@ -184,7 +184,7 @@ fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
 
 /// Turns what a scan learned into proposals.
 pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
-    let compact = agg.light.values().filter(|l| l.compact).count() as u64;
+    let compact = agg.light.values().filter(|l| l.compact()).count() as u64;
     // Light entries hold at most a couple of events: judged only when a threshold is that
     // low. The rest (most clients: they never sent any evidence) can cross no threshold;
     // only the few the report lists get a full record.
@@ -256,10 +256,10 @@ fn most_notable_quiet(
         return quiet;
     }
     let rank = |l: &Light| -> (u64, u64, u64) {
-        if l.events.is_empty() {
+        if l.events().is_empty() {
             return (0, 0, l.requests);
         }
-        let events = Light { events: l.events.clone(), ..Light::default() };
+        let events = Light::compacted(0, [], (None, None), l.events().to_vec(), 0);
         let v = client_verdict(&mut ClientStats::from_light(events), t, rules);
         (v.window_auth_failures, v.window_4xx, l.requests)
     };

@@ -5,7 +5,7 @@
 //!
 //! Every client starts as a [`Light`] entry and gets a full record with its first piece of
 //! evidence. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
-//! and no rule hits first goes back to a light entry (about 100 bytes instead of 2 KB) that
+//! and no rule hits first goes back to a light entry (56 bytes and its key instead of 2 KB or more) that
 //! keeps its counts and the time (and path or account) of each of those events, so when it
 //! returns its record is rebuilt with every window count exact: a sprayed stream can
 //! interleave an attacker's requests with hundreds of thousands of one-off addresses and
@@ -37,7 +37,9 @@ pub struct Limits {
 
 /// Evidence events a [`Light`] entry keeps exactly.
 pub const LIGHT_EVENTS: usize = 2;
-/// Estimated bytes of one light entry in its map.
+/// Estimated bytes of one light entry in its map: 80 with its key, the map's spare room
+/// and the copy made while it grows; kept high so that folding, not the allocator, is
+/// what a spray of addresses runs into.
 pub const BYTES_PER_LIGHT: usize = 256;
 
 /// Estimated bytes one tracked client or account costs, map overhead and allocator
@@ -197,19 +199,38 @@ pub fn fold_level(scores: impl Iterator<Item = u64>, len: usize, target: usize) 
 /// piece of evidence: most clients never send any, and counting their requests this way
 /// costs one small entry instead of a full record. A full record with little evidence is
 /// folded back into one (`compact`) when its table is full.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// There is one per distinct client, so its size is the scan's memory: 56 bytes, with
+/// room inline for the first four status codes a client is answered with (an ordinary
+/// visitor gets two or three) and everything rarer behind one pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Light {
     pub requests: u64,
-    /// Answers by status code, in first-seen order.
-    pub statuses: Vec<(u16, u64)>,
-    pub first_seen: Option<i64>,
-    pub last_seen: Option<i64>,
+    /// First and last event time, [`NO_TIME`] when none was seen (two `Option<i64>`
+    /// would take 32 bytes instead of 16).
+    first: i64,
+    last: i64,
+    /// Status codes (0: free slot) and their counts. A fifth code, or a count that
+    /// outgrows `u32`, moves to `rare`; a code is in one place only.
+    codes: [u16; INLINE_STATUSES],
+    counts: [u32; INLINE_STATUSES],
+    rare: Option<Box<Rare>>,
+}
+
+const INLINE_STATUSES: usize = 4;
+/// The stored form of "no time" in a [`Light`] entry; no log carries this instant.
+const NO_TIME: i64 = i64::MIN;
+
+/// What few light entries hold: more status codes, evidence events, folding history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rare {
+    statuses: Vec<(u16, u64)>,
     /// At most [`LIGHT_EVENTS`].
-    pub events: Vec<LightEvent>,
+    events: Vec<LightEvent>,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
-    pub folded: u64,
+    folded: u64,
     /// Folded from a full record, whose top lists and samples were dropped.
-    pub compact: bool,
+    compact: bool,
 }
 
 /// One evidence event of a light entry.
@@ -227,38 +248,128 @@ pub enum EventKind {
     AuthFailure,
 }
 
+impl Default for Light {
+    fn default() -> Self {
+        Light::new(0)
+    }
+}
+
 impl Light {
+    /// An entry with no requests; `folded` is the sketch's bound on evidence folded before.
+    pub fn new(folded: u64) -> Light {
+        let rare = (folded > 0).then(|| Box::new(Rare { folded, ..Rare::default() }));
+        Light { requests: 0, first: NO_TIME, last: NO_TIME, codes: [0; 4], counts: [0; 4], rare }
+    }
+
+    /// A full record's counts and evidence events in compact form (`compact` set).
+    pub fn compacted(
+        requests: u64,
+        statuses: impl IntoIterator<Item = (u16, u64)>,
+        seen: (Option<i64>, Option<i64>),
+        events: Vec<LightEvent>,
+        folded: u64,
+    ) -> Light {
+        let mut l = Light::new(folded);
+        l.requests = requests;
+        statuses.into_iter().for_each(|(status, n)| l.add_status(status, n));
+        l.merge_seen(seen.0, seen.1);
+        let rare = l.rare_mut();
+        (rare.events, rare.compact) = (events, true);
+        l
+    }
+
     /// Evidence events held.
     pub fn evidence(&self) -> u64 {
-        self.events.len() as u64
+        self.events().len() as u64
+    }
+
+    /// The evidence events, oldest first.
+    pub fn events(&self) -> &[LightEvent] {
+        self.rare.as_ref().map_or(&[], |r| &r.events)
+    }
+
+    /// The sketch's bound on evidence folded before.
+    pub fn folded(&self) -> u64 {
+        self.rare.as_ref().map_or(0, |r| r.folded)
+    }
+
+    /// Whether this entry was folded from a full record.
+    pub fn compact(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.compact)
+    }
+
+    pub fn first_seen(&self) -> Option<i64> {
+        (self.first != NO_TIME).then_some(self.first)
+    }
+
+    pub fn last_seen(&self) -> Option<i64> {
+        (self.last != NO_TIME).then_some(self.last)
+    }
+
+    /// Answers by status code, each code once.
+    pub fn statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        let inline = self.codes.iter().zip(&self.counts).filter(|(c, _)| **c != 0);
+        let rare = self.rare.iter().flat_map(|r| r.statuses.iter().copied());
+        inline.map(|(c, n)| (*c, u64::from(*n))).chain(rare)
     }
 
     /// Notes that the client was seen at `time`.
     pub fn seen(&mut self, time: Option<i64>) {
-        super::merge_seen(&mut self.first_seen, &mut self.last_seen, time, time);
+        self.merge_seen(time, time);
+    }
+
+    fn merge_seen(&mut self, first: Option<i64>, last: Option<i64>) {
+        let (mut f, mut l) = (self.first_seen(), self.last_seen());
+        super::merge_seen(&mut f, &mut l, first, last);
+        (self.first, self.last) = (f.unwrap_or(NO_TIME), l.unwrap_or(NO_TIME));
     }
 
     /// Counts one request answered with `status` (which is not evidence).
     pub fn request(&mut self, status: Option<u16>) {
         self.requests += 1;
         if let Some(status) = status {
-            add_status(&mut self.statuses, status, 1);
+            self.add_status(status, 1);
         }
+    }
+
+    fn add_status(&mut self, status: u16, n: u64) {
+        if let Some(i) = self.codes.iter().position(|c| *c == status && status != 0) {
+            match u32::try_from(u64::from(self.counts[i]) + n) {
+                Ok(sum) => self.counts[i] = sum,
+                Err(_) => {
+                    let moved = u64::from(self.counts[i]) + n;
+                    (self.codes[i], self.counts[i]) = (0, 0);
+                    add_status(&mut self.rare_mut().statuses, status, moved);
+                }
+            }
+            return;
+        }
+        let in_rare = self.rare.as_ref().is_some_and(|r| r.statuses.iter().any(|(s, _)| *s == status));
+        let free = self.codes.iter().position(|c| *c == 0);
+        match (in_rare, free, u32::try_from(n)) {
+            (false, Some(i), Ok(n)) if status != 0 => (self.codes[i], self.counts[i]) = (status, n),
+            _ => add_status(&mut self.rare_mut().statuses, status, n),
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
     }
 
     /// Both entries together, or `None` when that holds too many events to stay light.
     pub fn combine(mut self, o: Light) -> Option<Light> {
-        if self.events.len() + o.events.len() > LIGHT_EVENTS {
+        if self.evidence() + o.evidence() > LIGHT_EVENTS as u64 {
             return None;
         }
         self.requests += o.requests;
-        for (status, n) in o.statuses {
-            add_status(&mut self.statuses, status, n);
+        o.statuses().for_each(|(status, n)| self.add_status(status, n));
+        self.merge_seen(o.first_seen(), o.last_seen());
+        if let Some(theirs) = o.rare {
+            let mine = self.rare_mut();
+            mine.events.extend(theirs.events);
+            mine.folded = mine.folded.max(theirs.folded);
+            mine.compact |= theirs.compact;
         }
-        super::merge_seen(&mut self.first_seen, &mut self.last_seen, o.first_seen, o.last_seen);
-        self.events.extend(o.events);
-        self.folded = self.folded.max(o.folded);
-        self.compact |= o.compact;
         Some(self)
     }
 }
@@ -354,19 +465,52 @@ mod tests {
 
     #[test]
     fn light_entries_combine_until_they_hold_too_much() {
-        let one = |t| Light {
-            requests: 1,
-            statuses: vec![(404, 1)],
-            first_seen: Some(t),
-            last_seen: Some(t),
-            events: vec![LightEvent { kind: EventKind::Status4xx, time: Some(t), value: Some(1) }],
-            folded: 0,
-            compact: true,
+        let one = |t| {
+            let e = LightEvent { kind: EventKind::Status4xx, time: Some(t), value: Some(1) };
+            Light::compacted(1, [(404, 1)], (Some(t), Some(t)), vec![e], 0)
         };
         let two = one(5).combine(one(3)).unwrap();
-        assert_eq!((two.requests, two.first_seen, two.last_seen, two.evidence()), (2, Some(3), Some(5), 2));
-        assert_eq!(two.statuses, vec![(404, 2)]);
+        assert_eq!(
+            (two.requests, two.first_seen(), two.last_seen(), two.evidence()),
+            (2, Some(3), Some(5), 2)
+        );
+        assert_eq!(two.statuses().collect::<Vec<_>>(), vec![(404, 2)]);
+        assert!(two.compact());
         assert!(two.combine(one(9)).is_none());
+    }
+
+    #[test]
+    fn a_light_entry_is_small() {
+        // One per distinct client: its size is what a spray of addresses costs.
+        assert!(std::mem::size_of::<Light>() <= 56, "{}", std::mem::size_of::<Light>());
+    }
+
+    proptest::proptest! {
+        /// Status counts stay exact whatever the codes, their order and their sizes:
+        /// past four codes, or past `u32` for one, they move out of line.
+        #[test]
+        fn light_status_counts_are_exact(
+            adds in proptest::collection::vec((0u16..8, 0u64..3, proptest::bool::ANY), 0..60),
+            split in 0usize..60,
+        ) {
+            let code = |c: u16| if c == 7 { 0 } else { 200 + c };
+            let n = |small: u64, huge: bool| if huge { small + u64::from(u32::MAX) } else { small };
+            let mut expected = std::collections::BTreeMap::<u16, u64>::new();
+            let (mut a, mut b) = (Light::default(), Light::default());
+            for (i, (c, small, huge)) in adds.iter().enumerate() {
+                let side = if i < split { &mut a } else { &mut b };
+                side.add_status(code(*c), n(*small, *huge));
+                *expected.entry(code(*c)).or_default() += n(*small, *huge);
+            }
+            let both = a.combine(b).unwrap();
+            let mut got = std::collections::BTreeMap::<u16, u64>::new();
+            for (s, n) in both.statuses() {
+                proptest::prop_assert!(got.insert(s, n).is_none(), "code {} listed twice", s);
+            }
+            expected.retain(|_, n| *n > 0);
+            got.retain(|_, n| *n > 0);
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]

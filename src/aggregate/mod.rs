@@ -365,14 +365,10 @@ impl ClientStats {
 
     /// This client in compact form, when every piece of its evidence fits in one.
     fn to_light(&self) -> Option<Light> {
-        (self.evidence() == self.first_events.len() as u64).then(|| Light {
-            requests: self.requests,
-            statuses: self.statuses.iter().map(|(s, n)| (*s, *n)).collect(),
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            events: self.first_events.clone(),
-            folded: self.folded_evidence,
-            compact: true,
+        (self.evidence() == self.first_events.len() as u64).then(|| {
+            let statuses = self.statuses.iter().map(|(s, n)| (*s, *n));
+            let seen = (self.first_seen, self.last_seen);
+            Light::compacted(self.requests, statuses, seen, self.first_events.clone(), self.folded_evidence)
         })
     }
 
@@ -406,14 +402,14 @@ impl ClientStats {
     /// Adds a light entry's counts and events to this record.
     fn absorb(&mut self, l: Light) {
         self.requests += l.requests;
-        for (status, n) in l.statuses {
+        for (status, n) in l.statuses() {
             *self.statuses.entry(status).or_default() += n;
             self.status_5xx += if status >= 500 { n } else { 0 };
         }
-        self.folded_evidence = self.folded_evidence.max(l.folded);
-        merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen, l.last_seen);
-        for e in l.events {
-            self.replay(e);
+        self.folded_evidence = self.folded_evidence.max(l.folded());
+        merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen(), l.last_seen());
+        for e in l.events() {
+            self.replay(*e);
         }
     }
 
@@ -657,10 +653,7 @@ impl Aggregator {
             self.fold_light();
         }
         let summary = &self.summary;
-        let l = self
-            .light
-            .entry(key)
-            .or_insert_with(|| Light { folded: folded_before(summary, key), ..Default::default() });
+        let l = self.light.entry(key).or_insert_with(|| Light::new(folded_before(summary, key)));
         l.seen(record.time);
         if record.kind == Some(RecordKind::Access) {
             l.request(record.status);
@@ -695,11 +688,11 @@ impl Aggregator {
     /// Folds the light entries with the least evidence into the sketch, down to 3/4.
     fn fold_light(&mut self) {
         let target = self.limits.light / 4 * 3;
-        let entries = self.light.iter().map(|(k, l)| (l.evidence(), age(k, l.last_seen)));
+        let entries = self.light.iter().map(|(k, l)| (l.evidence(), age(k, l.last_seen())));
         let plan = bounded::FoldPlan::new(entries, self.light.len(), target);
         let summary = &mut self.summary;
         self.light.retain(|key, l| {
-            let keep = !plan.folds(l.evidence(), age(key, l.last_seen));
+            let keep = !plan.folds(l.evidence(), age(key, l.last_seen()));
             if !keep {
                 summary.fold_client(client_hash(*key), l.evidence());
             }
@@ -878,7 +871,7 @@ impl Aggregator {
             c.paths_4xx.evict_before(cutoff);
             c.last_seen.is_none_or(|t| t >= cutoff)
         });
-        self.light.retain(|_, l| l.last_seen.is_none_or(|t| t >= cutoff));
+        self.light.retain(|_, l| l.last_seen().is_none_or(|t| t >= cutoff));
         for users in self.accounts.values_mut() {
             users.retain(|_, a| {
                 a.times.evict_before(cutoff);
