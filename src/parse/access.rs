@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::logformat::{Escape, LogFormat, Var, unescape};
-use super::{Record, RecordKind, parse_ip, text, text_cow};
+use super::logformat::{Escape, LogFormat, Var};
+use super::{LineText, Record, RecordKind, parse_ip, text};
 use crate::time;
 
 /// Parses `line` with `format`.
@@ -27,6 +27,7 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
         return None;
     }
     record.kind = Some(RecordKind::Access);
+    let line = LineText::new(line, format.escape);
     let mut uri: Option<&[u8]> = None;
     let mut args: Option<&[u8]> = None;
     let mut raw_fields = Some(super::RawFields::default());
@@ -46,11 +47,11 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
         match var {
             Var::Uri => uri = Some(raw),
             Var::Args => args = Some(raw),
-            _ => apply(record, var, raw, format.escape)?,
+            _ => apply(record, var, raw, &line, format.escape)?,
         }
     }
     if record.path.is_none() {
-        record.path = uri.map(|u| join_uri_args(u, args, format.escape));
+        record.path = uri.map(|u| join_uri_args(&line, u, args, format.escape));
     }
     record.raw_fields = raw_fields;
     (record.remote_addr.is_some() && record.status.is_some()).then_some(())
@@ -62,15 +63,21 @@ fn is_empty(raw: &[u8]) -> bool {
 }
 
 /// Stores one variable's value; `None` when a value that must be valid is not.
-fn apply<'a>(record: &mut Record<'a>, var: Var, raw: &'a [u8], escape: Escape) -> Option<()> {
-    let decoded = || text_cow(unescape(raw, escape));
+fn apply<'a>(
+    record: &mut Record<'a>,
+    var: Var,
+    raw: &'a [u8],
+    line: &LineText<'a>,
+    escape: Escape,
+) -> Option<()> {
+    let decoded = || line.decode(raw, escape);
     match var {
         Var::RemoteAddr => record.remote_addr = Some(parse_ip(raw)?),
         Var::Status => record.status = Some(parse_status(raw)?),
         Var::TimeLocal => record.time = time::parse_time_local(raw),
         Var::TimeIso8601 => record.time = time::parse_rfc3339(raw),
         Var::Msec => record.time = time::parse_epoch(raw),
-        Var::Request => split_request(record, unescape(raw, escape)),
+        Var::Request => split_request(record, decoded()),
         Var::RequestMethod => record.method = Some(decoded()),
         Var::RequestUri => record.path = Some(decoded()),
         Var::RemoteUser => record.user = Some(decoded()),
@@ -94,9 +101,9 @@ pub fn parse_status(raw: &[u8]) -> Option<u16> {
 
 /// Splits `$request` (`METHOD URI PROTOCOL`). A malformed request line (TLS bytes sent
 /// to a plain port, an empty request) keeps its text as the path so rules can see it.
-fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, [u8]>) {
+fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, str>) {
     use std::borrow::Cow;
-    match text_cow(request) {
+    match request {
         Cow::Borrowed(s) => match split_http(s) {
             Some((m, t)) => (record.method, record.path) = (Some(m.into()), Some(t.into())),
             None => record.path = Some(s.into()),
@@ -120,11 +127,16 @@ fn split_http(s: &str) -> Option<(&str, &str)> {
     valid.then_some((method, target))
 }
 
-fn join_uri_args<'a>(uri: &'a [u8], args: Option<&[u8]>, escape: Escape) -> std::borrow::Cow<'a, str> {
+fn join_uri_args<'a>(
+    line: &LineText<'a>,
+    uri: &'a [u8],
+    args: Option<&'a [u8]>,
+    escape: Escape,
+) -> std::borrow::Cow<'a, str> {
     match args {
-        None => text_cow(unescape(uri, escape)),
+        None => line.decode(uri, escape),
         Some(a) => {
-            let (u, a) = (text_cow(unescape(uri, escape)), text_cow(unescape(a, escape)));
+            let (u, a) = (line.decode(uri, escape), line.decode(a, escape));
             format!("{u}?{a}").into()
         }
     }
@@ -133,7 +145,8 @@ fn join_uri_args<'a>(uri: &'a [u8], args: Option<&[u8]>, escape: Escape) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::logformat::{COMBINED, MAIN};
+    use crate::parse::logformat::{COMBINED, MAIN, unescape};
+    use proptest::strategy::Strategy;
 
     fn combined() -> Arc<LogFormat> {
         Arc::new(LogFormat::compile("combined", COMBINED, Escape::Default).unwrap())
@@ -160,6 +173,58 @@ mod tests {
         assert!(r.path.as_deref().unwrap().starts_with('\u{16}'));
         let empty = br#"198.51.100.9 - - [15/Jan/2024:10:23:45 +0000] "" 400 0 "-" "-""#;
         assert_eq!(parse_with_format(&combined(), empty).unwrap().path, None);
+    }
+
+    /// Bytes of a value as an attacker or nginx might write them: quotes raw and escaped,
+    /// backslashes, multi-byte and invalid UTF-8.
+    fn hostile_value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let piece = proptest::sample::select(vec![
+            &b"a"[..],
+            b" ",
+            b"/",
+            b"\"",
+            b"\\",
+            b"\\x22",
+            b"\\\"",
+            b"\\u0022",
+            b"\xc3\xa9",
+            b"\xff",
+            b"-",
+        ]);
+        proptest::collection::vec(piece, 0..8).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        /// The per-line shortcuts (counting quotes once instead of searching each value;
+        /// slicing a plain line instead of decoding each value) give the same captures
+        /// and the same text as checking and decoding every value.
+        #[test]
+        fn line_shortcuts_agree_with_checking_each_value(
+            user in hostile_value(), request in hostile_value(), referer in hostile_value(), ua in hostile_value(),
+        ) {
+            let json = Arc::new(LogFormat::compile(
+                "j", r#"{"ip":"$remote_addr","u":"$remote_user","r":"$request","s":$status,"ref":"$http_referer","ua":"$http_user_agent"}"#, Escape::Json,
+            ).unwrap());
+            for (format, shape) in [(combined(), &b"1.2.3.4 - U [15/Jan/2024:10:23:45 +0000] \"R\" 404 1 \"F\" \"A\""[..]), (json, br#"{"ip":"1.2.3.4","u":"U","r":"R","s":404,"ref":"F","ua":"A"}"#)] {
+                let mut line = Vec::new();
+                for &b in shape {
+                    match b {
+                        b'U' => line.extend_from_slice(&user),
+                        b'R' => line.extend_from_slice(&request),
+                        b'F' => line.extend_from_slice(&referer),
+                        b'A' => line.extend_from_slice(&ua),
+                        _ => line.push(b),
+                    }
+                }
+                let fast = format.captures(&line);
+                proptest::prop_assert_eq!(&fast, &format.captures_checking_each_value(&line));
+                let text = LineText::new(&line, format.escape);
+                for (_, raw) in fast.iter().flatten() {
+                    let expected = crate::parse::text_cow(unescape(raw, format.escape));
+                    proptest::prop_assert_eq!(text.decode(raw, format.escape), expected);
+                }
+            }
+        }
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct LogFormat {
     /// A prebuilt substring searcher per literal (by item index), so matching a line
     /// never builds one.
     finders: Vec<Option<memmem::Finder<'static>>>,
+    /// How many `"` the literals hold: a line with no more than that has none inside a
+    /// value, which spares a search per value.
+    literal_quotes: usize,
 }
 
 /// The raw (still escaped) value of each variable in one line, by position. Inline up
@@ -128,7 +131,14 @@ impl LogFormat {
                 Item::Var(_) => None,
             })
             .collect();
-        Ok(LogFormat { name: name.to_string(), escape, items, finders })
+        let literal_quotes = items
+            .iter()
+            .map(|i| match i {
+                Item::Literal(lit) => count_quotes(lit),
+                Item::Var(_) => 0,
+            })
+            .sum();
+        Ok(LogFormat { name: name.to_string(), escape, items, finders, literal_quotes })
     }
 
     /// Matches a whole line; `None` when the line does not have this format's shape.
@@ -141,10 +151,32 @@ impl LogFormat {
     /// have this format's shape. The hot path: the captures are not moved around.
     pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> bool {
         caps.clear();
-        self.match_items(line, caps).is_some()
+        self.match_items(line, caps, self.quotes_only_in_literals(line)).is_some()
     }
 
-    fn match_items<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> Option<()> {
+    /// [`LogFormat::captures`] checking every value for quotes, as when a line has more
+    /// than the literals: the reference the shortcut is tested against.
+    #[cfg(test)]
+    pub fn captures_checking_each_value<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
+        let mut caps = Captures::new();
+        self.match_items(line, &mut caps, false).map(|()| caps)
+    }
+
+    /// Whether every `"` of `line` must belong to the format's literals, so no value holds
+    /// one and (with `escape=json`) none is escaped: one counting pass over the line in
+    /// place of a search per value. Counting is exact, never a guess: with a quote more
+    /// than the literals hold, each value is checked as before.
+    fn quotes_only_in_literals(&self, line: &[u8]) -> bool {
+        match self.escape {
+            Escape::None => false,
+            Escape::Default => count_quotes(line) == self.literal_quotes,
+            Escape::Json => {
+                count_quotes(line) == self.literal_quotes && memchr::memchr(b'\\', line).is_none()
+            }
+        }
+    }
+
+    fn match_items<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>, quote_free: bool) -> Option<()> {
         let mut pos = 0;
         let mut i = 0;
         while i < self.items.len() {
@@ -156,9 +188,9 @@ impl LogFormat {
                     pos += lit.len();
                 }
                 Item::Var(var) => {
-                    let end = self.var_end(line, pos, i)?;
+                    let end = self.var_end(line, pos, i, quote_free)?;
                     let value = &line[pos..end];
-                    if !self.may_hold(value) {
+                    if !quote_free && !self.may_hold(value) {
                         return None;
                     }
                     caps.push((*var, value));
@@ -171,14 +203,16 @@ impl LogFormat {
     }
 
     /// Where the variable at item `i`, starting at `pos`, ends.
-    fn var_end(&self, line: &[u8], pos: usize, i: usize) -> Option<usize> {
+    fn var_end(&self, line: &[u8], pos: usize, i: usize, quote_free: bool) -> Option<usize> {
         match self.items.get(i + 1) {
             None => Some(line.len()),
             Some(Item::Literal(lit)) if i + 2 == self.items.len() => {
                 // The format ends with this literal: anchor it at the end of the line.
                 (line.len() >= pos + lit.len() && line.ends_with(lit)).then(|| line.len() - lit.len())
             }
-            Some(Item::Literal(lit)) => self.find_literal(&line[pos..], lit, i + 1).map(|p| pos + p),
+            Some(Item::Literal(lit)) => {
+                self.find_literal(&line[pos..], lit, i + 1, quote_free).map(|p| pos + p)
+            }
             // Two variables with nothing between (`$host$request_uri`): the second starts
             // at the first `/` when it is a URI, else at the next space.
             Some(Item::Var(next)) => {
@@ -199,11 +233,11 @@ impl LogFormat {
         }
     }
 
-    fn find_literal(&self, hay: &[u8], lit: &[u8], item: usize) -> Option<usize> {
+    fn find_literal(&self, hay: &[u8], lit: &[u8], item: usize, quote_free: bool) -> Option<usize> {
         let mut from = 0;
         loop {
             let p = from + self.find_from(&hay[from..], lit, item)?;
-            if self.escape != Escape::Json || lit[0] != b'"' || !escaped_at(hay, p) {
+            if quote_free || self.escape != Escape::Json || lit[0] != b'"' || !escaped_at(hay, p) {
                 return Some(p);
             }
             from = p + 1;
@@ -234,6 +268,13 @@ impl LogFormat {
             Item::Literal(_) => None,
         })
     }
+}
+
+/// The `"` bytes in `bytes`. Counted in byte-wide sums over blocks of 255, which the
+/// compiler turns into vector compares (a `usize` count per byte stays scalar).
+fn count_quotes(bytes: &[u8]) -> usize {
+    let block = |c: &[u8]| c.iter().fold(0u8, |n, b| n + u8::from(*b == b'"'));
+    bytes.chunks(255).map(|c| usize::from(block(c))).sum()
 }
 
 /// Whether the byte at `p` is preceded by an odd number of backslashes.

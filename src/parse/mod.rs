@@ -295,6 +295,33 @@ pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
     }
 }
 
+/// A line whose values are decoded: when the whole line is valid UTF-8 and holds no
+/// escape, each value is a slice of it, with no decoding or validation of its own. Values
+/// end at ASCII separators, and an ASCII byte is always a char boundary in valid UTF-8.
+pub struct LineText<'a> {
+    line: &'a [u8],
+    plain: Option<&'a str>,
+}
+
+impl<'a> LineText<'a> {
+    /// Checks `line` once: one UTF-8 pass and one search for `\`.
+    pub fn new(line: &'a [u8], escape: logformat::Escape) -> LineText<'a> {
+        let unescaped = escape == logformat::Escape::None || memchr::memchr(b'\\', line).is_none();
+        let plain = if unescaped { std::str::from_utf8(line).ok() } else { None };
+        LineText { line, plain }
+    }
+
+    /// `raw` (a part of the line) decoded as nginx escaped it with `escape`, lossy where
+    /// it is not UTF-8.
+    pub fn decode(&self, raw: &'a [u8], escape: logformat::Escape) -> Cow<'a, str> {
+        let start = (raw.as_ptr() as usize).wrapping_sub(self.line.as_ptr() as usize);
+        match self.plain.and_then(|s| s.get(start..start.checked_add(raw.len())?)) {
+            Some(value) => Cow::Borrowed(value),
+            None => text_cow(logformat::unescape(raw, escape)),
+        }
+    }
+}
+
 /// Parses an IP address as logs write it: plain, in brackets, or with a port, and folds
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as dual-stack listeners log it) to IPv4.
 pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
