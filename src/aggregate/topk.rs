@@ -6,17 +6,19 @@
 
 use compact_str::CompactString;
 
-use super::{HashMap, stable_hash};
+use super::stable_hash;
 
 /// Counts values, keeping the heaviest `capacity` of them.
 #[derive(Clone, Debug)]
 pub struct TopK {
     capacity: usize,
-    /// Keyed by the value's [`stable_hash`]: counting a value seen before hashes it once
-    /// and compares no text (user agents are long, and a busy client repeats its own).
+    /// `(hash, value, count)`, keyed by the value's [`stable_hash`]: counting a value seen
+    /// before compares 8-byte hashes and no text (user agents are long, and a busy client
+    /// repeats its own). A plain vector, scanned: a client's lists hold at most 32, and a
+    /// hash table for them took twice the room (every client with evidence has three).
     /// Two values with one 64-bit keyed hash would share a count; the key is secret and
     /// per process, so that cannot be aimed at. Short values are stored inline.
-    counts: HashMap<u64, (CompactString, u64)>,
+    entries: Vec<(u64, CompactString, u64)>,
     /// Whether any value was ever evicted.
     pub approximate: bool,
 }
@@ -24,7 +26,7 @@ pub struct TopK {
 impl TopK {
     /// A counter that keeps at most `capacity` values.
     pub fn new(capacity: usize) -> Self {
-        TopK { capacity, counts: HashMap::default(), approximate: false }
+        TopK { capacity, entries: Vec::new(), approximate: false }
     }
 
     /// Counts one occurrence of `value`.
@@ -34,35 +36,43 @@ impl TopK {
 
     fn add_n(&mut self, value: &str, n: u64) {
         let key = stable_hash(value.as_bytes());
-        if let Some((_, c)) = self.counts.get_mut(&key) {
-            *c += n;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == key) {
+            e.2 += n;
             return;
         }
-        let inherited = if self.counts.len() >= self.capacity { self.evict_min() } else { 0 };
-        self.counts.insert(key, (CompactString::new(value), inherited + n));
+        if self.entries.len() < self.capacity {
+            self.entries.push((key, CompactString::new(value), n));
+            return;
+        }
+        self.approximate = true;
+        let min = self.smallest();
+        let inherited = self.entries[min].2;
+        self.entries[min] = (key, CompactString::new(value), inherited + n);
     }
 
-    fn evict_min(&mut self) -> u64 {
-        self.approximate = true;
-        // Ties break on the value so the result does not depend on hash order.
-        let min = self.counts.iter().min_by(|a, b| a.1.1.cmp(&b.1.1).then_with(|| b.1.0.cmp(&a.1.0)));
-        let key = *min.map(|(k, _)| k).expect("full counter is not empty");
-        self.counts.remove(&key).map_or(0, |(_, n)| n)
+    /// Where the entry to evict is: the smallest count; ties break on the value so the
+    /// result does not depend on arrival order.
+    fn smallest(&self) -> usize {
+        let order = |a: &(u64, CompactString, u64), b: &(u64, CompactString, u64)| {
+            a.2.cmp(&b.2).then_with(|| b.1.cmp(&a.1))
+        };
+        let min = self.entries.iter().enumerate().min_by(|a, b| order(a.1, b.1));
+        min.map(|(i, _)| i).expect("full counter is not empty")
     }
 
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: TopK) {
         self.approximate |= other.approximate;
-        let mut entries: Vec<_> = other.counts.into_values().collect();
-        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for (value, n) in entries {
+        let mut entries = other.entries;
+        entries.sort_unstable_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
+        for (_, value, n) in entries {
             self.add_n(&value, n);
         }
     }
 
     /// The `n` heaviest values, heaviest first, ties by value.
     pub fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut all: Vec<_> = self.counts.values().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut all: Vec<_> = self.entries.iter().map(|(_, k, v)| (k.to_string(), *v)).collect();
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -70,12 +80,12 @@ impl TopK {
 
     /// How many distinct values are held.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.entries.len()
     }
 
     /// Whether nothing was counted.
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.entries.is_empty()
     }
 }
 
