@@ -308,7 +308,9 @@ pub fn spawn_reader(
 /// Scans `inputs` to their end with `config.threads` parsing threads.
 pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
     let pool = BufferPool::new();
-    let (rx, reader) = spawn_reader(inputs, config, config.framing, pool.clone(), config.threads * 2 + 2);
+    // One chunk waiting per worker is enough: the reader frames far faster than workers
+    // parse, and each chunk queued is a buffer (1 MiB by default) held.
+    let (rx, reader) = spawn_reader(inputs, config, config.framing, pool.clone(), config.threads + 1);
     let mut agg = scan_frames(rx, &pool, config)?;
     agg.stats.bytes = reader.join().unwrap_or(agg.stats.bytes);
     Ok(agg)

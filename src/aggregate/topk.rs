@@ -51,13 +51,11 @@ impl TopK {
     }
 
     /// Where the entry to evict is: the smallest count; ties break on the value so the
-    /// result does not depend on arrival order.
+    /// result does not depend on arrival order (text compared only among the ties).
     fn smallest(&self) -> usize {
-        let order = |a: &(u64, CompactString, u64), b: &(u64, CompactString, u64)| {
-            a.2.cmp(&b.2).then_with(|| b.1.cmp(&a.1))
-        };
-        let min = self.entries.iter().enumerate().min_by(|a, b| order(a.1, b.1));
-        min.map(|(i, _)| i).expect("full counter is not empty")
+        let least = self.entries.iter().map(|e| e.2).min().expect("full counter is not empty");
+        let tied = self.entries.iter().enumerate().filter(|(_, e)| e.2 == least);
+        tied.max_by(|a, b| a.1.1.cmp(&b.1.1)).map_or(0, |(i, _)| i)
     }
 
     /// Adds every count of `other`.
