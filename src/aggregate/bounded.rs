@@ -134,6 +134,11 @@ impl Summary {
         Summary { clients: Folded::default(), accounts: Folded::default(), sketch: self.sketch.clone() }
     }
 
+    /// Whether both summaries add to one sketch.
+    pub fn shares_sketch_with(&self, o: &Summary) -> bool {
+        Arc::ptr_eq(&self.sketch, &o.sketch)
+    }
+
     pub fn merge(&mut self, o: Summary) {
         for (mine, theirs) in [(&mut self.clients, o.clients), (&mut self.accounts, o.accounts)] {
             mine.entries += theirs.entries;
