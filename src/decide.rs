@@ -259,7 +259,7 @@ fn most_notable_quiet(
         if l.events().is_empty() {
             return (0, 0, l.requests);
         }
-        let events = Light::compacted(0, [], (None, None), l.events().to_vec(), 0);
+        let events = Light::compacted(0, [], (None, None), l.events().iter().copied(), 0);
         let v = client_verdict(&mut ClientStats::from_light(events), t, rules);
         (v.window_auth_failures, v.window_4xx, l.requests)
     };

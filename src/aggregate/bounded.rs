@@ -230,13 +230,16 @@ const NO_TIME: i64 = i64::MIN;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Rare {
     statuses: Vec<(u16, u64)>,
-    /// At most [`LIGHT_EVENTS`].
-    events: Vec<LightEvent>,
+    events: LightEvents,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
     folded: u64,
     /// Folded from a full record, whose top lists and samples were dropped.
     compact: bool,
 }
+
+/// At most [`LIGHT_EVENTS`] evidence events, inline: one allocation less per client
+/// that has any.
+pub type LightEvents = smallvec::SmallVec<[LightEvent; LIGHT_EVENTS]>;
 
 /// One evidence event of a light entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,7 +274,7 @@ impl Light {
         requests: u64,
         statuses: impl IntoIterator<Item = (u16, u64)>,
         seen: (Option<i64>, Option<i64>),
-        events: Vec<LightEvent>,
+        events: impl IntoIterator<Item = LightEvent>,
         folded: u64,
     ) -> Light {
         let mut l = Light::new(folded);
@@ -279,7 +282,7 @@ impl Light {
         statuses.into_iter().for_each(|(status, n)| l.add_status(status, n));
         l.merge_seen(seen.0, seen.1);
         let rare = l.rare_mut();
-        (rare.events, rare.compact) = (events, true);
+        (rare.events, rare.compact) = (events.into_iter().collect(), true);
         l
     }
 

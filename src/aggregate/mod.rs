@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::client::{ClientKey, ClientPolicy};
 use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
-use bounded::{EventKind, LIGHT_EVENTS, Light, LightEvent, Limits, Summary};
+use bounded::{EventKind, LIGHT_EVENTS, Light, LightEvent, LightEvents, Limits, Summary};
 use topk::TopK;
 use window::{DistinctTimes, EventTimes};
 
@@ -260,7 +260,7 @@ pub struct ClientStats {
     pub folded_evidence: u64,
     /// Its first evidence events, so that a client with few can be folded into a light
     /// entry without losing any of them.
-    pub first_events: Vec<LightEvent>,
+    pub first_events: LightEvents,
 }
 
 impl Default for ClientStats {
@@ -284,7 +284,7 @@ impl Default for ClientStats {
             paths_4xx: DistinctTimes::default(),
             samples: Vec::new(),
             folded_evidence: 0,
-            first_events: Vec::new(),
+            first_events: LightEvents::new(),
         }
     }
 }
@@ -368,7 +368,13 @@ impl ClientStats {
         (self.evidence() == self.first_events.len() as u64).then(|| {
             let statuses = self.statuses.iter().map(|(s, n)| (*s, *n));
             let seen = (self.first_seen, self.last_seen);
-            Light::compacted(self.requests, statuses, seen, self.first_events.clone(), self.folded_evidence)
+            Light::compacted(
+                self.requests,
+                statuses,
+                seen,
+                self.first_events.iter().copied(),
+                self.folded_evidence,
+            )
         })
     }
 
@@ -433,8 +439,8 @@ impl ClientStats {
         self.paths_4xx.merge(o.paths_4xx);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
         self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
-        self.first_events.extend(o.first_events);
-        self.first_events.truncate(LIGHT_EVENTS);
+        let room = LIGHT_EVENTS - self.first_events.len();
+        self.first_events.extend(o.first_events.into_iter().take(room));
     }
 }
 
