@@ -5,11 +5,11 @@
 //!
 //! Every client starts as a [`Light`] entry and gets a full record with its first piece of
 //! evidence. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
-//! and no rule hits first goes back to a light entry (56 bytes and its key instead of 2 KB or more) that
-//! keeps its counts and the time (and path or account) of each of those events, so when it
-//! returns its record is rebuilt with every window count exact: a sprayed stream can
-//! interleave an attacker's requests with hundreds of thousands of one-off addresses and
-//! the attacker's count still comes out exact. Only when the light table is full too do
+//! and no rule hits first goes back to a light entry (56 bytes and its key instead of 2 KB
+//! or more) that keeps its counts and the time (and path or account) of each of those
+//! events, so when it returns its record is rebuilt with every window count exact: a
+//! sprayed stream can interleave an attacker's requests with hundreds of thousands of
+//! one-off addresses and the attacker's count still comes out exact. Only when the light table is full too do
 //! entries go to the sketch, where they are approximate.
 //!
 //! Evidence decides who stays: a client with no 4xx, failed login or rule hit carries
