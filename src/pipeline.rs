@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::aggregate::shared::SharedLights;
 use crate::aggregate::{Aggregator, LineRef, ReadError};
 use crate::aggregate::{Seen, UnparsedReason};
 use crate::client::ClientPolicy;
@@ -323,11 +324,18 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
         .num_threads(config.threads)
         .build()
         .map_err(|e| Error::option("--threads", e.to_string()))?;
-    Ok(threads.install(|| {
+    // One table of quiet clients for all workers (each sees nearly every client); with
+    // one worker its own table does the same without locks.
+    let lights = (config.threads > 1).then(|| Arc::new(SharedLights::new(config.limits.light)));
+    let mut agg = threads.install(|| {
         rx.into_iter()
             .par_bridge()
             .fold(
-                || Worker::new(config),
+                || {
+                    let mut w = Worker::new(config);
+                    w.agg.shared_light = lights.clone();
+                    w
+                },
                 |mut w, frame| {
                     w.process(frame, pool);
                     w
@@ -343,7 +351,11 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
                     a
                 },
             )
-    }))
+    });
+    if let Some(lights) = lights {
+        agg.absorb_lights(&lights);
+    }
+    Ok(agg)
 }
 
 /// Scans what `loki` reads, exactly as if the lines came from stdin, one source per stream.

@@ -4,10 +4,12 @@
 //! input was cut into chunks.
 
 pub mod bounded;
+pub mod shared;
 pub mod topk;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Hash maps keyed by attacker-chosen values use foldhash: fast, and seeded per process
 /// so that colliding keys cannot be precomputed.
@@ -364,7 +366,7 @@ impl ClientStats {
 
     fn note_event(&mut self, kind: EventKind, time: Option<i64>, value: Option<u64>) {
         if self.first_events.len() < LIGHT_EVENTS {
-            self.first_events.push(LightEvent { kind, time, value });
+            self.first_events.push(LightEvent::new(kind, time, value));
         }
     }
 
@@ -394,20 +396,20 @@ impl ClientStats {
         match e.kind {
             EventKind::Status4xx => {
                 self.status_4xx += 1;
-                self.times_4xx.add(e.time);
-                if let Some(v) = e.value {
-                    self.paths_4xx.add(e.time, v);
+                self.times_4xx.add(e.time());
+                if let Some(v) = e.value() {
+                    self.paths_4xx.add(e.time(), v);
                 }
             }
             EventKind::AuthFailure => {
                 self.auth_failures += 1;
-                self.times_auth.add(e.time);
-                if let Some(v) = e.value {
-                    self.auth_accounts.add(e.time, v);
+                self.times_auth.add(e.time());
+                if let Some(v) = e.value() {
+                    self.auth_accounts.add(e.time(), v);
                 }
             }
         }
-        self.note_event(e.kind, e.time, e.value);
+        self.note_event(e.kind, e.time(), e.value());
     }
 
     /// Adds a light entry's counts and events to this record.
@@ -560,6 +562,9 @@ pub struct Aggregator {
     pub clients: HashMap<ClientKey, Box<ClientStats>>,
     /// Clients folded out of `clients` in compact form (see [`bounded`]).
     pub light: HashMap<ClientKey, Light>,
+    /// When set, light entries live there instead of in `light`: one table for all the
+    /// workers of a scan (see [`shared`]), handed back by [`Aggregator::absorb_lights`].
+    pub shared_light: Option<Arc<shared::SharedLights>>,
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
     pub accounts: BTreeMap<String, HashMap<String, AccountStats>>,
     pub incident: IncidentStats,
@@ -648,8 +653,9 @@ impl Aggregator {
         if self.clients.len() >= self.limits.clients && !self.clients.contains_key(&key) {
             self.fold_clients();
         }
-        let (light, summary) = (&mut self.light, &self.summary);
-        self.clients.entry(key).or_insert_with(|| match light.remove(&key) {
+        let (light, shared, summary) = (&mut self.light, &self.shared_light, &self.summary);
+        let mut taken = |key| light.remove(&key).or_else(|| shared.as_ref().and_then(|s| s.remove(&key)));
+        self.clients.entry(key).or_insert_with(|| match taken(key) {
             Some(l) => Box::new(ClientStats::from_light(l)),
             None => {
                 Box::new(ClientStats { folded_evidence: folded_before(summary, key), ..Default::default() })
@@ -660,6 +666,9 @@ impl Aggregator {
     /// Counts a line that is no evidence, from a client without a full record: its light
     /// entry holds all such a line changes.
     fn observe_quiet(&mut self, key: ClientKey, record: &Record<'_>) {
+        if self.shared_light.is_some() {
+            return self.observe_quiet_shared(key, record);
+        }
         if self.light.len() >= self.limits.light && !self.light.contains_key(&key) {
             self.fold_light();
         }
@@ -671,26 +680,71 @@ impl Aggregator {
         }
     }
 
+    /// [`Aggregator::observe_quiet`] into the table shared by the workers.
+    fn observe_quiet_shared(&mut self, key: ClientKey, record: &Record<'_>) {
+        let access = record.kind == Some(RecordKind::Access);
+        let count = |l: &mut Light| {
+            l.seen(record.time);
+            if access {
+                l.request(record.status);
+            }
+        };
+        let Some(shared) = &self.shared_light else { return };
+        let summary = &mut self.summary;
+        let new = |s: &Summary| Light::new(folded_before(s, key));
+        if !shared.update(key, || new(summary), count, true) {
+            shared.fold(|k, l| summary.fold_client(client_hash(k), l.evidence()));
+            // Another worker may fill the table again meanwhile: this line still counts.
+            shared.update(key, || new(summary), count, false);
+        }
+    }
+
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
     fn fold_clients(&mut self) {
         let target = self.limits.clients / 4 * 3;
         let level =
             bounded::fold_level(self.clients.values().map(|c| c.evidence()), self.clients.len(), target);
-        let (summary, light) = (&mut self.summary, &mut self.light);
+        let (summary, light, shared) = (&mut self.summary, &mut self.light, &self.shared_light);
+        // Entries that another worker's entry for the same client made too big to stay light.
+        let mut back = Vec::new();
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
             let keep = evidence > level;
             if !keep {
-                match c.to_light() {
-                    Some(l) => {
+                match (c.to_light(), shared) {
+                    (Some(l), None) => {
                         light.insert(*key, l);
                     }
+                    (Some(l), Some(shared)) => {
+                        back.extend(shared.add(*key, l).err().map(|both| (*key, both)))
+                    }
                     // Only its own evidence: what it had before is in the sketch already.
-                    None => summary.fold_client(client_hash(*key), evidence),
+                    (None, _) => summary.fold_client(client_hash(*key), evidence),
                 }
             }
             keep
         });
+        for (key, (a, b)) in back {
+            let mut c = ClientStats::from_light(a);
+            c.absorb(b);
+            self.clients.insert(key, Box::new(c));
+        }
+        if self.light.len() > self.limits.light {
+            self.fold_light();
+        }
+        if let Some(shared) = self.shared_light.as_ref().filter(|s| s.over_limit()) {
+            let summary = &mut self.summary;
+            shared.fold(|k, l| summary.fold_client(client_hash(k), l.evidence()));
+        }
+    }
+
+    /// Takes the entries of the table shared by the workers of a scan into this
+    /// aggregator (the scan's merged result), each added to its client's full record
+    /// where there is one.
+    pub fn absorb_lights(&mut self, shared: &shared::SharedLights) {
+        self.shared_light = None;
+        self.light.reserve(shared.len());
+        shared.drain_into(|key, l| self.merge_light(key, l));
         if self.light.len() > self.limits.light {
             self.fold_light();
         }

@@ -1,0 +1,223 @@
+//! Compact client entries shared by the workers of one scan. Chunks go to whichever
+//! worker is free, and a client's lines are spread over the whole input, so each worker
+//! sees nearly every client: with a table per worker, every quiet client was held once
+//! per worker, and on two threads those tables were a quarter of the peak. One table, in
+//! shards behind locks, holds each client once. A worker locks one shard per line from a
+//! client without a full record; the other worker is on another shard most of the time.
+//!
+//! Entries here are only ever combined, never judged: when the scan ends they are handed
+//! to the merged result ([`SharedLights::drain`]), which adds each to its client's full
+//! record where one exists.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::bounded::{FoldPlan, Light};
+use super::{HashMap, age};
+use crate::client::ClientKey;
+
+/// Enough shards that two workers rarely want the same one at once.
+const SHARDS: usize = 64;
+
+/// One shard on cache lines of its own: two workers locking neighbouring shards would
+/// otherwise pass one line back and forth on every quiet line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<HashMap<ClientKey, Light>>);
+
+/// The light entries of all workers of one scan, at most `limit` of them.
+#[derive(Debug)]
+pub struct SharedLights {
+    shards: Box<[Shard]>,
+    len: AtomicUsize,
+    limit: usize,
+    /// Held by the worker that is folding, so that two do not fold at once (each would
+    /// fold a quarter, together half).
+    folding: Mutex<()>,
+}
+
+impl SharedLights {
+    /// An empty table that holds at most `limit` entries.
+    pub fn new(limit: usize) -> SharedLights {
+        let shards = (0..SHARDS).map(|_| Shard::default()).collect();
+        SharedLights { shards, len: AtomicUsize::new(0), limit, folding: Mutex::new(()) }
+    }
+
+    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Light>> {
+        // The address's bytes folded together: cheaper than the keyed hash the shard's map
+        // computes next anyway. Addresses chosen to share a shard cost time, not memory.
+        let i = match key.0 {
+            ipnet::IpNet::V4(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
+            ipnet::IpNet::V6(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
+        };
+        let i = usize::from(i) % SHARDS;
+        // A worker that panicked leaves whole entries: each update is one call.
+        self.shards[i].0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Entries held (a snapshot: other workers may change it).
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies `f` to the entry of `key`, created by `new` if absent; false, with nothing
+    /// done, when it is absent and `bounded` and the table is full (the caller folds, then
+    /// updates unbounded: the limit is kept by folding, never by losing a line).
+    pub fn update(
+        &self,
+        key: ClientKey,
+        new: impl FnOnce() -> Light,
+        f: impl FnOnce(&mut Light),
+        bounded: bool,
+    ) -> bool {
+        let mut shard = self.shard(&key);
+        if let Some(l) = shard.get_mut(&key) {
+            f(l);
+            return true;
+        }
+        if bounded && self.len() >= self.limit {
+            return false;
+        }
+        let mut l = new();
+        f(&mut l);
+        shard.insert(key, l);
+        self.len.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Takes the entry of `key` out.
+    pub fn remove(&self, key: &ClientKey) -> Option<Light> {
+        let l = self.shard(key).remove(key);
+        if l.is_some() {
+            self.len.fetch_sub(1, Relaxed);
+        }
+        l
+    }
+
+    /// Adds `l` to the entry of `key`. When both together hold too many events for one
+    /// light entry, both come back (and the key has no entry left here).
+    pub fn add(&self, key: ClientKey, l: Light) -> Result<(), (Light, Light)> {
+        let mut shard = self.shard(&key);
+        let Some(mine) = shard.remove(&key) else {
+            shard.insert(key, l);
+            self.len.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        match mine.clone().combine(l.clone()) {
+            Some(both) => {
+                shard.insert(key, both);
+                Ok(())
+            }
+            None => {
+                self.len.fetch_sub(1, Relaxed);
+                Err((mine, l))
+            }
+        }
+    }
+
+    /// Whether the table holds more than its limit allows.
+    pub fn over_limit(&self) -> bool {
+        self.len() > self.limit
+    }
+
+    /// Folds the entries with the least evidence (then the oldest), down to 3/4 of the
+    /// limit, handing each to `folded`. Does nothing while another worker folds.
+    pub fn fold(&self, mut folded: impl FnMut(ClientKey, &Light)) {
+        let Ok(_alone) = self.folding.try_lock() else { return };
+        let target = self.limit / 4 * 3;
+        let mut entries = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            entries.extend(shard.iter().map(|(k, l)| (l.evidence(), age(k, l.last_seen()))));
+        }
+        let plan = FoldPlan::new(entries.iter().copied(), entries.len(), target);
+        drop(entries);
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|key, l| {
+                let keep = !plan.folds(l.evidence(), age(key, l.last_seen()));
+                if !keep {
+                    folded(*key, l);
+                    self.len.fetch_sub(1, Relaxed);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Takes every entry out, a shard at a time, each shard's table freed before the next
+    /// is read (the entries are on their way into another table: both at once would be
+    /// the peak of a scan).
+    pub fn drain_into(&self, mut f: impl FnMut(ClientKey, Light)) {
+        for shard in self.shards.iter() {
+            let taken = std::mem::take(&mut *shard.0.lock().unwrap_or_else(PoisonError::into_inner));
+            self.len.fetch_sub(taken.len(), Relaxed);
+            taken.into_iter().for_each(|(k, l)| f(k, l));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::bounded::{EventKind, LIGHT_EVENTS, LightEvent};
+
+    fn key(i: u32) -> ClientKey {
+        ClientKey(ipnet::IpNet::from(std::net::IpAddr::from(i.to_be_bytes())))
+    }
+
+    fn count(l: &mut Light) {
+        l.request(Some(200));
+    }
+
+    #[test]
+    fn two_workers_count_every_line_of_shared_clients() {
+        let table = SharedLights::new(usize::MAX);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    (0..20_000)
+                        .for_each(|i| assert!(table.update(key(i % 1000), Light::default, count, true)))
+                });
+            }
+        });
+        assert_eq!(table.len(), 1000);
+        let mut total = 0;
+        table.drain_into(|_, l| total += l.requests);
+        assert_eq!((total, table.len()), (40_000, 0));
+    }
+
+    #[test]
+    fn a_full_table_asks_for_a_fold_and_folds_the_least_evidence() {
+        let table = SharedLights::new(8);
+        let event = LightEvent::new(EventKind::Status4xx, Some(1), None);
+        for i in 0..8 {
+            let evidence = if i == 0 { vec![event] } else { vec![] };
+            assert!(
+                table.add(key(i), Light::compacted(1, [(200, 1)], (Some(1), Some(1)), evidence, 0)).is_ok()
+            );
+        }
+        assert!(!table.update(key(99), Light::default, count, true), "full: the caller folds first");
+        let mut folded = Vec::new();
+        table.fold(|k, l| folded.push((k, l.evidence())));
+        assert_eq!(folded.len(), 2, "down to 3/4 of the limit");
+        assert!(folded.iter().all(|(k, e)| *e == 0 && *k != key(0)), "the client with evidence stays");
+        assert!(table.update(key(99), Light::default, count, true));
+    }
+
+    #[test]
+    fn entries_too_big_to_combine_come_back() {
+        let table = SharedLights::new(usize::MAX);
+        let events = |n| vec![LightEvent::new(EventKind::Status4xx, Some(1), None); n];
+        let light = |n| Light::compacted(n as u64, [(404, n as u64)], (Some(1), Some(1)), events(n), 0);
+        assert!(table.add(key(1), light(LIGHT_EVENTS)).is_ok());
+        let (mine, theirs) = table.add(key(1), light(1)).unwrap_err();
+        assert_eq!((mine.evidence(), theirs.evidence(), table.len()), (LIGHT_EVENTS as u64, 1, 0));
+    }
+}
