@@ -179,13 +179,16 @@ impl LogFormat {
     fn match_items<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>, quote_free: bool) -> Option<()> {
         let mut pos = 0;
         let mut i = 0;
+        // Set when a variable's end was found by finding the literal after it there.
+        let mut literal_found = false;
         while i < self.items.len() {
             match &self.items[i] {
                 Item::Literal(lit) => {
-                    if !starts_with(&line[pos..], lit) {
+                    if !literal_found && !starts_with(&line[pos..], lit) {
                         return None;
                     }
                     pos += lit.len();
+                    literal_found = false;
                 }
                 Item::Var(var) => {
                     let end = self.var_end(line, pos, i, quote_free)?;
@@ -195,6 +198,7 @@ impl LogFormat {
                     }
                     caps.push((*var, value));
                     pos = end;
+                    literal_found = matches!(self.items.get(i + 1), Some(Item::Literal(_)));
                 }
             }
             i += 1;
