@@ -169,8 +169,14 @@ impl FoldPlan {
     pub fn new(entries: impl Iterator<Item = (u64, Age)> + Clone, len: usize, target: usize) -> FoldPlan {
         let level = fold_level(entries.clone().map(|e| e.0), len, target);
         let below = entries.clone().filter(|e| e.0 < level).count();
+        let ages: Vec<Age> = entries.filter(|e| e.0 == level).map(|e| e.1).collect();
+        FoldPlan::at_level(level, below, ages, len, target)
+    }
+
+    /// The plan once the level is known: `below` entries have less evidence, `ages` are
+    /// those of the entries at the level.
+    pub fn at_level(level: u64, below: usize, mut ages: Vec<Age>, len: usize, target: usize) -> FoldPlan {
         let need = len.saturating_sub(target).saturating_sub(below);
-        let mut ages: Vec<Age> = entries.filter(|e| e.0 == level).map(|e| e.1).collect();
         let cutoff =
             if need >= ages.len() { (i64::MAX, u64::MAX) } else { *ages.select_nth_unstable(need).1 };
         FoldPlan { level, cutoff }
@@ -185,11 +191,21 @@ impl FoldPlan {
 /// The smallest evidence level `l` such that dropping every entry with evidence `<= l`
 /// brings `scores.len()` down to `target` or below.
 pub fn fold_level(scores: impl Iterator<Item = u64>, len: usize, target: usize) -> u64 {
-    const LEVELS: usize = 256;
     let mut histogram = [0usize; LEVELS];
-    for s in scores {
-        histogram[(s as usize).min(LEVELS - 1)] += 1;
-    }
+    scores.for_each(|s| count_level(&mut histogram, s));
+    level_of(&histogram, len, target)
+}
+
+/// Evidence levels told apart when folding; more evidence than this counts as this.
+pub const LEVELS: usize = 256;
+
+/// Counts an entry with `score` in a histogram for [`level_of`].
+pub fn count_level(histogram: &mut [usize; LEVELS], score: u64) {
+    histogram[(score as usize).min(LEVELS - 1)] += 1;
+}
+
+/// [`fold_level`] from a histogram of the scores.
+pub fn level_of(histogram: &[usize; LEVELS], len: usize, target: usize) -> u64 {
     let need = len.saturating_sub(target);
     let mut dropped = 0;
     for (level, n) in histogram.iter().enumerate() {
