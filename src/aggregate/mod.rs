@@ -636,7 +636,11 @@ impl Aggregator {
         self.stats.parsed += 1;
         self.stats.untimed += u64::from(time.is_none());
         self.stats.last_event_time = self.stats.last_event_time.max(time);
-        let source = self.source(source);
+        // One lookup for a known source (`source()` makes two: it must return the entry).
+        let source = match self.stats.sources.get_mut(source) {
+            Some(known) => known,
+            None => self.source(source),
+        };
         source.lines += 1;
         source.parsed += 1;
         match source.formats.get_mut(format) {
