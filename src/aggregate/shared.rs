@@ -6,7 +6,7 @@
 //! client without a full record; the other worker is on another shard most of the time.
 //!
 //! Entries here are only ever combined, never judged: when the scan ends they are handed
-//! to the merged result ([`SharedLights::drain`]), which adds each to its client's full
+//! to the merged result ([`SharedLights::drain_into`]), which adds each to its client's full
 //! record where one exists.
 
 use std::sync::atomic::AtomicUsize;
