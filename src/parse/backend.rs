@@ -114,22 +114,127 @@ impl<'a> Fields<'a> {
 }
 
 /// Parses a JSON object line (access-shaped or not).
-pub fn parse_json(line: &[u8]) -> Option<Record<'static>> {
+pub fn parse_json(line: &[u8]) -> Option<Record<'_>> {
     if line.first() != Some(&b'{') {
         return None;
     }
-    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+    let JsonPairs(mut pairs) = serde_json::from_slice(line).ok()?;
+    // The order and the duplicates of a key-sorted map: fields are filled in key order,
+    // and of a repeated key the last value counts.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut fields = Fields::default();
-    for (key, value) in object {
-        let value: Cow<'static, str> = match value {
-            serde_json::Value::String(s) => s.into(),
-            serde_json::Value::Number(n) => n.to_string().into(),
-            serde_json::Value::Bool(b) => b.to_string().into(),
-            _ => continue,
-        };
-        fields.set(&key, value);
+    let mut pairs = pairs.into_iter().peekable();
+    while let Some((key, value)) = pairs.next() {
+        let repeated = pairs.peek().is_some_and(|next| next.0 == key);
+        if let (false, Some(value)) = (repeated, value) {
+            fields.set(&key, value);
+        }
     }
     Some(fields.finish())
+}
+
+/// A JSON object's top-level pairs in document order, strings borrowed from the line when
+/// they hold no escape; a value that is no string, number or boolean is `None`. Read
+/// straight into this list: a `serde_json::Map` of `Value`s allocated every key and value.
+struct JsonPairs<'a>(Vec<(Cow<'a, str>, Option<Cow<'a, str>>)>);
+
+impl<'de> serde::Deserialize<'de> for JsonPairs<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PairsVisitor)
+    }
+}
+
+struct PairsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PairsVisitor {
+    type Value = JsonPairs<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonPairs<'de>, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(JsonText(key)) = map.next_key::<JsonText<'de>>()? {
+            let JsonScalar(value) = map.next_value()?;
+            pairs.push((key, value));
+        }
+        Ok(JsonPairs(pairs))
+    }
+}
+
+/// A JSON string, borrowed when it can be.
+struct JsonText<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonText<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(ScalarVisitor).and_then(|v| match v {
+            Some(text) => Ok(JsonText(text)),
+            None => Err(serde::de::Error::custom("a key is a string")),
+        })
+    }
+}
+
+/// A string, number or boolean as text (numbers and booleans as `serde_json` prints
+/// them); `None` for anything else.
+struct JsonScalar<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for JsonScalar<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(JsonScalar)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string())))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 /// Parses `key=value key="quoted value" ...`; needs at least two pairs, the first at the
@@ -228,6 +333,50 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reading `parse_json` replaced (a `serde_json::Map` of `Value`s): the reference.
+    fn parse_json_via_map(line: &[u8]) -> Option<Record<'static>> {
+        if line.first() != Some(&b'{') {
+            return None;
+        }
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+        let mut fields = Fields::default();
+        for (key, value) in object {
+            let value: Cow<'static, str> = match value {
+                serde_json::Value::String(s) => s.into(),
+                serde_json::Value::Number(n) => n.to_string().into(),
+                serde_json::Value::Bool(b) => b.to_string().into(),
+                _ => continue,
+            };
+            fields.set(&key, value);
+        }
+        Some(fields.finish())
+    }
+
+    proptest::proptest! {
+        /// Same record as the map-based reading, whatever the keys' order, repeats, value
+        /// types, escapes and nesting (and the same refusal of what is not one object).
+        #[test]
+        fn json_pairs_read_like_a_map(
+            pairs in proptest::collection::vec((
+                proptest::sample::select(vec![
+                    "remote_addr", "client_ip", "status", "request", "uri", "user", "level", "msg",
+                    "ts", "time_iso8601", "http_user_agent", "event", "x",
+                ]),
+                proptest::sample::select(vec![
+                    r#""1.2.3.4""#, r#""GET /a HTTP/1.1""#, r#""a \"b\" \u00e9 \\""#, "404", "-1", "0.25", "1e3",
+                    "18446744073709551615", "99999999999999999999", "true", "null", r#"{"a":[1,"x"]}"#, r#"[1,"x"]"#,
+                    r#""""#, r#""-""#, r#""2024-01-15T10:23:45Z""#,
+                ]),
+            ), 0..8),
+            tail in proptest::sample::select(vec!["", " ", "x", "}"]),
+        ) {
+            let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let line = format!("{{{}}}{tail}", body.join(","));
+            let ours = format!("{:?}", parse_json(line.as_bytes()));
+            proptest::prop_assert_eq!(ours, format!("{:?}", parse_json_via_map(line.as_bytes())));
+        }
+    }
 
     #[test]
     fn json_backend_fields() {
