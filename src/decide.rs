@@ -185,9 +185,9 @@ fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
 /// Turns what a scan learned into proposals.
 pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
     let compact = agg.light.values().filter(|l| l.compact()).count() as u64;
-    // Light entries hold at most a couple of events: judged only when a threshold is that
-    // low. The rest (most clients: they never sent any evidence) can cross no threshold;
-    // only the few the report lists get a full record.
+    // Light entries hold at most a few events (`LIGHT_EVENTS`): judged only when a
+    // threshold is that low. The rest (most clients: they never sent any evidence) can
+    // cross no threshold; only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));

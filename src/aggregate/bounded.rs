@@ -9,8 +9,8 @@
 //! or more) that keeps its counts and the time (and path or account) of each of those
 //! events, so when it returns its record is rebuilt with every window count exact: a
 //! sprayed stream can interleave an attacker's requests with hundreds of thousands of
-//! one-off addresses and the attacker's count still comes out exact. Only when the light table is full too do
-//! entries go to the sketch, where they are approximate.
+//! one-off addresses and the attacker's count still comes out exact. Only when the light
+//! table is full too do entries go to the sketch, where they are approximate.
 //!
 //! Evidence decides who stays: a client with no 4xx, failed login or rule hit carries
 //! nothing a decision needs and goes first, so ordinary traffic never changes a proposal.
@@ -303,7 +303,8 @@ impl Light {
     /// An entry with no requests; `folded` is the sketch's bound on evidence folded before.
     pub fn new(folded: u64) -> Light {
         let rare = (folded > 0).then(|| Box::new(Rare { folded, ..Rare::default() }));
-        Light { requests: 0, first: NO_TIME, last: NO_TIME, codes: [0; 4], counts: [0; 4], rare }
+        let (codes, counts) = ([0; INLINE_STATUSES], [0; INLINE_STATUSES]);
+        Light { requests: 0, first: NO_TIME, last: NO_TIME, codes, counts, rare }
     }
 
     /// A full record's counts and evidence events in compact form (`compact` set).
@@ -401,10 +402,11 @@ impl Light {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Both entries together, or `None` when that holds too many events to stay light.
-    pub fn combine(mut self, o: Light) -> Option<Light> {
+    /// Both entries together; both back, unchanged, when together they hold too many
+    /// events to stay light.
+    pub fn combine(mut self, o: Light) -> Result<Light, (Light, Light)> {
         if self.evidence() + o.evidence() > LIGHT_EVENTS as u64 {
-            return None;
+            return Err((self, o));
         }
         self.requests += o.requests;
         o.statuses().for_each(|(status, n)| self.add_status(status, n));
@@ -415,7 +417,7 @@ impl Light {
             mine.folded = mine.folded.max(theirs.folded);
             mine.compact |= theirs.compact;
         }
-        Some(self)
+        Ok(self)
     }
 }
 
@@ -523,7 +525,8 @@ mod tests {
         assert!(two.compact());
         let full = (2..LIGHT_EVENTS).fold(two, |l, t| l.combine(one(t as i64)).unwrap());
         assert_eq!(full.evidence(), LIGHT_EVENTS as u64);
-        assert!(full.combine(one(9)).is_none());
+        let (mine, theirs) = full.combine(one(9)).unwrap_err();
+        assert_eq!((mine.evidence(), theirs.evidence()), (LIGHT_EVENTS as u64, 1));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::client::{ClientKey, ClientPolicy};
 use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
 use bounded::{EventKind, LIGHT_EVENTS, Light, LightEvent, LightEvents, Limits, Summary};
+use shared::SharedLights;
 use topk::TopK;
 use window::{DistinctTimes, EventTimes};
 
@@ -392,6 +393,13 @@ impl ClientStats {
         c
     }
 
+    /// Two light entries of one client that together hold too much to stay light.
+    fn from_lights((a, b): (Light, Light)) -> Box<ClientStats> {
+        let mut c = ClientStats::from_light(a);
+        c.absorb(b);
+        Box::new(c)
+    }
+
     fn replay(&mut self, e: LightEvent) {
         match e.kind {
             EventKind::Status4xx => {
@@ -670,8 +678,8 @@ impl Aggregator {
     /// Counts a line that is no evidence, from a client without a full record: its light
     /// entry holds all such a line changes.
     fn observe_quiet(&mut self, key: ClientKey, record: &Record<'_>) {
-        if self.shared_light.is_some() {
-            return self.observe_quiet_shared(key, record);
+        if let Some(shared) = &self.shared_light {
+            return observe_quiet_shared(shared, &mut self.summary, key, record);
         }
         if self.light.len() >= self.limits.light && !self.light.contains_key(&key) {
             self.fold_light();
@@ -681,25 +689,6 @@ impl Aggregator {
         l.seen(record.time);
         if record.kind == Some(RecordKind::Access) {
             l.request(record.status);
-        }
-    }
-
-    /// [`Aggregator::observe_quiet`] into the table shared by the workers.
-    fn observe_quiet_shared(&mut self, key: ClientKey, record: &Record<'_>) {
-        let access = record.kind == Some(RecordKind::Access);
-        let count = |l: &mut Light| {
-            l.seen(record.time);
-            if access {
-                l.request(record.status);
-            }
-        };
-        let Some(shared) = &self.shared_light else { return };
-        let summary = &mut self.summary;
-        let new = |s: &Summary| Light::new(folded_before(s, key));
-        if !shared.update(key, || new(summary), count, true) {
-            shared.fold(|k, l| summary.fold_client(client_hash(k), l.evidence()));
-            // Another worker may fill the table again meanwhile: this line still counts.
-            shared.update(key, || new(summary), count, false);
         }
     }
 
@@ -728,17 +717,14 @@ impl Aggregator {
             }
             keep
         });
-        for (key, (a, b)) in back {
-            let mut c = ClientStats::from_light(a);
-            c.absorb(b);
-            self.clients.insert(key, Box::new(c));
+        for (key, both) in back {
+            self.clients.insert(key, ClientStats::from_lights(both));
         }
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
         if let Some(shared) = self.shared_light.as_ref().filter(|s| s.over_limit()) {
-            let summary = &mut self.summary;
-            shared.fold(|k, l| summary.fold_client(client_hash(k), l.evidence()));
+            fold_shared(shared, &mut self.summary);
         }
     }
 
@@ -779,14 +765,12 @@ impl Aggregator {
             None => {
                 self.light.insert(key, l);
             }
-            Some(mine) => match mine.clone().combine(l.clone()) {
-                Some(both) => {
+            Some(mine) => match mine.combine(l) {
+                Ok(both) => {
                     self.light.insert(key, both);
                 }
-                None => {
-                    let mut c = ClientStats::from_light(mine);
-                    c.absorb(l);
-                    self.clients.insert(key, Box::new(c));
+                Err(both) => {
+                    self.clients.insert(key, ClientStats::from_lights(both));
                 }
             },
         }
@@ -951,6 +935,28 @@ impl Aggregator {
         let day_ago = (cutoff - 86_400).div_euclid(60);
         self.incident.minutes.retain(|m, _| *m >= day_ago);
     }
+}
+
+/// [`Aggregator::observe_quiet`] into the table shared by the workers.
+fn observe_quiet_shared(shared: &SharedLights, summary: &mut Summary, key: ClientKey, record: &Record<'_>) {
+    let access = record.kind == Some(RecordKind::Access);
+    let count = |l: &mut Light| {
+        l.seen(record.time);
+        if access {
+            l.request(record.status);
+        }
+    };
+    let new = |s: &Summary| Light::new(folded_before(s, key));
+    if !shared.update(key, || new(summary), count, true) {
+        fold_shared(shared, summary);
+        // Another worker may fill the table again meanwhile: this line still counts.
+        shared.update(key, || new(summary), count, false);
+    }
+}
+
+/// Folds the shared table's entries with the least evidence into `summary`.
+fn fold_shared(shared: &SharedLights, summary: &mut Summary) {
+    shared.fold(|k, l| summary.fold_client(client_hash(k), l.evidence()));
 }
 
 fn add_counts<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {

@@ -109,14 +109,14 @@ impl SharedLights {
             self.len.fetch_add(1, Relaxed);
             return Ok(());
         };
-        match mine.clone().combine(l.clone()) {
-            Some(both) => {
+        match mine.combine(l) {
+            Ok(both) => {
                 shard.insert(key, both);
                 Ok(())
             }
-            None => {
+            Err(both) => {
                 self.len.fetch_sub(1, Relaxed);
-                Err((mine, l))
+                Err(both)
             }
         }
     }
