@@ -51,8 +51,18 @@ pub struct RuleSet {
     fields: Prefilter,
     /// ...and of the other rules that read access records, searched in the whole line.
     access_line: Prefilter,
-    /// Single-line rules without literals, evaluated on every record of their inputs.
-    field_rules: Vec<RuleId>,
+    /// Single-line rules without literals, evaluated on every record of their inputs:
+    /// by record kind ([`kind_index`]), so a record never tries a rule for other inputs.
+    field_rules: [Vec<RuleId>; 3],
+}
+
+/// The slot of `kind` in per-kind tables.
+fn kind_index(kind: RecordKind) -> usize {
+    match kind {
+        RecordKind::Access => 0,
+        RecordKind::ErrorLog => 1,
+        RecordKind::Backend => 2,
+    }
 }
 
 /// One Aho-Corasick automaton over some rules' literals, each literal mapped back to the
@@ -211,7 +221,10 @@ impl RuleSet {
         }
         let single =
             || rules.iter().enumerate().filter(|(_, r)| r.aggregate.is_none()).map(|(i, r)| (i as RuleId, r));
-        let field_rules = single().filter(|(_, r)| r.literals.is_empty()).map(|(i, _)| i).collect();
+        let field_rules = [RecordKind::Access, RecordKind::ErrorLog, RecordKind::Backend].map(|kind| {
+            let reads = |r: &Rule| r.literals.is_empty() && r.inputs.iter().any(|i| i.accepts(kind));
+            single().filter(|(_, r)| reads(r)).map(|(i, _)| i).collect()
+        });
         let reads_access = |r: &Rule| r.inputs.contains(&rules::InputKind::Access);
         let line = Prefilter::build(single())?;
         let fields = Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r)))?;
@@ -306,7 +319,7 @@ impl RuleSet {
         let mut fields = Fields::new(record);
         let start = hits.len();
         let candidates = self.candidates_with(line, record, memo);
-        for id in candidates.into_iter().chain(self.field_rules.iter().copied()) {
+        for id in candidates.into_iter().chain(self.field_rules[kind_index(kind)].iter().copied()) {
             if let Some(hit) = self.evaluate(id, kind, line, &mut fields) {
                 hits.push(hit);
             }
