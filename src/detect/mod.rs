@@ -263,9 +263,10 @@ impl RuleSet {
     }
 
     /// The prefilter's "maybe" for `record`, read from `line` (sorted, unique): for an
-    /// access record whose request and user agent spans are known, the field-only rules
-    /// whose literals occur there and the other access rules whose literals occur in the
-    /// line; otherwise the rules whose literals occur anywhere in the line.
+    /// access record whose request and user agent spans are known (or whose fields were
+    /// decoded from JSON or logfmt), the field-only rules whose literals occur there and
+    /// the other access rules whose literals occur in the line; otherwise the rules whose
+    /// literals occur anywhere in the line.
     pub fn candidates_for(&self, line: &[u8], record: &Record<'_>) -> Vec<RuleId> {
         self.candidates_with(line, record, None)
     }
@@ -277,14 +278,18 @@ impl RuleSet {
         mut memo: Option<&mut PrefilterMemo>,
     ) -> Vec<RuleId> {
         let mut out = Vec::new();
+        let mut search_field = |value: &[u8], out: &mut Vec<RuleId>| match memo.as_deref_mut() {
+            Some(memo) => memo.candidates(&self.fields, value, out),
+            None => self.fields.candidates(value, out),
+        };
         match (&record.raw_fields, record.kind) {
             (Some(values), Some(RecordKind::Access)) => {
-                for value in values.iter() {
-                    match memo.as_deref_mut() {
-                        Some(memo) => memo.candidates(&self.fields, value, &mut out),
-                        None => self.fields.candidates(value, &mut out),
-                    }
-                }
+                values.iter().for_each(|value| search_field(value, &mut out));
+                self.access_line.candidates(line, &mut out);
+            }
+            (None, Some(RecordKind::Access)) if record.decoded_fields => {
+                let values = [&record.method, &record.path, &record.user_agent];
+                values.into_iter().flatten().for_each(|value| search_field(value.as_bytes(), &mut out));
                 self.access_line.candidates(line, &mut out);
             }
             _ => self.line.candidates(line, &mut out),

@@ -98,19 +98,33 @@ impl<'a> Fields<'a> {
     }
 
     fn set_request(&mut self, request: Cow<'a, str>) {
-        let mut parts = request.split(' ');
-        if let (Some(m), Some(p)) = (parts.next(), parts.next()) {
-            self.record.method.get_or_insert_with(|| m.to_owned().into());
-            self.record.path = Some(p.to_owned().into());
-            self.request_seen = true;
-        }
+        let (method, path) = match request {
+            Cow::Borrowed(r) => match split_request(r) {
+                Some((m, p)) => (Cow::Borrowed(m), Cow::Borrowed(p)),
+                None => return,
+            },
+            Cow::Owned(r) => match split_request(&r) {
+                Some((m, p)) => (Cow::Owned(m.to_owned()), Cow::Owned(p.to_owned())),
+                None => return,
+            },
+        };
+        self.record.method.get_or_insert(method);
+        self.record.path = Some(path);
+        self.request_seen = true;
     }
 
     fn finish(mut self) -> Record<'a> {
         let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
         self.record.kind = Some(if access { RecordKind::Access } else { RecordKind::Backend });
+        self.record.decoded_fields = access;
         self.record
     }
+}
+
+/// The method and the target of a request line: its first two space-separated words.
+fn split_request(request: &str) -> Option<(&str, &str)> {
+    let mut parts = request.split(' ');
+    Some((parts.next()?, parts.next()?))
 }
 
 /// Parses a JSON object line (access-shaped or not).

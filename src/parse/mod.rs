@@ -73,6 +73,11 @@ pub struct Record<'a> {
     /// variable the request and user agent fields came from, so the prefilter can search
     /// those instead of the whole line. `None`: not known, search the line.
     pub raw_fields: Option<RawFields<'a>>,
+    /// For access records read from JSON or logfmt pairs: `method`, `path` and
+    /// `user_agent` are the values as logged, decoded, and hold all a field rule reads, so
+    /// the prefilter searches them instead of the line (where a JSON encoder may have
+    /// written `<` as `\u003c`).
+    pub decoded_fields: bool,
 }
 
 /// A few raw spans of one line (see [`Record::raw_fields`]).
