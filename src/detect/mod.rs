@@ -275,26 +275,35 @@ impl RuleSet {
         &self,
         line: &[u8],
         record: &Record<'_>,
-        mut memo: Option<&mut PrefilterMemo>,
+        memo: Option<&mut PrefilterMemo>,
     ) -> Vec<RuleId> {
         let mut out = Vec::new();
-        let mut search_field = |value: &[u8], out: &mut Vec<RuleId>| match memo.as_deref_mut() {
-            Some(memo) => memo.candidates(&self.fields, value, out),
-            None => self.fields.candidates(value, out),
-        };
         match (&record.raw_fields, record.kind) {
             (Some(values), Some(RecordKind::Access)) => {
-                values.iter().for_each(|value| search_field(value, &mut out));
+                self.field_candidates(values.iter(), memo, &mut out);
                 self.access_line.candidates(line, &mut out);
             }
             (None, Some(RecordKind::Access)) if record.decoded_fields => {
                 let values = [&record.method, &record.path, &record.user_agent];
-                values.into_iter().flatten().for_each(|value| search_field(value.as_bytes(), &mut out));
+                self.field_candidates(values.into_iter().flatten().map(|v| v.as_bytes()), memo, &mut out);
                 self.access_line.candidates(line, &mut out);
             }
             _ => self.line.candidates(line, &mut out),
         }
         sort_unique(out)
+    }
+
+    /// Appends the field-only rules whose literals occur in any of `values`.
+    fn field_candidates<'v>(
+        &self,
+        values: impl Iterator<Item = &'v [u8]>,
+        memo: Option<&mut PrefilterMemo>,
+        out: &mut Vec<RuleId>,
+    ) {
+        match memo {
+            Some(memo) => values.for_each(|v| memo.candidates(&self.fields, v, out)),
+            None => values.for_each(|v| self.fields.candidates(v, out)),
+        }
     }
 
     /// Appends to `hits` every single-line rule that `record` (read from `line`) matches.
