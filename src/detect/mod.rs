@@ -45,10 +45,14 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     /// Every single-line rule's literals, searched in the whole line.
     line: Prefilter,
-    /// For access records that carry their request and user agent spans
-    /// ([`Record::raw_fields`]): the literals of rules that only read those fields,
-    /// searched only there (and, per worker, remembered per distinct value)...
-    fields: Prefilter,
+    /// For access records: the literals of rules that only read the method, path and user
+    /// agent, searched in those decoded values only (and, per worker, remembered per
+    /// distinct value). Decoded, because that is what the rules read: nginx logs a `"` in
+    /// the request as `\x22`, a JSON encoder may write `<` as `\u003c`...
+    /// One automaton per field ([`RecordField`]), over the literals of the rules whose
+    /// conditions read that field: a `"` that SQL injection looks for in the path is not
+    /// searched for in every user agent.
+    fields: [Prefilter; 3],
     /// ...and of the other rules that read access records, searched in the whole line.
     access_line: Prefilter,
     /// Single-line rules without literals, evaluated on every record of their inputs:
@@ -118,6 +122,40 @@ fn reads_access_fields_only(rule: &Rule) -> bool {
     rule.regex.is_none() && rule.inputs.iter().all(|i| *i == rules::InputKind::Access)
 }
 
+/// The text fields of an access record that field-only rules' literals are searched in.
+#[derive(Clone, Copy)]
+enum RecordField {
+    Method,
+    Path,
+    UserAgent,
+}
+
+impl RecordField {
+    const ALL: [RecordField; 3] = [RecordField::Method, RecordField::Path, RecordField::UserAgent];
+
+    /// The field's value in `record`.
+    fn of<'r>(self, record: &'r Record<'_>) -> Option<&'r str> {
+        match self {
+            RecordField::Method => record.method.as_deref(),
+            RecordField::Path => record.path.as_deref(),
+            RecordField::UserAgent => record.user_agent.as_deref(),
+        }
+    }
+
+    /// Whether `rule`'s literals are looked for in this field: the fields its conditions
+    /// read, or all three for a rule that reads none of them by text (its literals may be
+    /// anywhere in the request, like the raw bytes of `non-http-bytes`).
+    fn searched_for(self, rule: &Rule) -> bool {
+        let w = &rule.when;
+        let reads = [
+            !w.method.is_empty(),
+            w.path.is_some() || w.query.is_some() || w.uri.is_some(),
+            w.user_agent.is_some(),
+        ];
+        !reads.contains(&true) || reads[self as usize]
+    }
+}
+
 /// A worker's memory of which rules' literals occur in recently seen field values: user
 /// agents and request lines repeat, and a hash and a compare cost far less than searching
 /// them again. Direct-mapped; the whole value is compared, so the answer is always exact.
@@ -128,6 +166,8 @@ pub struct PrefilterMemo {
 #[derive(Default)]
 struct MemoSlot {
     hash: u64,
+    /// Which field's prefilter answered (one value may stand in two fields).
+    field: u8,
     value: Vec<u8>,
     rules: Vec<RuleId>,
 }
@@ -142,14 +182,14 @@ impl PrefilterMemo {
     }
 
     /// Appends the rules of `prefilter` whose literals occur in `value`.
-    fn candidates(&mut self, prefilter: &Prefilter, value: &[u8], out: &mut Vec<RuleId>) {
+    fn candidates(&mut self, field: RecordField, prefilter: &Prefilter, value: &[u8], out: &mut Vec<RuleId>) {
         if value.len() > Self::MAX_VALUE {
             return prefilter.candidates(value, out);
         }
-        let hash = crate::aggregate::stable_hash(value);
-        let slot = &mut self.slots[hash as usize % Self::SLOTS];
-        if slot.hash != hash || slot.value != value {
-            slot.hash = hash;
+        let (hash, field) = (crate::aggregate::stable_hash(value), field as u8);
+        let slot = &mut self.slots[(hash as usize).wrapping_add(field as usize) % Self::SLOTS];
+        if slot.hash != hash || slot.field != field || slot.value != value {
+            (slot.hash, slot.field) = (hash, field);
             slot.value.clear();
             slot.value.extend_from_slice(value);
             slot.rules.clear();
@@ -227,7 +267,10 @@ impl RuleSet {
         });
         let reads_access = |r: &Rule| r.inputs.contains(&rules::InputKind::Access);
         let line = Prefilter::build(single())?;
-        let fields = Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r)))?;
+        let field = |f: RecordField| {
+            Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
+        };
+        let fields = [field(RecordField::Method)?, field(RecordField::Path)?, field(RecordField::UserAgent)?];
         let access_line =
             Prefilter::build(single().filter(|(_, r)| reads_access(r) && !reads_access_fields_only(r)))?;
         Ok(RuleSet { rules, line, fields, access_line, field_rules })
@@ -263,10 +306,9 @@ impl RuleSet {
     }
 
     /// The prefilter's "maybe" for `record`, read from `line` (sorted, unique): for an
-    /// access record whose request and user agent spans are known (or whose fields were
-    /// decoded from JSON or logfmt), the field-only rules whose literals occur there and
-    /// the other access rules whose literals occur in the line; otherwise the rules whose
-    /// literals occur anywhere in the line.
+    /// access record, the field-only rules whose literals occur in its method, path or
+    /// user agent and the other access rules whose literals occur in the line; otherwise
+    /// the rules whose literals occur anywhere in the line.
     pub fn candidates_for(&self, line: &[u8], record: &Record<'_>) -> Vec<RuleId> {
         self.candidates_with(line, record, None)
     }
@@ -278,31 +320,21 @@ impl RuleSet {
         memo: Option<&mut PrefilterMemo>,
     ) -> Vec<RuleId> {
         let mut out = Vec::new();
-        match (&record.raw_fields, record.kind) {
-            (Some(values), Some(RecordKind::Access)) => {
-                self.field_candidates(values.iter(), memo, &mut out);
-                self.access_line.candidates(line, &mut out);
-            }
-            (None, Some(RecordKind::Access)) if record.decoded_fields => {
-                let values = [&record.method, &record.path, &record.user_agent];
-                self.field_candidates(values.into_iter().flatten().map(|v| v.as_bytes()), memo, &mut out);
-                self.access_line.candidates(line, &mut out);
-            }
-            _ => self.line.candidates(line, &mut out),
+        if record.kind == Some(RecordKind::Access) {
+            self.field_candidates(record, memo, &mut out);
+            self.access_line.candidates(line, &mut out);
+        } else {
+            self.line.candidates(line, &mut out);
         }
         sort_unique(out)
     }
 
-    /// Appends the field-only rules whose literals occur in any of `values`.
-    fn field_candidates<'v>(
-        &self,
-        values: impl Iterator<Item = &'v [u8]>,
-        memo: Option<&mut PrefilterMemo>,
-        out: &mut Vec<RuleId>,
-    ) {
+    /// Appends the field-only rules whose literals occur in the fields of `record` they read.
+    fn field_candidates(&self, record: &Record<'_>, memo: Option<&mut PrefilterMemo>, out: &mut Vec<RuleId>) {
+        let values = RecordField::ALL.into_iter().filter_map(|f| Some((f, f.of(record)?.as_bytes())));
         match memo {
-            Some(memo) => values.for_each(|v| memo.candidates(&self.fields, v, out)),
-            None => values.for_each(|v| self.fields.candidates(v, out)),
+            Some(memo) => values.for_each(|(f, v)| memo.candidates(f, &self.fields[f as usize], v, out)),
+            None => values.for_each(|(f, v)| self.fields[f as usize].candidates(v, out)),
         }
     }
 

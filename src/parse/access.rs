@@ -30,17 +30,7 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
     let line = LineText::new(line, format.escape);
     let mut uri: Option<&[u8]> = None;
     let mut args: Option<&[u8]> = None;
-    let mut raw_fields = Some(super::RawFields::default());
     for &(var, raw) in &caps {
-        if matches!(
-            var,
-            Var::Request | Var::RequestMethod | Var::RequestUri | Var::Uri | Var::Args | Var::UserAgent
-        ) {
-            // A format with more such variables than fit: search the whole line.
-            if raw_fields.as_mut().is_some_and(|f| !f.push(raw)) {
-                raw_fields = None;
-            }
-        }
         if is_empty(raw) {
             continue;
         }
@@ -53,7 +43,6 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
     if record.path.is_none() {
         record.path = uri.map(|u| join_uri_args(&line, u, args, format.escape));
     }
-    record.raw_fields = raw_fields;
     (record.remote_addr.is_some() && record.status.is_some()).then_some(())
 }
 

@@ -146,7 +146,6 @@ impl<'a> Fields<'a> {
     fn finish(mut self) -> Record<'a> {
         let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
         self.record.kind = Some(if access { RecordKind::Access } else { RecordKind::Backend });
-        self.record.decoded_fields = access;
         self.record
     }
 }

@@ -69,36 +69,6 @@ pub struct Record<'a> {
     /// Log level, lower-cased.
     pub level: Option<Cow<'a, str>>,
     pub error_event: Option<ErrorLogEvent>,
-    /// For access records read with a `log_format`: the raw (still escaped) text of every
-    /// variable the request and user agent fields came from, so the prefilter can search
-    /// those instead of the whole line. `None`: not known, search the line.
-    pub raw_fields: Option<RawFields<'a>>,
-    /// For access records read from JSON or logfmt pairs: `method`, `path` and
-    /// `user_agent` are the values as logged, decoded, and hold all a field rule reads, so
-    /// the prefilter searches them instead of the line (where a JSON encoder may have
-    /// written `<` as `\u003c`).
-    pub decoded_fields: bool,
-}
-
-/// A few raw spans of one line (see [`Record::raw_fields`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RawFields<'a> {
-    spans: [&'a [u8]; 4],
-    len: usize,
-}
-
-impl<'a> RawFields<'a> {
-    /// Adds a span; `false` when there is no room left.
-    pub fn push(&mut self, span: &'a [u8]) -> bool {
-        let Some(slot) = self.spans.get_mut(self.len) else { return false };
-        *slot = span;
-        self.len += 1;
-        true
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.spans[..self.len].iter().copied()
-    }
 }
 
 /// The formats logwarden reads.
