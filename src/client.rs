@@ -15,8 +15,20 @@ use serde::{Serialize, Serializer};
 use crate::parse::parse_ip;
 
 /// The unit logwarden counts and blocks: an IPv4 address or an IPv6 prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClientKey(pub IpNet);
+
+impl std::hash::Hash for ClientKey {
+    /// One integer per key, where the derived hash made four writes (the variant, the
+    /// address's length and bytes, the prefix): keys are hashed twice for every line.
+    /// Equal keys write equal integers, so this agrees with `Eq`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self.0 {
+            IpNet::V4(n) => state.write_u64(u64::from(n.addr().to_bits()) << 8 | u64::from(n.prefix_len())),
+            IpNet::V6(n) => state.write_u128(n.addr().to_bits() ^ u128::from(n.prefix_len())),
+        }
+    }
+}
 
 impl ClientKey {
     /// The network address (the IPv4 address itself).
