@@ -43,8 +43,11 @@ pub struct Hit {
 /// Every rule, compiled into one matcher.
 pub struct RuleSet {
     rules: Vec<Rule>,
-    /// Every single-line rule's literals, searched in the whole line.
-    line: Prefilter,
+    /// Every single-line rule's literals, searched in the whole line: one automaton per
+    /// record kind ([`kind_index`]) over the rules that read it, so an error or backend
+    /// line is neither searched for, nor answered with, the literals of access rules (a
+    /// JSON line is full of the `"` that SQL injection looks for in a path).
+    line: [Prefilter; 3],
     /// For access records: the literals of rules that only read the method, path and user
     /// agent, searched in those decoded values only (and, per worker, remembered per
     /// distinct value). Decoded, because that is what the rules read: nginx logs a `"` in
@@ -60,7 +63,15 @@ pub struct RuleSet {
     field_rules: [Vec<RuleId>; 3],
 }
 
-/// The slot of `kind` in per-kind tables.
+/// Every record kind, in the order of per-kind tables.
+const KINDS: [RecordKind; 3] = [RecordKind::Access, RecordKind::ErrorLog, RecordKind::Backend];
+
+/// Whether `rule` reads records of `kind`.
+fn reads(rule: &Rule, kind: RecordKind) -> bool {
+    rule.inputs.iter().any(|i| i.accepts(kind))
+}
+
+/// The slot of `kind` in per-kind tables ([`KINDS`]).
 fn kind_index(kind: RecordKind) -> usize {
     match kind {
         RecordKind::Access => 0,
@@ -261,12 +272,12 @@ impl RuleSet {
         }
         let single =
             || rules.iter().enumerate().filter(|(_, r)| r.aggregate.is_none()).map(|(i, r)| (i as RuleId, r));
-        let field_rules = [RecordKind::Access, RecordKind::ErrorLog, RecordKind::Backend].map(|kind| {
-            let reads = |r: &Rule| r.literals.is_empty() && r.inputs.iter().any(|i| i.accepts(kind));
-            single().filter(|(_, r)| reads(r)).map(|(i, _)| i).collect()
+        let field_rules = KINDS.map(|kind| {
+            single().filter(|(_, r)| r.literals.is_empty() && reads(r, kind)).map(|(i, _)| i).collect()
         });
         let reads_access = |r: &Rule| r.inputs.contains(&rules::InputKind::Access);
-        let line = Prefilter::build(single())?;
+        let line_of = |kind| Prefilter::build(single().filter(|(_, r)| reads(r, kind)));
+        let line = [line_of(KINDS[0])?, line_of(KINDS[1])?, line_of(KINDS[2])?];
         let field = |f: RecordField| {
             Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
         };
@@ -323,8 +334,8 @@ impl RuleSet {
         if record.kind == Some(RecordKind::Access) {
             self.field_candidates(record, memo, &mut out);
             self.access_line.candidates(line, &mut out);
-        } else {
-            self.line.candidates(line, &mut out);
+        } else if let Some(kind) = record.kind {
+            self.line[kind_index(kind)].candidates(line, &mut out);
         }
         sort_unique(out)
     }
