@@ -49,12 +49,11 @@ pub struct RuleSet {
     /// JSON line is full of the `"` that SQL injection looks for in a path).
     line: [Prefilter; 3],
     /// For access records: the literals of rules that only read the method, path and user
-    /// agent, searched in those decoded values only (and, per worker, remembered per
-    /// distinct value). Decoded, because that is what the rules read: nginx logs a `"` in
-    /// the request as `\x22`, a JSON encoder may write `<` as `\u003c`...
-    /// One automaton per field ([`RecordField`]), over the literals of the rules whose
-    /// conditions read that field: a `"` that SQL injection looks for in the path is not
-    /// searched for in every user agent.
+    /// agent, searched in those values, decoded, because that is what the rules read
+    /// (nginx logs a `"` in the request as `\x22`, a JSON encoder may write `<` as
+    /// `\u003c`), and per worker remembered per distinct value. One automaton per field
+    /// ([`RecordField`]), over the literals of the rules that read it: the `"` SQL
+    /// injection looks for in a path is not searched for in every user agent...
     fields: [Prefilter; 3],
     /// ...and of the other rules that read access records, searched in the whole line.
     access_line: Prefilter,
@@ -275,15 +274,15 @@ impl RuleSet {
         let field_rules = KINDS.map(|kind| {
             single().filter(|(_, r)| r.literals.is_empty() && reads(r, kind)).map(|(i, _)| i).collect()
         });
-        let reads_access = |r: &Rule| r.inputs.contains(&rules::InputKind::Access);
         let line_of = |kind| Prefilter::build(single().filter(|(_, r)| reads(r, kind)));
         let line = [line_of(KINDS[0])?, line_of(KINDS[1])?, line_of(KINDS[2])?];
         let field = |f: RecordField| {
             Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
         };
         let fields = [field(RecordField::Method)?, field(RecordField::Path)?, field(RecordField::UserAgent)?];
-        let access_line =
-            Prefilter::build(single().filter(|(_, r)| reads_access(r) && !reads_access_fields_only(r)))?;
+        let access_line = Prefilter::build(
+            single().filter(|(_, r)| reads(r, RecordKind::Access) && !reads_access_fields_only(r)),
+        )?;
         Ok(RuleSet { rules, line, fields, access_line, field_rules })
     }
 
@@ -394,7 +393,7 @@ impl RuleSet {
 
     fn evaluate(&self, id: RuleId, kind: RecordKind, line: &[u8], f: &mut Fields<'_, '_>) -> Option<Hit> {
         let rule = &self.rules[id as usize];
-        if !rule.inputs.iter().any(|i| i.accepts(kind)) || !conditions_hold(rule, f) {
+        if !reads(rule, kind) || !conditions_hold(rule, f) {
             return None;
         }
         let mut hit = Hit { rule: id, user: None, ip: None };

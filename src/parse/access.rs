@@ -91,18 +91,9 @@ pub fn parse_status(raw: &[u8]) -> Option<u16> {
 /// Splits `$request` (`METHOD URI PROTOCOL`). A malformed request line (TLS bytes sent
 /// to a plain port, an empty request) keeps its text as the path so rules can see it.
 fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, str>) {
-    use std::borrow::Cow;
-    match request {
-        Cow::Borrowed(s) => match split_http(s) {
-            Some((m, t)) => (record.method, record.path) = (Some(m.into()), Some(t.into())),
-            None => record.path = Some(s.into()),
-        },
-        Cow::Owned(s) => match split_http(&s) {
-            Some((m, t)) => {
-                (record.method, record.path) = (Some(m.to_owned().into()), Some(t.to_owned().into()))
-            }
-            None => record.path = Some(s.into()),
-        },
+    match super::split_text(request, split_http) {
+        Ok((m, t)) => (record.method, record.path) = (Some(m), Some(t)),
+        Err(whole) => record.path = Some(whole),
     }
 }
 

@@ -128,16 +128,7 @@ impl<'a> Fields<'a> {
     }
 
     fn set_request(&mut self, request: Cow<'a, str>) {
-        let (method, path) = match request {
-            Cow::Borrowed(r) => match split_request(r) {
-                Some((m, p)) => (Cow::Borrowed(m), Cow::Borrowed(p)),
-                None => return,
-            },
-            Cow::Owned(r) => match split_request(&r) {
-                Some((m, p)) => (Cow::Owned(m.to_owned()), Cow::Owned(p.to_owned())),
-                None => return,
-            },
-        };
+        let Ok((method, path)) = super::split_text(request, split_request) else { return };
         self.record.method.get_or_insert(method);
         self.record.path = Some(path);
         self.request_seen = true;

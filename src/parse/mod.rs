@@ -259,6 +259,21 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Two parts of `text` cut by `split`, borrowed from the line where `text` is (copied
+/// where it was decoded); `text` itself back when `split` finds no such parts.
+pub fn split_text<'a>(
+    text: Cow<'a, str>,
+    split: impl Fn(&str) -> Option<(&str, &str)>,
+) -> Result<(Cow<'a, str>, Cow<'a, str>), Cow<'a, str>> {
+    match text {
+        Cow::Borrowed(s) => split(s).map(|(a, b)| (a.into(), b.into())).ok_or(text),
+        Cow::Owned(s) => match split(&s) {
+            Some((a, b)) => Ok((a.to_owned().into(), b.to_owned().into())),
+            None => Err(s.into()),
+        },
+    }
+}
+
 /// Lossy UTF-8 for an owned or borrowed byte value.
 pub fn text_cow(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
     match bytes {
