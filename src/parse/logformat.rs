@@ -98,7 +98,25 @@ pub struct LogFormat {
     /// How many `"` the literals hold: a line with no more than that has none inside a
     /// value, which spares a search per value.
     literal_quotes: usize,
+    /// Whether the format begins with [`COMBINED_HEAD`] (`combined`, `main`, ingress-nginx
+    /// and most custom formats do), so its head can be matched without the item loop.
+    combined_head: bool,
 }
+
+/// The separators of the first fourteen items of `combined`, in order, each with the
+/// index of the byte searched for to find it (its quote, when it has one: a time holds
+/// spaces, a byte count none), and the variable that ends where the separator begins:
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+/// "$http_referer" "`.
+const COMBINED_HEAD: [(&[u8], usize, Var); 7] = [
+    (b" - ", 0, Var::RemoteAddr),
+    (b" [", 0, Var::RemoteUser),
+    (b"] \"", 2, Var::TimeLocal),
+    (b"\" ", 0, Var::Request),
+    (b" ", 0, Var::Status),
+    (b" \"", 1, Var::Other),
+    (b"\" \"", 0, Var::Referer),
+];
 
 /// The raw (still escaped) value of each variable in one line, by position. Inline up
 /// to 24 variables (ingress-nginx logs 17), so matching a line allocates nothing.
@@ -138,7 +156,10 @@ impl LogFormat {
                 Item::Var(_) => 0,
             })
             .sum();
-        Ok(LogFormat { name: name.to_string(), escape, items, finders, literal_quotes })
+        let head = &tokenize(COMBINED)[..2 * COMBINED_HEAD.len()];
+        // The head alone would end with a literal anchored at the end of the line.
+        let combined_head = escape == Escape::Default && items.len() > head.len() && items.starts_with(head);
+        Ok(LogFormat { name: name.to_string(), escape, items, finders, literal_quotes, combined_head })
     }
 
     /// Matches a whole line; `None` when the line does not have this format's shape.
@@ -151,7 +172,22 @@ impl LogFormat {
     /// have this format's shape. The hot path: the captures are not moved around.
     pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> bool {
         caps.clear();
-        self.match_items(line, caps, self.quotes_only_in_literals(line)).is_some()
+        let quote_free = self.quotes_only_in_literals(line);
+        if quote_free && self.combined_head {
+            if let Some(pos) = match_combined_head(line, caps) {
+                return self.match_items_from(line, caps, true, pos, 2 * COMBINED_HEAD.len()).is_some();
+            }
+            caps.clear();
+        }
+        self.match_items(line, caps, quote_free).is_some()
+    }
+
+    /// [`LogFormat::captures`] by the item loop alone, never the combined head's
+    /// shortcut: the reference the shortcut is tested against.
+    #[cfg(test)]
+    pub fn captures_by_item_loop<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
+        let mut caps = Captures::new();
+        self.match_items(line, &mut caps, self.quotes_only_in_literals(line)).map(|()| caps)
     }
 
     /// [`LogFormat::captures`] checking every value for quotes, as when a line has more
@@ -177,8 +213,19 @@ impl LogFormat {
     }
 
     fn match_items<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>, quote_free: bool) -> Option<()> {
-        let mut pos = 0;
-        let mut i = 0;
+        self.match_items_from(line, caps, quote_free, 0, 0)
+    }
+
+    /// Matches the items from item `i` on, at byte `pos` of the line, just after a
+    /// literal (or at the start).
+    fn match_items_from<'a>(
+        &self,
+        line: &'a [u8],
+        caps: &mut Captures<'a>,
+        quote_free: bool,
+        mut pos: usize,
+        mut i: usize,
+    ) -> Option<()> {
         // Set when a variable's end was found by finding the literal after it there.
         let mut literal_found = false;
         while i < self.items.len() {
@@ -272,6 +319,33 @@ impl LogFormat {
             Item::Literal(_) => None,
         })
     }
+}
+
+/// Matches [`COMBINED_HEAD`] at the start of a line whose only quotes are the format's
+/// own, and returns where the user agent starts. Each separator is looked for once, at
+/// its first candidate: `None` means "not decided here", never "no match", and the item
+/// loop then decides. Where it answers, the answer is the item loop's (property-tested).
+fn match_combined_head<'a>(line: &'a [u8], caps: &mut Captures<'a>) -> Option<usize> {
+    let mut at = 0;
+    for &(separator, key, var) in &COMBINED_HEAD {
+        let start = first_candidate(line, at, separator, key)?;
+        caps.push((var, &line[at..start]));
+        at = start + separator.len();
+    }
+    Some(at)
+}
+
+/// Where `separator` first occurs at or after `from`, if at the first place its byte
+/// `key` occurs: any occurrence has that byte at or after `from + key`, so none can come
+/// before. `None` when the separator is not at that first place. A lone `-` (nginx's
+/// empty value) is checked without a search: no separator begins with `-`.
+fn first_candidate(line: &[u8], from: usize, separator: &[u8], key: usize) -> Option<usize> {
+    let rest = line.get(from..)?;
+    if rest.first() == Some(&b'-') && starts_with(&rest[1..], separator) {
+        return Some(from + 1);
+    }
+    let start = from + memchr::memchr(separator[key], rest.get(key..)?)?;
+    starts_with(&line[start..], separator).then_some(start)
 }
 
 /// The `"` bytes in `bytes`. Counted in byte-wide sums over blocks of 255, which the
@@ -443,6 +517,7 @@ fn quoted_with<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     /// Decoding one byte at a time: the reference for [`unescape`]'s run copying.
     fn unescape_bytewise(raw: &[u8], escape: Escape) -> Vec<u8> {
@@ -479,6 +554,80 @@ mod tests {
 
     fn value_of<'a>(caps: &Captures<'a>, var: Var) -> &'a [u8] {
         caps.iter().find(|(v, _)| *v == var).unwrap().1
+    }
+
+    /// A line of a combined-like format from hostile pieces, every field included.
+    fn combined_like_line(
+        pieces: std::ops::Range<usize>,
+    ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let piece = proptest::sample::select(vec![
+            &b"-"[..],
+            b" ",
+            b" - ",
+            b" [",
+            b"] \"",
+            b"\" ",
+            b" \"",
+            b"\" \"",
+            b"\"",
+            b"[",
+            b"]",
+            b"1.2.3.4",
+            b"2001:db8::1",
+            b"15/Jan/2024:10:23:45 +0000",
+            b"GET / HTTP/1.1",
+            b"404",
+            b"12",
+            b"\\x22",
+            b"\\",
+            b"\xff",
+            b"a",
+            b"-\"",
+            b"- -",
+        ]);
+        proptest::collection::vec(piece, pieces).prop_map(|p| p.concat())
+    }
+
+    fn combined_shaped(fields: &[Vec<u8>]) -> Vec<u8> {
+        let seps: [&[u8]; 8] = [b" - ", b" [", b"] \"", b"\" ", b" ", b" \"", b"\" \"", b"\""];
+        fields.iter().zip(seps).flat_map(|(f, s)| f.iter().chain(s).copied()).collect()
+    }
+
+    proptest::proptest! {
+        /// The combined head's shortcut captures what the item loop captures, on lines
+        /// of random pieces and on lines of the right shape with hostile fields, for
+        /// every format that begins with the head.
+        #[test]
+        fn combined_head_agrees_with_the_item_loop(
+            random in combined_like_line(0..24),
+            // Fields of few pieces: many lines then have only the format's quotes.
+            fields in proptest::collection::vec(combined_like_line(0..3), 8),
+            tail in combined_like_line(0..3),
+        ) {
+            let formats = [
+                fmt(COMBINED),
+                fmt(MAIN),
+                fmt(INGRESS),
+                fmt(r#"$remote_addr - $remote_user [$time_local] "$request" $status $bytes_sent "$http_referer" "$http_user_agent"#),
+            ];
+            let shaped = combined_shaped(&fields);
+            let with_tail = [&shaped[..], b" \"", &tail, b"\""].concat();
+            for format in &formats {
+                proptest::prop_assert!(format.combined_head);
+                for line in [&random, &shaped, &with_tail] {
+                    proptest::prop_assert_eq!(format.captures(line), format.captures_by_item_loop(line));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_formats_beginning_with_the_head_take_the_shortcut() {
+        assert!(COMBINED_HEAD.iter().all(|(sep, key, _)| sep[0] != b'-' && *key < sep.len()));
+        let head_only = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" ""#;
+        assert!(!fmt(head_only).combined_head);
+        assert!(!fmt(r#"$remote_addr $status "$request""#).combined_head);
+        assert!(!LogFormat::compile("j", COMBINED, Escape::Json).unwrap().combined_head);
     }
 
     #[test]
