@@ -460,8 +460,8 @@ fn account_report(
     }
 }
 
-fn incident_report(i: IncidentStats) -> IncidentReport {
-    let mut minutes: Vec<_> = i.minutes.into_iter().collect();
+fn incident_report(mut i: IncidentStats) -> IncidentReport {
+    let mut minutes: Vec<_> = i.take_minutes().into_iter().collect();
     minutes.sort_unstable();
     let requests = minutes.iter().map(|m| m.1.0).sum();
     let status_5xx = minutes.iter().map(|m| m.1.1).sum();
