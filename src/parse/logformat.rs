@@ -17,6 +17,8 @@ use nom::combinator::{map, opt, value};
 use nom::multi::many1;
 use nom::sequence::{delimited, preceded};
 
+use std::cmp::Ordering;
+
 use memchr::memmem;
 
 use crate::error::{Error, Result};
@@ -118,6 +120,17 @@ const COMBINED_HEAD: [(&[u8], usize, Var); 7] = [
     (b"\" \"", 0, Var::Referer),
 ];
 
+/// What the number of quotes in a line tells about matching a format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quotes {
+    /// The line cannot have the format's shape.
+    Impossible,
+    /// Every quote is one of the format's literals.
+    OnlyLiterals,
+    /// Each value must be checked.
+    Unknown,
+}
+
 /// The raw (still escaped) value of each variable in one line, by position. Inline up
 /// to 24 variables (ingress-nginx logs 17), so matching a line allocates nothing.
 pub type Captures<'a> = smallvec::SmallVec<[(Var, &'a [u8]); 24]>;
@@ -172,7 +185,10 @@ impl LogFormat {
     /// have this format's shape. The hot path: the captures are not moved around.
     pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> bool {
         caps.clear();
-        let quote_free = self.quotes_only_in_literals(line);
+        let quote_free = match self.quotes(line) {
+            Quotes::Impossible => return false,
+            quotes => quotes == Quotes::OnlyLiterals,
+        };
         if quote_free && self.combined_head {
             if let Some(pos) = match_combined_head(line, caps) {
                 return self.match_items_from(line, caps, true, pos, 2 * COMBINED_HEAD.len()).is_some();
@@ -200,15 +216,26 @@ impl LogFormat {
 
     /// Whether every `"` of `line` must belong to the format's literals, so no value holds
     /// one and (with `escape=json`) none is escaped: one counting pass over the line in
-    /// place of a search per value. Counting is exact, never a guess: with a quote more
-    /// than the literals hold, each value is checked as before.
+    /// place of a search per value.
+    #[cfg(test)]
     fn quotes_only_in_literals(&self, line: &[u8]) -> bool {
-        match self.escape {
-            Escape::None => false,
-            Escape::Default => count_quotes(line) == self.literal_quotes,
-            Escape::Json => {
-                count_quotes(line) == self.literal_quotes && memchr::memchr(b'\\', line).is_none()
-            }
+        self.quotes(line) == Quotes::OnlyLiterals
+    }
+
+    /// What counting the quotes of `line` tells. Exact, never a guess: the literals
+    /// appear in a matching line as they are, and nginx escapes every quote in a value
+    /// (`\x22`; `\"` with `escape=json`, which keeps the quote byte), so a line with fewer
+    /// quotes than the literals (or, with `escape=default`, any other number) cannot match.
+    fn quotes(&self, line: &[u8]) -> Quotes {
+        let n = match self.escape {
+            Escape::None => return Quotes::Unknown,
+            Escape::Default | Escape::Json => count_quotes(line),
+        };
+        match (self.escape, n.cmp(&self.literal_quotes)) {
+            (_, Ordering::Less) | (Escape::Default, Ordering::Greater) => Quotes::Impossible,
+            (Escape::Json, Ordering::Equal) if memchr::memchr(b'\\', line).is_some() => Quotes::Unknown,
+            (_, Ordering::Equal) => Quotes::OnlyLiterals,
+            _ => Quotes::Unknown,
         }
     }
 
