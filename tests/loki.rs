@@ -391,6 +391,40 @@ fn scheduled_runs_neither_skip_nor_double_count_even_after_a_failed_run() {
     assert_eq!(saved["queries"]["{app=\"web\"}"]["end_ns"], BASE + 210 * SEC);
 }
 
+/// `--loki-timeout` bounds the whole scan, a request in flight included: a Loki that
+/// stops answering (every request of the window hangs far longer than the overall
+/// timeout, well within the per-request one) ends the run soon after the deadline, as a
+/// failed window that leaves the state where it was.
+#[test]
+fn the_overall_timeout_cuts_a_hanging_request_and_keeps_the_state() {
+    let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web"), ("pod", "a")])]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    add_lines(&loki, 0, 100, "first");
+    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 100);
+    let after_first = std::fs::read(&state).unwrap();
+
+    add_lines(&loki, 100, 200, "second");
+    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Slow(Duration::from_secs(30)))));
+    let started = Instant::now();
+    let out = logwarden()
+        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + 200 * SEC).to_string()])
+        .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s"])
+        .args(["--loki-page-size", "13", "--loki-timeout", "2s", "--loki-request-timeout", "60s"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--loki-timeout") && err.contains("was not read"), "{err}");
+    // Far below the 30 s a hanging answer takes, with room for a slow machine.
+    assert!(took < Duration::from_secs(20), "the run took {took:?}");
+    assert_eq!(std::fs::read(&state).unwrap(), after_first, "a cut run advanced the state");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["loki"][0]["complete"], false);
+}
+
 #[test]
 fn a_damaged_state_file_stops_the_run() {
     let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web")])]);

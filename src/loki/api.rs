@@ -74,12 +74,16 @@ pub enum FetchError {
     Decode(String),
 }
 
+/// Why a request was not (or no longer) retried when the deadline came first.
+pub const OUT_OF_TIME: &str = "the overall --loki-timeout passed";
+
 /// A configured connection to one Loki.
 pub struct LokiClient {
     http: reqwest::Client,
     base: String,
     auth: Auth,
     retry: RetryPolicy,
+    request_timeout: Duration,
 }
 
 impl LokiClient {
@@ -110,7 +114,13 @@ impl LokiClient {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("--loki {:?}: expected an http:// or https:// URL", config.url));
         }
-        Ok(LokiClient { http, base, auth: config.auth.clone(), retry: config.retry })
+        Ok(LokiClient {
+            http,
+            base,
+            auth: config.auth.clone(),
+            retry: config.retry,
+            request_timeout: config.request_timeout,
+        })
     }
 
     /// One page of a log query.
@@ -153,7 +163,14 @@ impl LokiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.authorize(self.http.get(&url).query(params)).send().await {
+            // A request in flight is cut at the deadline too, so the scan ends within
+            // --loki-timeout rather than up to a request timeout after it.
+            let left = self.retry.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FetchError::GaveUp { attempts: attempt - 1, last: OUT_OF_TIME.into() });
+            }
+            let request = self.http.get(&url).query(params).timeout(left.min(self.request_timeout));
+            let failure = match self.authorize(request).send().await {
                 Ok(resp) if resp.status().is_success() => match resp.bytes().await {
                     Ok(body) => return Ok(body.to_vec()),
                     Err(e) => Transient { message: format!("reading the answer: {e}"), retry_after: None },
@@ -162,8 +179,13 @@ impl LokiClient {
                 Err(e) => Transient { message: transport_message(&e), retry_after: None },
             };
             let wait = self.backoff(attempt, failure.retry_after);
-            if attempt >= self.retry.attempts || Instant::now() + wait >= self.retry.deadline {
-                return Err(FetchError::GaveUp { attempts: attempt, last: failure.message });
+            let out_of_time = Instant::now() + wait >= self.retry.deadline;
+            if attempt >= self.retry.attempts || out_of_time {
+                let last = match out_of_time {
+                    true => format!("{}; {OUT_OF_TIME}", failure.message),
+                    false => failure.message,
+                };
+                return Err(FetchError::GaveUp { attempts: attempt, last });
             }
             tokio::time::sleep(wait).await;
         }

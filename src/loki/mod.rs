@@ -276,10 +276,7 @@ impl<'w> QueryReader<'w> {
         ));
         while let Some(request) = pager.next_request() {
             if Instant::now() >= scan.client.retry.deadline {
-                return Err(FetchError::GaveUp {
-                    attempts: 0,
-                    last: "the overall --loki-timeout passed".into(),
-                });
+                return Err(FetchError::GaveUp { attempts: 0, last: api::OUT_OF_TIME.into() });
             }
             let page = client.query_range(&self.window.query, request).await?;
             let fresh = pager.accept(page).map_err(|e| FetchError::Decode(e.to_string()))?;
