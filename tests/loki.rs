@@ -425,6 +425,46 @@ fn the_overall_timeout_cuts_a_hanging_request_and_keeps_the_state() {
     assert_eq!(doc["loki"][0]["complete"], false);
 }
 
+/// A run killed in the middle (SIGKILL while a page is in flight, as when a CronJob's pod
+/// is evicted), beside the leftover of a save that was cut short, changes nothing: the
+/// state is the last complete run's, and the next run reads the whole window since.
+#[test]
+fn a_killed_run_leaves_the_state_of_the_last_complete_one() {
+    let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web"), ("pod", "a")])]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    add_lines(&loki, 0, 100, "first");
+    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 100);
+    let after_first = std::fs::read(&state).unwrap();
+
+    add_lines(&loki, 100, 200, "second");
+    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Slow(Duration::from_secs(30)))));
+    let mut run = logwarden()
+        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + 200 * SEC).to_string()])
+        .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s", "--loki-page-size", "13"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let asked = loki.range_requests().len();
+    let started = Instant::now();
+    while loki.range_requests().len() == asked {
+        assert!(started.elapsed() < Duration::from_secs(20), "the run never asked Loki");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert_eq!(std::fs::read(&state).unwrap(), after_first, "a killed run changed the state");
+    // What a save cut short leaves: a temporary file beside the state, never renamed.
+    std::fs::write(dir.path().join(".tmpCRASH1"), &after_first[..after_first.len() / 2]).unwrap();
+
+    loki.with(|s| s.fail_from = None);
+    assert_eq!(lines_of(&scheduled(&loki, &state, 200)), 100);
+    assert_eq!(lines_of(&scheduled(&loki, &state, 200)), 0);
+}
+
 #[test]
 fn a_damaged_state_file_stops_the_run() {
     let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web")])]);
