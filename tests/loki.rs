@@ -465,6 +465,49 @@ fn a_killed_run_leaves_the_state_of_the_last_complete_one() {
     assert_eq!(lines_of(&scheduled(&loki, &state, 200)), 0);
 }
 
+/// A scan of `loki.invalid` (a name that never resolves, RFC 6761) with the fake
+/// server as the proxy: it can only succeed through the proxy.
+fn scan_through_proxy(loki: &FakeLoki, no_proxy: Option<&str>) -> Output {
+    let mut cmd = logwarden();
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HTTP_PROXY", &loki.url);
+    if let Some(hosts) = no_proxy {
+        cmd.env("NO_PROXY", hosts);
+    }
+    cmd.args(["scan", "--output", "json", "--loki", "http://loki.invalid:3100", "--query", "{app=\"web\"}"])
+        .args(["--from", &BASE.to_string(), "--to", &(BASE + 10 * SEC).to_string()])
+        .args(["--loki-attempts", "1", "--loki-timeout", "20s"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_proxy_comes_from_the_environment_and_no_proxy_is_honoured() {
+    let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web")])]);
+    add_lines(&loki, 0, 10, "proxied");
+    let out = scan_through_proxy(&loki, None);
+    assert_eq!(lines_of(&out), 10);
+    let asked = loki.range_requests();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|r| r.headers.get("host").map(String::as_str) == Some("loki.invalid:3100")));
+
+    let before = asked.len();
+    let direct = scan_through_proxy(&loki, Some("loki.invalid"));
+    assert_eq!(direct.status.code(), Some(2), "{}", String::from_utf8_lossy(&direct.stderr));
+    assert_eq!(loki.range_requests().len(), before, "NO_PROXY did not keep the request from the proxy");
+}
+
 #[test]
 fn a_damaged_state_file_stops_the_run() {
     let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web")])]);

@@ -143,12 +143,22 @@ fn serve(conn: impl Read + Write, shared: &Mutex<Shared>) {
     }
 }
 
+/// The path and query of a request target. A client sends a request for a forward proxy
+/// in absolute form (`GET http://host:port/path?query`, RFC 9112 section 3.2.2), so the
+/// server can stand in for a proxy in front of Loki as well as for Loki.
+fn origin_form(target: &str) -> &str {
+    match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |p| &rest[p..]),
+        None => target,
+    }
+}
+
 fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
     }
-    let target = line.split_whitespace().nth(1)?.to_string();
+    let target = origin_form(line.split_whitespace().nth(1)?).to_string();
     let mut headers = BTreeMap::new();
     loop {
         let mut h = String::new();
