@@ -386,9 +386,57 @@ static PLAIN_LEVEL: LazyLock<Regex> = LazyLock::new(|| {
 static PLAIN_CLIENT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?i)(?:\bfrom|\bip|\bclient(?:_ip)?|\bremote(?:_addr)?|\baddr(?:ess)?)[=:]?\s*\[?"?([0-9A-Fa-f:.]{3,45})"#).unwrap()
 });
-static PLAIN_USER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?i)(?:\b(?:user(?:name)?|account|login|email)[=:]\s*|\bfor (?:invalid )?user\s+|\buser\s+)["']?([^\s"',;]+)"#).unwrap()
-});
+static PLAIN_USER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(&format!("{USER_PREFIX}{USER_NAME}")).unwrap());
+/// What comes before a user name in free text, and the name.
+const USER_PREFIX: &str =
+    r#"(?i)(?:\b(?:user(?:name)?|account|login|email)[=:]\s*|\bfor (?:invalid )?user\s+|\buser\s+)["']?"#;
+const USER_NAME: &str = r#"([^\s"',;]+)"#;
+/// [`USER_PREFIX`] alone, anchored: where the name of a [`PLAIN_USER`] match begins.
+static PLAIN_USER_PREFIX: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!("^{USER_PREFIX}")).unwrap());
+
+/// The leading timestamp of `s` (without its brackets) and the text after it and the
+/// whitespace that ends it: [`PLAIN_TIME`]'s group and the rest, from a `find` instead of
+/// the slower `captures`. Exact: the timestamp starts with a digit and ends with a digit
+/// or `Z`, so the match is `[`, the timestamp, `]` and one whitespace character, each
+/// bracket there or not, and taking them off leaves the group.
+fn leading_time(s: &str) -> Option<(&str, &str)> {
+    if !s.starts_with(|c: char| c.is_numeric() || c == '[') {
+        return None;
+    }
+    let m = PLAIN_TIME.find(s)?;
+    let group = without_last_char(m.as_str());
+    let group = group.strip_suffix(']').unwrap_or(group);
+    Some((group.strip_prefix('[').unwrap_or(group), &s[m.end()..]))
+}
+
+/// The leading level of `s` (as written) and the text after it: [`PLAIN_LEVEL`]'s group
+/// and the rest, from a `find`. Exact as [`leading_time`]: a level word ends with a
+/// letter, so after it come only `]`, `:` and one whitespace character, each optional.
+fn leading_level(s: &str) -> Option<(&str, &str)> {
+    let m = PLAIN_LEVEL.find(s)?;
+    let mut group = m.as_str();
+    if group.ends_with(char::is_whitespace) {
+        group = without_last_char(group);
+    }
+    let group = group.strip_suffix(':').unwrap_or(group);
+    let group = group.strip_suffix(']').unwrap_or(group);
+    Some((group.strip_prefix('[').unwrap_or(group), &s[m.end()..]))
+}
+
+/// [`PLAIN_USER`]'s group, from two `find`s instead of the slower `captures`: the match,
+/// then its prefix alone at the match's start. Exact: the name cannot begin with what
+/// the prefix may end with (whitespace, a quote), so the prefix's greedy end is the
+/// only one after which the name can follow (property-tested against `captures`).
+fn user_name(s: &str) -> Option<&str> {
+    let m = PLAIN_USER.find(s)?;
+    let prefix = PLAIN_USER_PREFIX.find(m.as_str())?;
+    Some(&m.as_str()[prefix.end()..])
+}
+
+fn without_last_char(s: &str) -> &str {
+    s.char_indices().next_back().map_or(s, |(i, _)| &s[..i])
+}
 
 /// Parses free text: an optional leading timestamp and level, then the message. A line
 /// with neither a time, a level nor a client address is not recognised as a log line.
@@ -396,17 +444,17 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
     let s = std::str::from_utf8(line).ok()?;
     let mut rest = s;
     let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
-    if let Some(c) = PLAIN_TIME.captures(rest) {
-        record.time = time::parse_rfc3339(c[1].as_bytes());
-        rest = &rest[c[0].len()..];
+    if let Some((time, after)) = leading_time(rest) {
+        record.time = time::parse_rfc3339(time.as_bytes());
+        rest = after;
     }
-    if let Some(c) = PLAIN_LEVEL.captures(rest) {
-        record.level = Some(c[1].to_ascii_lowercase().into());
-        rest = rest[c[0].len()..].trim_start();
+    if let Some((level, after)) = leading_level(rest) {
+        record.level = Some(level.to_ascii_lowercase().into());
+        rest = after.trim_start();
     }
     record.remote_addr =
         PLAIN_CLIENT.captures_iter(rest).find_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
-    record.user = PLAIN_USER.captures(rest).map(|c| Cow::Borrowed(c.get(1).unwrap().as_str()));
+    record.user = user_name(rest).map(Cow::Borrowed);
     if record.time.is_none() && record.level.is_none() && record.remote_addr.is_none() {
         return None;
     }
@@ -467,6 +515,58 @@ mod tests {
             proptest::prop_assert_eq!(ours, format!("{:?}", parse_json_via_map(line.as_bytes())));
         }
     }
+
+    /// The leading time and level by `captures`: the reference for the `find` readings.
+    fn leading_by_captures<'a>(re: &Regex, s: &'a str) -> Option<(&'a str, &'a str)> {
+        re.captures(s).map(|c| (c.get(1).unwrap().as_str(), &s[c[0].len()..]))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// The leading time and level read with `find` are the regexes' groups, on text
+        /// shaped like a timestamp and a level, each part there or not or replaced:
+        /// brackets, colons, Unicode digits and whitespace.
+        #[test]
+        fn leading_time_and_level_are_the_regex_groups(
+            slots in SLOTS.map(|choices| proptest::sample::select(choices.to_vec())),
+        ) {
+            let s = slots.concat();
+            proptest::prop_assert_eq!(leading_time(&s), leading_by_captures(&PLAIN_TIME, &s));
+            proptest::prop_assert_eq!(leading_level(&s), leading_by_captures(&PLAIN_LEVEL, &s));
+            let level_first = &s[s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len())..];
+            proptest::prop_assert_eq!(leading_level(level_first), leading_by_captures(&PLAIN_LEVEL, level_first));
+        }
+
+        /// The user name read with two `find`s is [`PLAIN_USER`]'s group.
+        #[test]
+        fn user_name_is_the_regex_group(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "user", "User", "username", "uſer", "account", "login", "email", "for ", "invalid ", "for invalid user",
+                "=", ":", " ", "  ", "\t", "\"", "'", ",", ";", "bob", "a@b.c", "é", "x", "-", "name",
+            ]), 0..10),
+        ) {
+            let s = pieces.concat();
+            let by_captures = PLAIN_USER.captures(&s).map(|c| c.get(1).unwrap().as_str());
+            proptest::prop_assert_eq!(user_name(&s), by_captures);
+        }
+    }
+
+    /// The parts of a plain line's start, in order, each with its alternatives.
+    const SLOTS: [&[&str]; 12] = [
+        &["", "[", "x"],
+        &["2024-01-15", "\u{663}024-01-15", "2024-1-15", ""],
+        &["T", " ", "t"],
+        &["10:23:45", "10:23"],
+        &["", ",123", ".5", "."],
+        &["", "Z", "+01:00", "-0500", "+1"],
+        &["", "]", "]]"],
+        &[" ", "\t", "\u{a0}", "\u{2028}", "", "x"],
+        &["", "[", "é"],
+        &["info", "WARN", "Error", "err", "crit", "critical", "warning", "warnings", ""],
+        &["", "]", ":", "]:", "::"],
+        &["", " ", "\u{a0}", "x", " rest"],
+    ];
 
     #[test]
     fn json_backend_fields() {
