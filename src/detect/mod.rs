@@ -85,6 +85,11 @@ fn kind_index(kind: RecordKind) -> usize {
 struct Prefilter {
     ac: Option<AhoCorasick>,
     owners: Vec<Vec<RuleId>>,
+    /// Whether every literal has the same owners: then whether any literal occurs is the
+    /// whole answer, and the search can stop at the first (an overlapping search for
+    /// every occurrence walked each byte of a line through the automaton, ~20
+    /// instructions a byte, where a plain search lets the automaton skip ahead).
+    one_owner_set: bool,
 }
 
 impl Prefilter {
@@ -114,12 +119,19 @@ impl Prefilter {
                     .map_err(|e| RuleError { file: "patterns".into(), line: 1, message: e.to_string() })
             })
             .transpose()?;
-        Ok(Prefilter { ac, owners })
+        let one_owner_set = owners.windows(2).all(|w| w[0] == w[1]);
+        Ok(Prefilter { ac, owners, one_owner_set })
     }
 
     /// Appends the rules whose literals occur in `text` (unsorted, maybe repeated).
     fn candidates(&self, text: &[u8], out: &mut Vec<RuleId>) {
         let Some(ac) = &self.ac else { return };
+        if self.one_owner_set {
+            if ac.is_match(text) {
+                out.extend_from_slice(&self.owners[0]);
+            }
+            return;
+        }
         for m in ac.find_overlapping_iter(text) {
             out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
         }
