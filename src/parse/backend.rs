@@ -108,7 +108,7 @@ impl<'a> Fields<'a> {
             Slot::ForwardedFor if r.forwarded_for.is_none() => r.forwarded_for = Some(value),
             Slot::User if r.user.is_none() => r.user = Some(value),
             Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
-            Slot::Level if r.level.is_none() => r.level = Some(value.to_ascii_lowercase().into()),
+            Slot::Level if r.level.is_none() => r.level = Some(lowercase(value)),
             Slot::Message if r.message.is_none() => r.message = Some(value),
             Slot::Event if r.event.is_none() => r.event = Some(value),
             Slot::Status if r.status.is_none() => {
@@ -325,31 +325,29 @@ impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
 /// start of the line, so prose with one `=` in it is not mistaken for logfmt.
 pub fn parse_logfmt(line: &[u8]) -> Option<Record<'_>> {
     let s = std::str::from_utf8(line).ok()?;
-    let pairs = logfmt_pairs(s)?;
-    if pairs.len() < 2 {
-        return None;
-    }
     let mut fields = Fields::default();
-    for (key, value) in pairs {
-        fields.set(key, value);
-    }
-    Some(fields.finish())
-}
-
-fn logfmt_pairs(s: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
-    let mut pairs = Vec::new();
+    let mut pairs = 0;
     let mut rest = s.trim_start();
+    // Each pair goes straight into its field: a line that turns out not to be logfmt
+    // is dropped whole, so nothing needs collecting first.
     while !rest.is_empty() {
-        let eq = rest.find('=')?;
-        let key = &rest[..eq];
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b)) {
-            return None;
-        }
-        let (value, after) = logfmt_value(&rest[eq + 1..])?;
-        pairs.push((key, value));
+        let (key, value, after) = logfmt_pair(rest)?;
+        fields.set(key, value);
+        pairs += 1;
         rest = after.trim_start();
     }
-    Some(pairs)
+    (pairs >= 2).then(|| fields.finish())
+}
+
+/// The `key=value` at the start of `s`, and what follows it.
+fn logfmt_pair(s: &str) -> Option<(&str, Cow<'_, str>, &str)> {
+    let eq = s.find('=')?;
+    let key = &s[..eq];
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b)) {
+        return None;
+    }
+    let (value, after) = logfmt_value(&s[eq + 1..])?;
+    Some((key, value, after))
 }
 
 /// A bare value runs to the next space; a quoted one to its closing quote, with `\"`,
@@ -359,6 +357,12 @@ fn logfmt_value(s: &str) -> Option<(Cow<'_, str>, &str)> {
         let end = s.find(' ').unwrap_or(s.len());
         return Some((Cow::Borrowed(&s[..end]), &s[end..]));
     };
+    // Most quoted values hold no escape: borrowed up to the closing quote.
+    if let Some(end) = memchr::memchr2(b'"', b'\\', body.as_bytes())
+        && body.as_bytes()[end] == b'"'
+    {
+        return Some((Cow::Borrowed(&body[..end]), &body[end + 1..]));
+    }
     let mut out = String::new();
     let mut chars = body.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -424,6 +428,14 @@ fn leading_level(s: &str) -> Option<(&str, &str)> {
     Some((group.strip_prefix('[').unwrap_or(group), &s[m.end()..]))
 }
 
+/// `value` in ASCII lower case, copied only when it has an upper-case letter.
+fn lowercase(value: Cow<'_, str>) -> Cow<'_, str> {
+    match value.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => value.to_ascii_lowercase().into(),
+        false => value,
+    }
+}
+
 /// [`PLAIN_USER`]'s group, from two `find`s instead of the slower `captures`: the match,
 /// then its prefix alone at the match's start. Exact: the name cannot begin with what
 /// the prefix may end with (whitespace, a quote), so the prefix's greedy end is the
@@ -449,7 +461,7 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
         rest = after;
     }
     if let Some((level, after)) = leading_level(rest) {
-        record.level = Some(level.to_ascii_lowercase().into());
+        record.level = Some(lowercase(Cow::Borrowed(level)));
         rest = after.trim_start();
     }
     record.remote_addr =
@@ -513,6 +525,41 @@ mod tests {
             let line = format!("{{{}}}{tail}", body.join(","));
             let ours = format!("{:?}", parse_json(line.as_bytes()));
             proptest::prop_assert_eq!(ours, format!("{:?}", parse_json_via_map(line.as_bytes())));
+        }
+    }
+
+    /// A quoted logfmt value decoded one character at a time: the reference for
+    /// [`logfmt_value`]'s borrowed shortcut.
+    fn quoted_by_chars(body: &str) -> Option<(String, &str)> {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return Some((out, &body[i + 1..])),
+                '\\' => match chars.next()?.1 {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    other => out.push(other),
+                },
+                c => out.push(c),
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        /// A quoted value reads the same with or without the shortcut for values with no
+        /// escape before their closing quote.
+        #[test]
+        fn quoted_logfmt_values_read_as_decoded_by_chars(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "a", " ", "\"", "\\", "n", "t", "é", "=", "x y",
+            ]), 0..10),
+        ) {
+            let body = pieces.concat();
+            let ours = logfmt_value(&format!("\"{body}")).map(|(v, rest)| (v.into_owned(), rest.to_string()));
+            let reference = quoted_by_chars(&body).map(|(v, rest)| (v, rest.to_string()));
+            proptest::prop_assert_eq!(ours, reference);
         }
     }
 
