@@ -172,7 +172,7 @@ pub fn parse_json(line: &[u8]) -> Option<Record<'_>> {
 
 /// Whether two of `pairs` fill the same record fields (a repeated key, or two spellings
 /// of one field, or a request and a path), so the order they are applied in matters.
-fn fills_overlap(pairs: &[(Cow<'_, str>, Slot, Option<Scalar<'_>>)]) -> bool {
+fn fills_overlap(pairs: &[JsonPair<'_>]) -> bool {
     let mut seen = 0u32;
     for (_, slot, _) in pairs {
         // A request line fills the method and the path.
@@ -192,7 +192,10 @@ fn fills_overlap(pairs: &[(Cow<'_, str>, Slot, Option<Scalar<'_>>)]) -> bool {
 /// borrowed from the line when they hold no escape; a value that is no string, number or
 /// boolean is `None`; other keys' values are skipped unread. Read straight into this
 /// list: a `serde_json::Map` of `Value`s allocated every key and value.
-struct JsonPairs<'a>(Vec<(Cow<'a, str>, Slot, Option<Scalar<'a>>)>);
+struct JsonPairs<'a>(smallvec::SmallVec<[JsonPair<'a>; 8]>);
+
+/// A key that names a field, the field, and its value when it is a scalar.
+type JsonPair<'a> = (Cow<'a, str>, Slot, Option<Scalar<'a>>);
 
 impl<'de> serde::Deserialize<'de> for JsonPairs<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -210,7 +213,9 @@ impl<'de> serde::de::Visitor<'de> for PairsVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonPairs<'de>, A::Error> {
-        let mut pairs = Vec::new();
+        // Inline: a line names a handful of fields, and a vector grew twice or three
+        // times for every line.
+        let mut pairs = smallvec::SmallVec::new();
         while let Some(JsonText(key)) = map.next_key::<JsonText<'de>>()? {
             match slot_of(&key) {
                 Some(slot) => {
