@@ -347,13 +347,27 @@ fn add_lines(loki: &FakeLoki, from: i64, to: i64, tag: &str) {
 }
 
 fn scheduled(loki: &FakeLoki, state: &std::path::Path, to: i64) -> Output {
-    logwarden()
-        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
+    scheduled_command(loki, state, to).output().unwrap()
+}
+
+/// The scheduled scan of the window up to `to` (seconds), not yet run.
+fn scheduled_command(loki: &FakeLoki, state: &std::path::Path, to: i64) -> std::process::Command {
+    let mut cmd = logwarden();
+    cmd.args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
         .args(["--from", &BASE.to_string(), "--to", &(BASE + to * SEC).to_string()])
         .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s"])
-        .args(["--loki-backoff", "5ms", "--loki-attempts", "2", "--loki-page-size", "13"])
-        .output()
-        .unwrap()
+        .args(["--loki-backoff", "5ms", "--loki-attempts", "2", "--loki-page-size", "13"]);
+    cmd
+}
+
+/// A first scheduled run over 100 s, then 100 s more of lines whose requests hang (from
+/// 150 s on) far longer than any test waits; the state the first run saved.
+fn first_run_then_a_hanging_loki(loki: &FakeLoki, state: &std::path::Path) -> Vec<u8> {
+    add_lines(loki, 0, 100, "first");
+    assert_eq!(lines_of(&scheduled(loki, state, 100)), 100);
+    add_lines(loki, 100, 200, "second");
+    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Slow(Duration::from_secs(30)))));
+    std::fs::read(state).unwrap()
 }
 
 fn lines_of(out: &Output) -> u64 {
@@ -400,18 +414,10 @@ fn the_overall_timeout_cuts_a_hanging_request_and_keeps_the_state() {
     let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web"), ("pod", "a")])]);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    add_lines(&loki, 0, 100, "first");
-    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 100);
-    let after_first = std::fs::read(&state).unwrap();
-
-    add_lines(&loki, 100, 200, "second");
-    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Slow(Duration::from_secs(30)))));
+    let after_first = first_run_then_a_hanging_loki(&loki, &state);
     let started = Instant::now();
-    let out = logwarden()
-        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
-        .args(["--from", &BASE.to_string(), "--to", &(BASE + 200 * SEC).to_string()])
-        .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s"])
-        .args(["--loki-page-size", "13", "--loki-timeout", "2s", "--loki-request-timeout", "60s"])
+    let out = scheduled_command(&loki, &state, 200)
+        .args(["--loki-timeout", "2s", "--loki-request-timeout", "60s"])
         .output()
         .unwrap();
     let took = started.elapsed();
@@ -433,16 +439,8 @@ fn a_killed_run_leaves_the_state_of_the_last_complete_one() {
     let loki = FakeLoki::start(vec![FakeStream::new(&[("app", "web"), ("pod", "a")])]);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    add_lines(&loki, 0, 100, "first");
-    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 100);
-    let after_first = std::fs::read(&state).unwrap();
-
-    add_lines(&loki, 100, 200, "second");
-    loki.with(|s| s.fail_from = Some((BASE + 150 * SEC, Fault::Slow(Duration::from_secs(30)))));
-    let mut run = logwarden()
-        .args(["scan", "--output", "json", "--loki", &loki.url, "--query", "{app=\"web\"}"])
-        .args(["--from", &BASE.to_string(), "--to", &(BASE + 200 * SEC).to_string()])
-        .args(["--state", state.to_str().unwrap(), "--state-overlap", "30s", "--loki-page-size", "13"])
+    let after_first = first_run_then_a_hanging_loki(&loki, &state);
+    let mut run = scheduled_command(&loki, &state, 200)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
