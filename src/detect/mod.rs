@@ -57,6 +57,10 @@ pub struct RuleSet {
     fields: [Prefilter; 3],
     /// ...and of the other rules that read access records, searched in the whole line.
     access_line: Prefilter,
+    /// For backend records: the literals of rules whose only text condition is on the
+    /// message, searched in the decoded message (a tenth of a JSON line) and left out
+    /// of the backend line's automaton.
+    backend_message: Prefilter,
     /// Single-line rules without literals, evaluated on every record of their inputs:
     /// by record kind ([`kind_index`]), so a record never tries a rule for other inputs.
     field_rules: [Vec<RuleId>; 3],
@@ -142,6 +146,17 @@ impl Prefilter {
 /// alone: it reads access records only, and only through their fields (no whole-line regex).
 fn reads_access_fields_only(rule: &Rule) -> bool {
     rule.regex.is_none() && rule.inputs.iter().all(|i| *i == rules::InputKind::Access)
+}
+
+/// Whether a rule's literals may be searched in a backend record's message alone: it
+/// reads backend records only, through a message condition and no other text (no
+/// whole-line regex, no event), so it cannot match a record whose message lacks them.
+fn reads_backend_message_only(rule: &Rule) -> bool {
+    let w = &rule.when;
+    rule.regex.is_none()
+        && rule.inputs.iter().all(|i| *i == rules::InputKind::Backend)
+        && w.message.is_some()
+        && w.event.is_none()
 }
 
 /// The text fields of an access record that field-only rules' literals are searched in.
@@ -286,7 +301,9 @@ impl RuleSet {
         let field_rules = KINDS.map(|kind| {
             single().filter(|(_, r)| r.literals.is_empty() && reads(r, kind)).map(|(i, _)| i).collect()
         });
-        let line_of = |kind| Prefilter::build(single().filter(|(_, r)| reads(r, kind)));
+        let line_of = |kind| {
+            Prefilter::build(single().filter(|(_, r)| reads(r, kind) && !reads_backend_message_only(r)))
+        };
         let line = [line_of(KINDS[0])?, line_of(KINDS[1])?, line_of(KINDS[2])?];
         let field = |f: RecordField| {
             Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
@@ -295,7 +312,8 @@ impl RuleSet {
         let access_line = Prefilter::build(
             single().filter(|(_, r)| reads(r, RecordKind::Access) && !reads_access_fields_only(r)),
         )?;
-        Ok(RuleSet { rules, line, fields, access_line, field_rules })
+        let backend_message = Prefilter::build(single().filter(|(_, r)| reads_backend_message_only(r)))?;
+        Ok(RuleSet { rules, line, fields, access_line, backend_message, field_rules })
     }
 
     /// All rules, indexed by [`RuleId`].
@@ -347,6 +365,9 @@ impl RuleSet {
             self.access_line.candidates(line, &mut out);
         } else if let Some(kind) = record.kind {
             self.line[kind_index(kind)].candidates(line, &mut out);
+            if let (RecordKind::Backend, Some(message)) = (kind, &record.message) {
+                self.backend_message.candidates(message.as_bytes(), &mut out);
+            }
         }
         sort_unique(out)
     }
@@ -542,6 +563,41 @@ mod tests {
         let err = rules::compile_file("f.toml", unknown).unwrap_err();
         assert_eq!(err.line, 5, "{err}");
         assert!(err.message.contains("stauts"), "{err}");
+    }
+
+    /// Only a backend-only rule whose one text condition is the message has its literals
+    /// searched in the message alone; a message that lacks them cannot match it.
+    #[test]
+    fn message_only_rules_are_searched_in_the_message() {
+        let rule = |inputs: &str, when: &str, regex: &str| {
+            let text = format!(
+                "[[rule]]\nid = \"r\"\ndescription = \"d\"\ninputs = {inputs}\nliterals = [\"fail\"]\n{regex}when = {when}\nexamples = [\"fail\"]\ncounterexamples = [\"ok\"]\n"
+            );
+            rules::compile_file("f.toml", &text).unwrap().remove(0)
+        };
+        assert!(reads_backend_message_only(&rule(r#"["backend"]"#, "{ message = 'fail' }", "")));
+        assert!(!reads_backend_message_only(&rule(
+            r#"["backend"]"#,
+            "{ message = 'fail', event = 'x' }",
+            ""
+        )));
+        assert!(!reads_backend_message_only(&rule(r#"["backend", "error"]"#, "{ message = 'fail' }", "")));
+        assert!(!reads_backend_message_only(&rule(
+            r#"["backend"]"#,
+            "{ message = 'fail' }",
+            "regex = 'fail'\n"
+        )));
+        assert!(!reads_backend_message_only(&rule(r#"["backend"]"#, "{ level = ['warn'] }", "")));
+        let set = RuleSet::builtin().unwrap();
+        let id = set.rules().iter().position(|r| r.id == "backend-auth-failed-message").unwrap() as RuleId;
+        let record = |message: &'static str| Record {
+            kind: Some(RecordKind::Backend),
+            message: Some(message.into()),
+            ..Record::default()
+        };
+        let line = br#"{"event":"login","msg":"ok","note":"failed over"}"#;
+        assert!(!set.candidates_for(line, &record("ok")).contains(&id));
+        assert!(set.candidates_for(b"x", &record("Login failed")).contains(&id));
     }
 
     #[test]
