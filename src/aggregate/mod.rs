@@ -560,7 +560,7 @@ impl IncidentStats {
     fn minute(&mut self, minute: i64) -> &mut (u64, u64) {
         if self.current.is_none_or(|(m, _)| m != minute) {
             self.flush();
-            self.current = Some((minute, self.minutes.remove(&minute).unwrap_or_default()));
+            self.current = Some((minute, (0, 0)));
         }
         &mut self.current.as_mut().expect("set above").1
     }
@@ -568,8 +568,15 @@ impl IncidentStats {
     /// Adds the current minute's counts to the table.
     fn flush(&mut self) {
         if let Some((minute, counts)) = self.current.take() {
-            self.minutes.insert(minute, counts);
+            self.add(minute, counts);
         }
+    }
+
+    /// Adds requests and 5xx answers to `minute`'s counts in the table.
+    fn add(&mut self, minute: i64, (requests, status_5xx): (u64, u64)) {
+        let m = self.minutes.entry(minute).or_default();
+        m.0 += requests;
+        m.1 += status_5xx;
     }
 
     /// Takes the requests and 5xx answers per minute (Unix seconds / 60).
@@ -587,10 +594,8 @@ impl IncidentStats {
     fn merge(&mut self, mut o: IncidentStats) {
         self.flush();
         o.flush();
-        for (minute, (r, e)) in o.minutes {
-            let m = self.minutes.entry(minute).or_default();
-            m.0 += r;
-            m.1 += e;
+        for (minute, counts) in o.minutes {
+            self.add(minute, counts);
         }
         self.timed_requests += o.timed_requests;
         self.slow_requests += o.slow_requests;

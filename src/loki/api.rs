@@ -56,7 +56,7 @@ pub struct RetryPolicy {
     /// The first backoff; each retry doubles it, up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
-    /// No request starts and no wait extends past this.
+    /// No request runs and no wait extends past this.
     pub deadline: Instant,
 }
 
@@ -75,7 +75,7 @@ pub enum FetchError {
 }
 
 /// Why a request was not (or no longer) retried when the deadline came first.
-pub const OUT_OF_TIME: &str = "the overall --loki-timeout passed";
+const OUT_OF_TIME: &str = "the overall --loki-timeout passed";
 
 /// A configured connection to one Loki.
 pub struct LokiClient {

@@ -19,7 +19,6 @@ pub mod state;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -275,9 +274,6 @@ impl<'w> QueryReader<'w> {
             scan.direction,
         ));
         while let Some(request) = pager.next_request() {
-            if Instant::now() >= scan.client.retry.deadline {
-                return Err(FetchError::GaveUp { attempts: 0, last: api::OUT_OF_TIME.into() });
-            }
             let page = client.query_range(&self.window.query, request).await?;
             let fresh = pager.accept(page).map_err(|e| FetchError::Decode(e.to_string()))?;
             self.pages += 1;

@@ -420,9 +420,7 @@ fn leading_time(s: &str) -> Option<(&str, &str)> {
         return None;
     }
     let m = PLAIN_TIME.find(s)?;
-    let group = without_last_char(m.as_str());
-    let group = group.strip_suffix(']').unwrap_or(group);
-    Some((group.strip_prefix('[').unwrap_or(group), &s[m.end()..]))
+    Some((unbracketed(without_last_char(m.as_str())), &s[m.end()..]))
 }
 
 /// The leading level of `s` (as written) and the text after it: [`PLAIN_LEVEL`]'s group
@@ -434,9 +432,7 @@ fn leading_level(s: &str) -> Option<(&str, &str)> {
     if group.ends_with(char::is_whitespace) {
         group = without_last_char(group);
     }
-    let group = group.strip_suffix(':').unwrap_or(group);
-    let group = group.strip_suffix(']').unwrap_or(group);
-    Some((group.strip_prefix('[').unwrap_or(group), &s[m.end()..]))
+    Some((unbracketed(group.strip_suffix(':').unwrap_or(group)), &s[m.end()..]))
 }
 
 /// `value` in ASCII lower case, copied only when it has an upper-case letter.
@@ -455,6 +451,12 @@ fn user_name(s: &str) -> Option<&str> {
     let m = PLAIN_USER.find(s)?;
     let prefix = PLAIN_USER_PREFIX.find(m.as_str())?;
     Some(&m.as_str()[prefix.end()..])
+}
+
+/// `s` without a leading `[` and a trailing `]`, each where there is one.
+fn unbracketed(s: &str) -> &str {
+    let s = s.strip_suffix(']').unwrap_or(s);
+    s.strip_prefix('[').unwrap_or(s)
 }
 
 fn without_last_char(s: &str) -> &str {

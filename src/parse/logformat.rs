@@ -120,6 +120,10 @@ const COMBINED_HEAD: [(&[u8], usize, Var); 7] = [
     (b"\" \"", 0, Var::Referer),
 ];
 
+/// How many of a format's items [`COMBINED_HEAD`] covers: each variable and the
+/// separator after it.
+const HEAD_ITEMS: usize = 2 * COMBINED_HEAD.len();
+
 /// What the number of quotes in a line tells about matching a format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Quotes {
@@ -169,7 +173,7 @@ impl LogFormat {
                 Item::Var(_) => 0,
             })
             .sum();
-        let head = &tokenize(COMBINED)[..2 * COMBINED_HEAD.len()];
+        let head = &tokenize(COMBINED)[..HEAD_ITEMS];
         // The head alone would end with a literal anchored at the end of the line.
         let combined_head = escape == Escape::Default && items.len() > head.len() && items.starts_with(head);
         Ok(LogFormat { name: name.to_string(), escape, items, finders, literal_quotes, combined_head })
@@ -191,7 +195,7 @@ impl LogFormat {
         };
         if quote_free && self.combined_head {
             if let Some(pos) = match_combined_head(line, caps) {
-                return self.match_items_from(line, caps, true, pos, 2 * COMBINED_HEAD.len()).is_some();
+                return self.match_items_from(line, caps, true, pos, HEAD_ITEMS).is_some();
             }
             caps.clear();
         }
