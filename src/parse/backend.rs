@@ -329,7 +329,7 @@ impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
 /// Parses `key=value key="quoted value" ...`; needs at least two pairs, the first at the
 /// start of the line, so prose with one `=` in it is not mistaken for logfmt.
 pub fn parse_logfmt(line: &[u8]) -> Option<Record<'_>> {
-    let s = std::str::from_utf8(line).ok()?;
+    let s = super::utf8(line)?;
     let mut fields = Fields::default();
     let mut pairs = 0;
     let mut rest = s.trim_start();
@@ -466,7 +466,7 @@ fn without_last_char(s: &str) -> &str {
 /// Parses free text: an optional leading timestamp and level, then the message. A line
 /// with neither a time, a level nor a client address is not recognised as a log line.
 pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
-    let s = std::str::from_utf8(line).ok()?;
+    let s = super::utf8(line)?;
     let mut rest = s;
     let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
     if let Some((time, after)) = leading_time(rest) {

@@ -259,6 +259,14 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// A whole line as text when it is valid UTF-8: `std::str::from_utf8`'s answer, from the
+/// simdutf8 crate's vectorised check, which on a line's mostly ASCII bytes takes half the
+/// standard check's instructions. Short values keep the standard check, which starts
+/// faster (with simdutf8 for every value, JSON access lines cost 2% more).
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
+}
+
 /// Two parts of `text` cut by `split`, borrowed from the line where `text` is (copied
 /// where it was decoded); `text` itself back when `split` finds no such parts.
 pub fn split_text<'a>(
@@ -300,7 +308,7 @@ impl<'a> LineText<'a> {
     /// Checks `line` once: one UTF-8 pass and one search for `\`.
     pub fn new(line: &'a [u8], escape: logformat::Escape) -> LineText<'a> {
         let unescaped = escape == logformat::Escape::None || memchr::memchr(b'\\', line).is_none();
-        LineText { line, utf8: std::str::from_utf8(line).ok(), unescaped }
+        LineText { line, utf8: utf8(line), unescaped }
     }
 
     /// `raw` (a part of the line) decoded as nginx escaped it with `escape`, lossy where
@@ -326,6 +334,9 @@ pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
     if let Some(v4) = dotted_quad(s) {
         return Some(IpAddr::V4(v4));
     }
+    if let Some(v6) = hex_groups(s) {
+        return Some(canonical_ip(IpAddr::V6(v6)));
+    }
     let s = std::str::from_utf8(s).ok()?.trim();
     let ip = s.parse::<IpAddr>().ok().or_else(|| strip_port(s).and_then(|h| h.parse().ok()))?;
     Some(canonical_ip(ip))
@@ -335,30 +346,72 @@ pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
 /// octets, each 0 to 255 without a leading zero (the standard parser's rules). `None`
 /// only means "not this shape"; the general parser then decides.
 fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
-    // One pass, byte by byte: the iterator chains this replaced cost ~400 instructions
-    // per address, more than finding every field of the line.
+    // Octet by octet, each read without a loop: the byte loop this replaced checked for
+    // a leading zero at every digit (~170 instructions an address; every line has one).
     let mut octets = [0u8; 4];
-    let (mut i, mut n, mut digits) = (0, 0u16, 0);
-    for &b in s {
-        match b {
-            b'0'..=b'9' => {
-                let leading_zero = digits == 1 && n == 0;
-                (n, digits) = (n * 10 + u16::from(b - b'0'), digits + 1);
-                if leading_zero || n > 255 {
-                    return None;
-                }
-            }
-            b'.' if digits > 0 && i < 3 => {
-                octets[i] = n as u8;
-                (i, n, digits) = (i + 1, 0, 0);
-            }
+    let mut rest = s;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        let (value, len) = decimal_octet(rest)?;
+        (*octet, rest) = (value, &rest[len..]);
+        if k < 3 {
+            rest = rest.strip_prefix(b".")?;
+        }
+    }
+    rest.is_empty().then(|| octets.into())
+}
+
+/// One to three digits at the start of `s`, 0 to 255, the standard parser's way: a `0`
+/// is a whole octet (a digit after it is then not a separator, and the caller fails).
+fn decimal_octet(s: &[u8]) -> Option<(u8, usize)> {
+    let digit = |i: usize| s.get(i).filter(|b| b.is_ascii_digit()).map(|b| u16::from(b - b'0'));
+    let a = digit(0)?;
+    let Some(b) = digit(1).filter(|_| a != 0) else { return Some((a as u8, 1)) };
+    let Some(c) = digit(2) else { return Some(((a * 10 + b) as u8, 2)) };
+    let value = a * 100 + b * 10 + c;
+    u8::try_from(value).ok().map(|v| (v, 3))
+}
+
+/// The common IPv6 shapes without the general parser: one to eight groups of one to four
+/// hex digits, with at most one `::` standing for at least one zero group. `None` only
+/// means "not this shape" (an embedded IPv4 tail, brackets, a port): the general parser
+/// then decides. The standard parser took ~3,600 instructions per address, twenty times
+/// an IPv4 address's cost.
+fn hex_groups(s: &[u8]) -> Option<std::net::Ipv6Addr> {
+    let mut groups = [0u16; 8];
+    let (mut n, mut gap, mut i) = (0, None, 0);
+    if s.starts_with(b"::") {
+        (gap, i) = (Some(0), 2);
+    }
+    while i < s.len() {
+        let (value, digits) = hex_group(&s[i..])?;
+        *groups.get_mut(n)? = value;
+        (n, i) = (n + 1, i + digits);
+        match &s[i..] {
+            [] => break,
+            [b':', b':', ..] if gap.is_none() => (gap, i) = (Some(n), i + 2),
+            [b':', _, ..] => i += 1,
             _ => return None,
         }
     }
-    (i == 3 && digits > 0).then(|| {
-        octets[3] = n as u8;
-        octets.into()
-    })
+    match gap {
+        None => (n == 8).then(|| groups.into()),
+        Some(at) if n < 8 => {
+            // The groups after the gap move to the end; the gap's groups are zero.
+            let mut out = [0u16; 8];
+            out[..at].copy_from_slice(&groups[..at]);
+            out[8 - (n - at)..].copy_from_slice(&groups[at..n]);
+            Some(out.into())
+        }
+        Some(_) => None,
+    }
+}
+
+/// One to four hex digits at the start of `s` (the standard parser's limit): the value
+/// and how many there were. A fifth digit is left for the caller to reject.
+fn hex_group(s: &[u8]) -> Option<(u16, usize)> {
+    let digits = s.iter().take(4).map_while(|&b| char::from(b).to_digit(16));
+    let (value, n) = digits.fold((0u16, 0), |(v, n), d| (v << 4 | d as u16, n + 1));
+    (n > 0).then_some((value, n))
 }
 
 /// Folds an IPv4-mapped IPv6 address to IPv4; other addresses are returned unchanged.
@@ -401,6 +454,65 @@ mod tests {
             } else {
                 proptest::prop_assert!(s.parse::<std::net::Ipv4Addr>().is_err());
             }
+        }
+    }
+
+    /// IPv6 addresses as logs write them: compressed (the standard display), full, upper
+    /// case, with leading zeros.
+    fn ipv6_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let group = prop_oneof![Just(0u16), Just(1u16), any::<u16>()];
+        (proptest::array::uniform8(group), 0..4u8).prop_map(|(g, style)| {
+            let ip = std::net::Ipv6Addr::from(g);
+            match style {
+                0 => ip.to_string(),
+                1 => g.map(|x| format!("{x:x}")).join(":"),
+                2 => g.map(|x| format!("{x:04X}")).join(":"),
+                _ => ip.to_string().to_uppercase(),
+            }
+        })
+    }
+
+    proptest::proptest! {
+        /// The IPv6 shortcut agrees with the standard parser wherever it answers, and
+        /// answers for every address written without an IPv4 tail.
+        #[test]
+        fn the_ipv6_shortcut_agrees_with_the_standard_parser(s in ipv6_text()) {
+            let fast = hex_groups(s.as_bytes());
+            proptest::prop_assert_eq!(fast, s.parse().ok());
+            proptest::prop_assert!(fast.is_some() || s.contains('.'));
+        }
+
+        /// On arbitrary text of the address alphabet, the shortcut never accepts what the
+        /// standard parser rejects, nor reads it differently.
+        #[test]
+        fn the_ipv6_shortcut_never_disagrees(s in "[0-9a-fA-F:.]{0,44}|([0-9a-f]{0,5}:{1,3}){1,9}[0-9a-f]{0,5}") {
+            if let Some(ip) = hex_groups(s.as_bytes()) {
+                proptest::prop_assert_eq!(Some(ip), s.parse().ok());
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_shapes_the_shortcut_leaves_to_the_standard_parser() {
+        for s in [
+            "::ffff:1.2.3.4",
+            "1:2:3:4:5:6:7:8:9",
+            "1::2::3",
+            "12345::",
+            "1:2:3:4:5:6:7:8::",
+            ":1::",
+            "1:",
+            "",
+            "[::1]",
+        ] {
+            assert_eq!(hex_groups(s.as_bytes()), None, "{s}");
+        }
+        for s in
+            ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "fe80::1:2", "2001:DB8:0:0:0:0:0:1"]
+        {
+            assert_eq!(hex_groups(s.as_bytes()), s.parse().ok(), "{s}");
+            assert!(hex_groups(s.as_bytes()).is_some(), "{s}");
         }
     }
 
