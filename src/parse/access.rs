@@ -126,7 +126,6 @@ fn join_uri_args<'a>(
 mod tests {
     use super::*;
     use crate::parse::logformat::{COMBINED, MAIN, unescape};
-    use proptest::strategy::Strategy;
 
     fn combined() -> Arc<LogFormat> {
         Arc::new(LogFormat::compile("combined", COMBINED, Escape::Default).unwrap())
@@ -158,20 +157,22 @@ mod tests {
     /// Bytes of a value as an attacker or nginx might write them: quotes raw and escaped,
     /// backslashes, multi-byte and invalid UTF-8.
     fn hostile_value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        let piece = proptest::sample::select(vec![
-            &b"a"[..],
-            b" ",
-            b"/",
-            b"\"",
-            b"\\",
-            b"\\x22",
-            b"\\\"",
-            b"\\u0022",
-            b"\xc3\xa9",
-            b"\xff",
-            b"-",
-        ]);
-        proptest::collection::vec(piece, 0..8).prop_map(|p| p.concat())
+        crate::parse::joined_pieces(
+            vec![
+                &b"a"[..],
+                b" ",
+                b"/",
+                b"\"",
+                b"\\",
+                b"\\x22",
+                b"\\\"",
+                b"\\u0022",
+                b"\xc3\xa9",
+                b"\xff",
+                b"-",
+            ],
+            0..8,
+        )
     }
 
     proptest::proptest! {

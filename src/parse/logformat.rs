@@ -569,7 +569,6 @@ fn quoted_with<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::strategy::Strategy;
 
     /// Decoding one byte at a time: the reference for [`unescape`]'s run copying.
     fn unescape_bytewise(raw: &[u8], escape: Escape) -> Vec<u8> {
@@ -589,11 +588,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn unescape_matches_bytewise_decoding(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
+            raw in crate::parse::joined_pieces(vec![
                 &b"a"[..], b"\\", b"\\x22", b"\\x2", b"\\xZZ", b"\\\"", b"\\u0041", b"\\u00", b"\\n", b"\\q", b"\xff", b"x",
-            ]), 0..12),
+            ], 0..12),
         ) {
-            let raw = pieces.concat();
             for escape in [Escape::Default, Escape::Json, Escape::None] {
                 proptest::prop_assert_eq!(&*unescape(&raw, escape), &unescape_bytewise(&raw, escape)[..]);
             }
@@ -612,32 +610,34 @@ mod tests {
     fn combined_like_line(
         pieces: std::ops::Range<usize>,
     ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        let piece = proptest::sample::select(vec![
-            &b"-"[..],
-            b" ",
-            b" - ",
-            b" [",
-            b"] \"",
-            b"\" ",
-            b" \"",
-            b"\" \"",
-            b"\"",
-            b"[",
-            b"]",
-            b"1.2.3.4",
-            b"2001:db8::1",
-            b"15/Jan/2024:10:23:45 +0000",
-            b"GET / HTTP/1.1",
-            b"404",
-            b"12",
-            b"\\x22",
-            b"\\",
-            b"\xff",
-            b"a",
-            b"-\"",
-            b"- -",
-        ]);
-        proptest::collection::vec(piece, pieces).prop_map(|p| p.concat())
+        crate::parse::joined_pieces(
+            vec![
+                &b"-"[..],
+                b" ",
+                b" - ",
+                b" [",
+                b"] \"",
+                b"\" ",
+                b" \"",
+                b"\" \"",
+                b"\"",
+                b"[",
+                b"]",
+                b"1.2.3.4",
+                b"2001:db8::1",
+                b"15/Jan/2024:10:23:45 +0000",
+                b"GET / HTTP/1.1",
+                b"404",
+                b"12",
+                b"\\x22",
+                b"\\",
+                b"\xff",
+                b"a",
+                b"-\"",
+                b"- -",
+            ],
+            pieces,
+        )
     }
 
     fn combined_shaped(fields: &[Vec<u8>]) -> Vec<u8> {

@@ -429,6 +429,17 @@ fn strip_port(s: &str) -> Option<&str> {
     (port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':')).then_some(host)
 }
 
+/// Test input: up to `count` pieces drawn from `pieces`, joined. Parsers' property tests
+/// build hostile lines this way from the separators and escapes they must get right.
+#[cfg(test)]
+pub(crate) fn joined_pieces(
+    pieces: Vec<&'static [u8]>,
+    count: std::ops::Range<usize>,
+) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::strategy::Strategy;
+    proptest::collection::vec(proptest::sample::select(pieces), count).prop_map(|p| p.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
