@@ -183,7 +183,13 @@ fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
 }
 
 /// Turns what a scan learned into proposals.
-pub fn decide(agg: Aggregator, thresholds: &Thresholds, spare: &SparePolicy, rules: &RuleSet) -> ScanReport {
+pub fn decide(
+    mut agg: Aggregator,
+    thresholds: &Thresholds,
+    spare: &SparePolicy,
+    rules: &RuleSet,
+) -> ScanReport {
+    agg.settle();
     let compact = agg.light.values().filter(|l| l.compact()).count() as u64;
     // Light entries hold at most a few events (`LIGHT_EVENTS`): judged only when a
     // threshold is that low. The rest (most clients: they never sent any evidence) can

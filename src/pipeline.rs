@@ -176,6 +176,7 @@ impl Worker {
         }
         // Framing never cuts inside a partial line, so leftovers mean the input ended.
         self.agg.stats.unfinished_partial_lines += self.joiner.unfinished() as u64;
+        self.agg.settle();
     }
 
     fn process_line(&mut self, input: &str, line_no: u64, raw: &[u8]) {

@@ -629,7 +629,23 @@ pub struct Aggregator {
     pub limits: Limits,
     /// What was folded out of the exact tables to stay within `limits`.
     pub summary: Summary,
+    /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
+    pub(crate) runs: Vec<ParsedRun>,
 }
+
+/// Parsed lines from one source in one format, not yet in `stats.sources`. Counting a
+/// line against a pending run costs two short compares; the two map lookups it replaces
+/// (source, then format) were about 3% of a scan's instructions.
+#[derive(Clone, Debug)]
+pub(crate) struct ParsedRun {
+    source: String,
+    format: String,
+    lines: u64,
+}
+
+/// Pending runs kept at most: enough for the pods and containers of an interleaved
+/// `kubectl logs --prefix` stream, few enough to scan on every line.
+const PENDING_RUNS: usize = 8;
 
 impl Aggregator {
     /// Counts a line of `source` that was read but not parsed, by `reason`, keeping the
@@ -693,18 +709,25 @@ impl Aggregator {
         self.stats.parsed += 1;
         self.stats.untimed += u64::from(time.is_none());
         self.stats.last_event_time = self.stats.last_event_time.max(time);
-        // One lookup for a known source (`source()` makes two: it must return the entry).
-        let source = match self.stats.sources.get_mut(source) {
-            Some(known) => known,
-            None => self.source(source),
-        };
-        source.lines += 1;
-        source.parsed += 1;
-        match source.formats.get_mut(format) {
-            Some(n) => *n += 1,
-            None => {
-                source.formats.insert(format.to_string(), 1);
-            }
+        if let Some(run) = self.runs.iter_mut().find(|r| r.format == format && r.source == source) {
+            run.lines += 1;
+            return;
+        }
+        if self.runs.len() == PENDING_RUNS {
+            self.settle();
+        }
+        self.runs.push(ParsedRun { source: source.to_string(), format: format.to_string(), lines: 1 });
+    }
+
+    /// Adds the pending runs of parsed lines to `stats.sources`. The pipeline's workers
+    /// settle after every chunk, and merging and deciding settle first; a caller that
+    /// reads `stats.sources` of an aggregator it fed itself settles before.
+    pub fn settle(&mut self) {
+        for run in std::mem::take(&mut self.runs) {
+            let source = self.source(&run.source);
+            source.lines += run.lines;
+            source.parsed += run.lines;
+            *source.formats.entry(run.format).or_default() += run.lines;
         }
     }
 
@@ -888,6 +911,8 @@ impl Aggregator {
 
     /// Adds everything `other` has learned, staying within this aggregator's limits.
     pub fn merge(&mut self, mut other: Aggregator) {
+        self.settle();
+        other.settle();
         // Into the larger tables: the reduction starts from an empty aggregator, and
         // re-inserting a whole worker's tables into it held both copies at once (the peak
         // of a scan). Merging commutes, so which side holds the result does not matter.
@@ -1042,6 +1067,46 @@ mod tests {
         }
         assert_eq!(a, b);
         assert_eq!(a.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn runs_of_parsed_lines_reach_the_source_counts() {
+        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
+        let record = Record { kind: Some(RecordKind::Access), status: Some(200), ..Record::default() };
+        let feed = |agg: &mut Aggregator, lines: &[(&str, &str)]| {
+            for (source, format) in lines {
+                let at = LineRef { source, line: 1 };
+                let seen = Seen { source, at, format, raw: b"x", record: &record, hits: &[] };
+                agg.observe(&seen, &rules, &policy);
+            }
+        };
+        let (mut a, mut b) = (Aggregator::default(), Aggregator::default());
+        // Runs of one line and of several, sources and formats changing alone and together.
+        feed(
+            &mut a,
+            &[("p1", "combined"), ("p1", "combined"), ("p2", "combined"), ("p2", "json"), ("p1", "json")],
+        );
+        feed(&mut b, &[("p2", "json"), ("p2", "json"), ("p1", "combined")]);
+        a.unparsed("p1", LineRef { source: "p1", line: 9 }, b"?", UnparsedReason::Unrecognized);
+        // Merging settles both sides; nothing was settled before.
+        a.merge(b);
+        let counts = |name: &str| {
+            let s = &a.stats.sources[name];
+            (s.lines, s.parsed, s.formats.clone().into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(counts("p1"), (5, 4, vec![("combined".into(), 3), ("json".into(), 1)]));
+        assert_eq!(counts("p2"), (4, 4, vec![("combined".into(), 1), ("json".into(), 3)]));
+        assert_eq!((a.stats.lines, a.stats.parsed), (9, 8));
+        // More sources at once than runs are kept pending, and a run left open: settled
+        // by whoever reads the counts, once.
+        let many: Vec<String> = (0..2 * PENDING_RUNS + 1).map(|i| format!("q{i}")).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|s| (s.as_str(), "logfmt")).collect();
+        feed(&mut a, &[&many[..], &many[..]].concat());
+        a.settle();
+        a.settle();
+        for (source, _) in &many {
+            assert_eq!(a.stats.sources[*source].formats["logfmt"], 2, "{source}");
+        }
     }
 
     #[test]
