@@ -371,6 +371,37 @@ mod tests {
         assert_eq!(joined, input);
     }
 
+    /// A reader whose input breaks off with an error after `data`, handed out in reads
+    /// of at most `step` bytes.
+    struct BreaksOff<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for BreaksOff<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.data.is_empty() {
+                return Err(io::Error::other("connection reset"));
+            }
+            let n = buf.len().min(self.data.len()).min(self.step);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_error_keeps_every_byte_read_before_it() {
+        let input = b"first\nsecond\nthird, cut off".repeat(20);
+        for (chunk, step) in [(64, 7), (64, 1000), (1 << 20, 13)] {
+            let frames = frame_all("t", BreaksOff { data: &input, step }, small(chunk, 1000));
+            let joined: Vec<u8> = lines_of(&frames).into_iter().flat_map(|(_, l)| l).collect();
+            assert_eq!(joined, input, "chunk {chunk}, reads of {step}");
+            let last = frames.last().expect("frames");
+            assert!(matches!(last, Frame::ReadError { message, .. } if message == "connection reset"));
+        }
+    }
+
     #[test]
     fn oversized_line_is_counted_and_skipped() {
         let mut input = b"short\n".to_vec();
