@@ -5,6 +5,7 @@
 # truth (the planted attackers' 4xx counts).
 #
 #   benches/compare.sh [SIZE_MB]        (default 1000; the corpus is cached in target/)
+#   PGO=1 benches/compare.sh [SIZE_MB]  also the profile-guided build of benches/pgo.sh
 #
 # Tools that are not installed (ripgrep, GoAccess, fail2ban-regex: Debian packages) are
 # listed as skipped. Timings are wall-clock with a warm page cache; peak RSS comes from
@@ -21,6 +22,10 @@ if [ ! -s "$corpus" ]; then
 fi
 cargo build --release --quiet
 lw=target/release/logwarden
+pgo=
+if [ "${PGO:-0}" = 1 ]; then
+    pgo=$(bash benches/pgo.sh | tail -1)
+fi
 bytes=$(stat -c %s "$corpus")
 lines=$(python3 -c "import json;print(json.load(open('$truth'))['lines'])")
 cat "$corpus" > /dev/null   # warm the page cache
@@ -50,6 +55,11 @@ fi
 run "logwarden --threads 1" "$lw scan --threads 1 --output json '$corpus'"
 run "logwarden (all threads)" "$lw scan --output json '$corpus'"
 run "logwarden, stdin" "cat '$corpus' | $lw scan --output json"
+if [ -n "$pgo" ]; then
+    run "logwarden PGO build --threads 1" "$pgo scan --threads 1 --output json '$corpus'"
+    run "logwarden PGO build (all threads)" "$pgo scan --output json '$corpus'"
+    run "logwarden PGO build, stdin" "cat '$corpus' | $pgo scan --output json"
+fi
 
 # Does the answer give each planted attacker's 4xx count exactly?
 check() {
