@@ -356,11 +356,16 @@ mod tests {
             if self.reads.is_multiple_of(5) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            let n = buf.len().min(self.data.len()).min(3);
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
+            Ok(hand_out(&mut self.data, buf, 3))
         }
+    }
+
+    /// One read of a test reader: up to `max` bytes of `data` into `buf`, `data` advanced.
+    fn hand_out(data: &mut &[u8], buf: &mut [u8], max: usize) -> usize {
+        let n = buf.len().min(data.len()).min(max);
+        buf[..n].copy_from_slice(&data[..n]);
+        *data = &data[n..];
+        n
     }
 
     #[test]
@@ -383,10 +388,7 @@ mod tests {
             if self.data.is_empty() {
                 return Err(io::Error::other("connection reset"));
             }
-            let n = buf.len().min(self.data.len()).min(self.step);
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
+            Ok(hand_out(&mut self.data, buf, self.step))
         }
     }
 
