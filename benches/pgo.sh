@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sysroot=$(rustc --print sysroot)
-profdata=$(find "$sysroot/lib/rustlib" -name llvm-profdata -type f 2>/dev/null | head -1)
+# `|| true`: a missing directory (or find cut short by head) must reach the message below.
+profdata=$(find "$sysroot/lib/rustlib" -name llvm-profdata -type f 2>/dev/null | head -1 || true)
 if [ -z "$profdata" ]; then
     echo "pgo.sh: llvm-profdata is not in $sysroot; install it with 'rustup component add llvm-tools'" >&2
     exit 1
