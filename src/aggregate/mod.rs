@@ -634,8 +634,8 @@ pub struct Aggregator {
 }
 
 /// Parsed lines from one source in one format, not yet in `stats.sources`. Counting a
-/// line against a pending run costs two short compares; the two map lookups it replaces
-/// (source, then format) were about 3% of a scan's instructions.
+/// line against a pending run costs two short compares instead of the two map lookups
+/// (source, then format) it replaces: 1.3% fewer worker instructions on `combined`.
 #[derive(Clone, Debug)]
 pub(crate) struct ParsedRun {
     source: String,
