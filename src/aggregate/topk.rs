@@ -19,6 +19,12 @@ pub struct TopK {
     /// Two values with one 64-bit keyed hash would share a count; the key is secret and
     /// per process, so that cannot be aimed at. Short values are stored inline.
     entries: Vec<(u64, CompactString, u64)>,
+    /// The entries tied at the smallest count `least`, in eviction order (the next victim
+    /// last), so that a spray of distinct values does not compare every tied value's
+    /// text for each eviction. Counts only grow and a newcomer starts above `least`, so
+    /// the tie only shrinks: an index whose count moved on is stale and skipped.
+    victims: Vec<u16>,
+    least: u64,
     /// Whether any value was ever evicted.
     pub approximate: bool,
 }
@@ -26,7 +32,8 @@ pub struct TopK {
 impl TopK {
     /// A counter that keeps at most `capacity` values.
     pub fn new(capacity: usize) -> Self {
-        TopK { capacity, entries: Vec::new(), approximate: false }
+        assert!(capacity <= usize::from(u16::MAX), "a top list holds at most 65535 values");
+        TopK { capacity, entries: Vec::new(), victims: Vec::new(), least: 0, approximate: false }
     }
 
     /// Counts one occurrence of `value`.
@@ -45,17 +52,32 @@ impl TopK {
             return;
         }
         self.approximate = true;
-        let min = self.smallest();
+        let min = self.victim();
         let inherited = self.entries[min].2;
         self.entries[min] = (key, CompactString::new(value), inherited + n);
     }
 
-    /// Where the entry to evict is: the smallest count; ties break on the value so the
-    /// result does not depend on arrival order (text compared only among the ties).
-    fn smallest(&self) -> usize {
-        let least = self.entries.iter().map(|e| e.2).min().expect("full counter is not empty");
-        let tied = self.entries.iter().enumerate().filter(|(_, e)| e.2 == least);
-        tied.max_by(|a, b| a.1.1.cmp(&b.1.1)).map_or(0, |(i, _)| i)
+    /// Where the entry to evict is: the smallest count; ties break on the value (the
+    /// greatest goes first) so the choice does not depend on where values sit.
+    fn victim(&mut self) -> usize {
+        while let Some(i) = self.victims.pop().map(usize::from) {
+            if self.entries[i].2 == self.least {
+                return i;
+            }
+        }
+        self.rank_victims();
+        self.victims.pop().map_or(0, usize::from)
+    }
+
+    /// Finds the smallest count and orders the entries holding it for eviction.
+    fn rank_victims(&mut self) {
+        self.least = self.entries.iter().map(|e| e.2).min().expect("full counter is not empty");
+        let tied = self.entries.iter().enumerate().filter(|(_, e)| e.2 == self.least);
+        // `new` bounds the capacity, so every index fits.
+        let mut keyed: Vec<(u128, u16)> = tied.map(|(i, e)| (order_prefix(&e.1), i as u16)).collect();
+        let text = |i: u16| self.entries[usize::from(i)].1.as_str();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| text(a.1).cmp(text(b.1))));
+        self.victims.extend(keyed.into_iter().map(|(_, i)| i));
     }
 
     /// Adds every count of `other`.
@@ -87,6 +109,17 @@ impl TopK {
     }
 }
 
+/// The first 16 bytes of `value`, zero-padded, as a number: two values compare as their
+/// prefixes do unless those are equal, so sorting a tie compares text only for values
+/// that share 16 bytes (a scanner's paths differ early; a call to memcmp per compare was
+/// most of the sort).
+fn order_prefix(value: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = value.len().min(16);
+    bytes[..n].copy_from_slice(&value.as_bytes()[..n]);
+    u128::from_be_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +143,54 @@ mod tests {
         let (value, count) = t.top(1).remove(0);
         assert_eq!(value, "a");
         assert!(count >= 1003);
+    }
+
+    /// Space-saving as first written: a full scan for the smallest count and a text
+    /// compare among all the tied entries on every eviction.
+    fn reference(capacity: usize, values: &[String]) -> Vec<(String, u64)> {
+        let mut entries: Vec<(String, u64)> = Vec::new();
+        for v in values {
+            if let Some(e) = entries.iter_mut().find(|e| &e.0 == v) {
+                e.1 += 1;
+            } else if entries.len() < capacity {
+                entries.push((v.clone(), 1));
+            } else {
+                let least = entries.iter().map(|e| e.1).min().unwrap();
+                let tied = entries.iter().enumerate().filter(|(_, e)| e.1 == least);
+                let (i, _) = tied.max_by(|a, b| a.1.0.cmp(&b.1.0)).unwrap();
+                entries[i] = (v.clone(), least + 1);
+            }
+        }
+        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        entries
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn evicts_what_a_full_scan_would(
+            capacity in 1usize..6,
+            picks in proptest::collection::vec((0u8..12, 0u8..3), 0..300),
+        ) {
+            // Skewed values (a few heavy, many light) so that ties, hits on tied entries
+            // and runs of evictions all happen; half share a prefix longer than 16 bytes.
+            let value = |(v, w): &(u8, u8)| {
+                let shared = if v % 2 == 0 { "/a/prefix/of/twenty/" } else { "" };
+                format!("{shared}v{}", v >> w)
+            };
+            let values: Vec<String> = picks.iter().map(value).collect();
+            let mut t = TopK::new(capacity);
+            values.iter().for_each(|v| t.add(v));
+            proptest::prop_assert_eq!(t.top(capacity), reference(capacity, &values));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prefixes_order_as_the_text_does(a in "[a\\x00-\\x02/]{0,20}", b in "[a\\x00-\\x02/]{0,20}") {
+            if order_prefix(&a) != order_prefix(&b) {
+                proptest::prop_assert_eq!(order_prefix(&a).cmp(&order_prefix(&b)), a.cmp(&b));
+            }
+        }
     }
 
     #[test]
