@@ -8,6 +8,7 @@ pub mod shared;
 pub mod topk;
 pub mod window;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -56,6 +57,17 @@ pub struct Seen<'s, 'r> {
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     process_hasher().hash_one(bytes)
+}
+
+/// An account's key in the sketch: its realm and name, hashed as [`stable_hash`] hashes,
+/// without building the joined text (a spray of one-off names folds thousands at a time).
+fn account_hash(realm: &str, user: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = process_hasher().build_hasher();
+    h.write(realm.as_bytes());
+    h.write_u8(0);
+    h.write(user.as_bytes());
+    h.finish()
 }
 
 /// The hasher behind [`stable_hash`] and [`client_hash`], with the process's seed.
@@ -122,12 +134,22 @@ pub struct Sample {
 
 impl Sample {
     fn new(at: LineRef<'_>, time: Option<i64>, raw: &[u8]) -> Sample {
-        let text = crate::parse::text(raw);
-        let text = match text.char_indices().nth(SAMPLE_CHARS) {
-            Some((cut, _)) => format!("{}…", &text[..cut]).into(),
-            None => text.into(),
-        };
-        Sample { time, source: at.source.into(), line: at.line, text }
+        // The whole line's check, vectorised: a spray of one-off clients builds a sample
+        // for nearly every line.
+        let text = crate::parse::utf8(raw).map_or_else(|| String::from_utf8_lossy(raw), Cow::Borrowed);
+        Sample { time, source: at.source.into(), line: at.line, text: shortened(&text) }
+    }
+}
+
+/// The first [`SAMPLE_CHARS`] characters of `text`, with an ellipsis when it was cut.
+fn shortened(text: &str) -> Box<str> {
+    // No more bytes than that means no more characters either: nothing to count.
+    if text.len() <= SAMPLE_CHARS {
+        return text.into();
+    }
+    match text.char_indices().nth(SAMPLE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
     }
 }
 
@@ -902,7 +924,7 @@ impl Aggregator {
             users.retain(|user, a| {
                 let keep = !plan.folds(a.auth_failures, account_age(user, a));
                 if !keep {
-                    summary.fold_account(stable_hash(format!("{realm}\0{user}").as_bytes()), a.auth_failures);
+                    summary.fold_account(account_hash(realm, user), a.auth_failures);
                 }
                 keep
             });
@@ -1053,6 +1075,21 @@ fn merge_seen(first: &mut Option<i64>, last: &mut Option<i64>, of: Option<i64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_cut_at_a_number_of_characters_not_bytes() {
+        let at = LineRef { source: "s", line: 1 };
+        // As many two-byte characters as a sample holds: twice the bytes, nothing cut.
+        let whole = "é".repeat(SAMPLE_CHARS);
+        assert_eq!(&*Sample::new(at, None, whole.as_bytes()).text, whole);
+        let longer = format!("{whole}é");
+        assert_eq!(&*Sample::new(at, None, longer.as_bytes()).text, format!("{whole}…"));
+        let ascii = "a".repeat(SAMPLE_CHARS + 1);
+        assert_eq!(Sample::new(at, None, ascii.as_bytes()).text.chars().count(), SAMPLE_CHARS + 1);
+        assert!(Sample::new(at, None, ascii.as_bytes()).text.ends_with("a…"));
+        // Invalid UTF-8 is replaced, not dropped.
+        assert_eq!(&*Sample::new(at, None, b"bad \xff byte").text, "bad \u{fffd} byte");
+    }
 
     #[test]
     fn samples_keep_the_smallest_regardless_of_order() {
