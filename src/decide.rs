@@ -342,45 +342,62 @@ impl Verdict {
     }
 }
 
+/// How a reason words a window count that is a lower bound (a series kept in buckets
+/// coarser than a second, or one that dropped values at its cap; see
+/// [`crate::aggregate::window`]).
+fn at_least(coarse: bool) -> &'static str {
+    if coarse { "at least " } else { "" }
+}
+
 /// Checks every client threshold against the busiest window of `c`: the scan's own
 /// (4xx, failed logins), each rule's, and the aggregate rules' distinct counts.
 pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let window = human_window(t.window);
     let mut v = Verdict::default();
     let (n, start) = c.times_4xx.busiest(t.window);
+    let least = at_least(c.times_4xx.is_coarse());
     v.window_4xx = n;
     v.check(n, t.client_4xx, || {
-        format!("{n} 4xx answers within {window}{} (threshold {})", since(start), t.client_4xx)
+        format!("{least}{n} 4xx answers within {window}{} (threshold {})", since(start), t.client_4xx)
     });
     let (n, start) = c.times_auth.busiest(t.window);
+    let least = at_least(c.times_auth.is_coarse());
     v.window_auth_failures = n;
     v.check(n, t.client_auth_failures, || {
-        format!("{n} failed logins within {window}{} (threshold {})", since(start), t.client_auth_failures)
+        format!(
+            "{least}{n} failed logins within {window}{} (threshold {})",
+            since(start),
+            t.client_auth_failures
+        )
     });
     for (id, times) in c.times_rules.iter_mut() {
         let rule = rules.rule(*id);
         let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
         let (n, start) = times.busiest(w);
+        let least = at_least(times.is_coarse());
         v.check(n, u64::from(threshold), || {
-            format!("{n} × {} within {}{} (threshold {threshold})", rule.id, human_window(w), since(start))
+            format!(
+                "{least}{n} × {} within {}{} (threshold {threshold})",
+                rule.id,
+                human_window(w),
+                since(start)
+            )
         });
     }
     for rule in rules.rules() {
         let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
-        let (n, start, what) = match rule.aggregate {
+        let (distinct, what) = match rule.aggregate {
             Some(AggregateKind::ClientDistinctAccounts) => {
-                let (n, s) = c.auth_accounts.most_distinct(w);
-                (n, s, "distinct accounts with failed logins")
+                (&mut c.auth_accounts, "distinct accounts with failed logins")
             }
-            Some(AggregateKind::ClientDistinct4xxPaths) => {
-                let (n, s) = c.paths_4xx.most_distinct(w);
-                (n, s, "distinct paths answered 4xx")
-            }
+            Some(AggregateKind::ClientDistinct4xxPaths) => (&mut c.paths_4xx, "distinct paths answered 4xx"),
             _ => continue,
         };
+        let (n, start) = distinct.most_distinct(w);
+        let least = at_least(distinct.is_coarse());
         v.check(n, u64::from(threshold), || {
             format!(
-                "{}: {n} {what} within {}{} (threshold {threshold})",
+                "{}: {least}{n} {what} within {}{} (threshold {threshold})",
                 rule.id,
                 human_window(w),
                 since(start)
@@ -393,10 +410,11 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
 /// Checks the account threshold, and the aggregate account rules, against `a`.
 pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let (n, start) = a.times.busiest(t.window);
+    let least = at_least(a.times.is_coarse());
     let mut v = Verdict { window_auth_failures: n, ..Verdict::default() };
     v.check(n, t.account_auth_failures, || {
         format!(
-            "{n} failed logins within {}{} from {} client(s) (threshold {})",
+            "{least}{n} failed logins within {}{} from {} client(s) (threshold {})",
             human_window(t.window),
             since(start),
             a.clients.len(),
@@ -406,9 +424,10 @@ pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, r
     for rule in rules.rules().iter().filter(|r| r.aggregate == Some(AggregateKind::AccountDistinctClients)) {
         let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
         let (n, start) = a.client_times.most_distinct(w);
+        let least = at_least(a.client_times.is_coarse());
         v.check(n, u64::from(threshold), || {
             format!(
-                "{}: failed logins from {n} distinct clients within {}{} (threshold {threshold})",
+                "{}: failed logins from {least}{n} distinct clients within {}{} (threshold {threshold})",
                 rule.id,
                 human_window(w),
                 since(start)
