@@ -14,6 +14,17 @@ fn bucket(t: i64, shift: u32) -> i64 {
     (t >> shift) << shift
 }
 
+/// Moves `entries`, bucketed at `*shift`, to the coarser `to` (nothing when `to` is not
+/// coarser); returns whether it did.
+fn rebucket<T>(entries: &mut [(i64, T)], shift: &mut u32, to: u32) -> bool {
+    if to <= *shift {
+        return false;
+    }
+    *shift = to;
+    entries.iter_mut().for_each(|e| e.0 = bucket(e.0, to));
+    true
+}
+
 /// Per-second event counts, coarsened past [`EventTimes::CAP`] entries.
 #[derive(Clone, Debug, Default)]
 pub struct EventTimes {
@@ -57,9 +68,9 @@ impl EventTimes {
         self.entries.sort_unstable_by_key(|e| e.0);
         self.merge_equal();
         while self.entries.len() > Self::CAP {
-            self.shift += 1;
-            let shift = self.shift;
-            self.entries.iter_mut().for_each(|e| e.0 = bucket(e.0, shift));
+            // Flooring keeps the order, so neighbours only need adding up.
+            let coarser = self.shift + 1;
+            rebucket(&mut self.entries, &mut self.shift, coarser);
             self.merge_equal();
         }
     }
@@ -76,11 +87,9 @@ impl EventTimes {
         self.sorted = self.entries.len();
     }
 
-    /// Brings the series to at least `shift`.
+    /// Brings the series to buckets of at least `1 << shift` seconds (left unsorted).
     fn coarsen_to(&mut self, shift: u32) {
-        if shift > self.shift {
-            self.shift = shift;
-            self.entries.iter_mut().for_each(|e| e.0 = bucket(e.0, shift));
+        if rebucket(&mut self.entries, &mut self.shift, shift) {
             self.sorted = 0;
         }
     }
@@ -340,9 +349,7 @@ impl DistinctTimes {
 
     /// Brings the pairs to buckets of at least `1 << shift` seconds (left unsorted).
     fn coarsen_to(&mut self, shift: u32) {
-        if shift > self.shift {
-            self.shift = shift;
-            self.entries.iter_mut().for_each(|e| e.0 = bucket(e.0, shift));
+        if rebucket(&mut self.entries, &mut self.shift, shift) {
             self.sorted = 0;
         }
     }
