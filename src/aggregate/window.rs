@@ -314,6 +314,7 @@ impl DistinctTimes {
             self.capped = true;
             return;
         }
+        // Bucketed again: making room may have coarsened the set.
         self.entries.push((bucket(t, self.shift), value));
         if self.entries.len() > 2 * self.sorted + 64 {
             self.compact();
