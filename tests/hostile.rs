@@ -180,3 +180,35 @@ fn a_spray_of_one_off_user_names_does_not_hide_the_account_under_attack() {
         doc["accounts"].as_array().unwrap().iter().find(|a| a["user"] == "victim@example.com").unwrap();
     assert_eq!(victim["auth_failures"], 40, "{victim}");
 }
+
+#[test]
+fn attackers_at_it_for_hours_are_counted_in_coarser_buckets_and_still_blocked() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = std::io::BufWriter::new(f.as_file_mut());
+    // Three addresses, one 404 every two seconds each for three hours: 5,400 distinct
+    // seconds a client, past the 1,024 a series keeps one by one.
+    for s in (0..3 * 3600).step_by(2) {
+        let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+        for c in 1..=3 {
+            writeln!(
+                w,
+                "203.0.113.{c} - - [14/Nov/2023:{h:02}:{m:02}:{sec:02} +0000] \"GET /wp-login.php HTTP/1.1\" 404 0 \"-\" \"x\""
+            )
+            .unwrap();
+        }
+    }
+    drop(w);
+    let out = logwarden().args(["scan", "--output", "json"]).arg(f.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["blocklist"].as_array().unwrap().len(), 3, "{}", doc["blocklist"]);
+    for c in doc["ips"].as_array().unwrap() {
+        // 300 in any ten minutes; 8-second buckets count whole ones only, so at most two
+        // buckets (8 events) are missed, and never one that was not there.
+        let n = c["window_4xx"].as_u64().unwrap();
+        assert!((292..=300).contains(&n), "{c}");
+        assert_eq!(c["status_4xx"], 5_400);
+        let reason = c["reasons"][0].as_str().unwrap();
+        assert!(reason.starts_with(&format!("at least {n} 4xx answers within 10m")), "{reason}");
+    }
+}
