@@ -59,8 +59,9 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     process_hasher().hash_one(bytes)
 }
 
-/// An account's key in the sketch: its realm and name, hashed as [`stable_hash`] hashes,
-/// without building the joined text (a spray of one-off names folds thousands at a time).
+/// An account's key in the sketch: its realm, a NUL and its name, through the process's
+/// seeded hasher as [`stable_hash`] uses, without building the joined text (a spray of
+/// one-off names folds thousands at a time).
 fn account_hash(realm: &str, user: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = process_hasher().build_hasher();
