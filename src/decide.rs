@@ -55,6 +55,10 @@ pub struct ClientReport {
     /// The busiest window's counts, for the reasons and for sorting.
     pub window_4xx: u64,
     pub window_auth_failures: u64,
+    /// The window counts are lower bounds: the client's times were kept in buckets
+    /// coarser than a second (see [`crate::aggregate::window`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub window_at_least: bool,
     pub block: bool,
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +102,9 @@ pub struct AccountReport {
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     pub window_auth_failures: u64,
+    /// `window_auth_failures` is a lower bound (times kept in coarser buckets).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub window_at_least: bool,
     pub lock: bool,
     pub reasons: Vec<String>,
     pub samples: Vec<Sample>,
@@ -329,6 +336,8 @@ pub struct Verdict {
     pub window_4xx: u64,
     /// The busiest window's failed logins.
     pub window_auth_failures: u64,
+    /// The two counts above are lower bounds.
+    pub window_at_least: bool,
     /// The largest count behind any crossed threshold.
     pub evidence: u64,
 }
@@ -356,6 +365,7 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
     let mut v = Verdict::default();
     let (n, start) = c.times_4xx.busiest(t.window);
     let least = at_least(c.times_4xx.is_coarse());
+    v.window_at_least = c.times_4xx.is_coarse() || c.times_auth.is_coarse();
     v.window_4xx = n;
     v.check(n, t.client_4xx, || {
         format!("{least}{n} 4xx answers within {window}{} (threshold {})", since(start), t.client_4xx)
@@ -411,7 +421,8 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
 pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let (n, start) = a.times.busiest(t.window);
     let least = at_least(a.times.is_coarse());
-    let mut v = Verdict { window_auth_failures: n, ..Verdict::default() };
+    let coarse = a.times.is_coarse();
+    let mut v = Verdict { window_auth_failures: n, window_at_least: coarse, ..Verdict::default() };
     v.check(n, t.account_auth_failures, || {
         format!(
             "{least}{n} failed logins within {}{} from {} client(s) (threshold {})",
@@ -440,7 +451,7 @@ pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, r
 fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
     let block = j.block();
     let Judged { key: ip, stats: c, verdict, spared } = j;
-    let Verdict { reasons, window_4xx, window_auth_failures: window_auth, .. } = verdict;
+    let Verdict { reasons, window_4xx, window_auth_failures: window_auth, window_at_least, .. } = verdict;
     ClientReport {
         ip,
         requests: c.requests,
@@ -453,6 +464,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         last_seen: c.last_seen.map(format_rfc3339),
         window_4xx,
         window_auth_failures: window_auth,
+        window_at_least,
         block,
         reasons,
         spared,
@@ -471,7 +483,8 @@ fn account_report(
     t: &Thresholds,
     rules: &RuleSet,
 ) -> AccountReport {
-    let Verdict { mut reasons, window_auth_failures: window_auth, .. } = account_verdict(&mut a, t, rules);
+    let verdict = account_verdict(&mut a, t, rules);
+    let Verdict { mut reasons, window_auth_failures: window_auth, window_at_least, .. } = verdict;
     // Only the application's accounts can be locked; an htpasswd user is reported so
     // that someone rotates or removes it by hand.
     let lock = !reasons.is_empty() && realm == APP_REALM;
@@ -488,6 +501,7 @@ fn account_report(
         first_seen: a.first_seen.map(format_rfc3339),
         last_seen: a.last_seen.map(format_rfc3339),
         window_auth_failures: window_auth,
+        window_at_least,
         lock,
         reasons,
         samples: a.samples,

@@ -95,6 +95,8 @@ fn sprayed_addresses_keep_memory_bounded_and_attackers_are_still_found() {
     for ip in &attackers {
         let c = doc["ips"].as_array().unwrap().iter().find(|c| &c["ip"] == ip).unwrap();
         assert_eq!(c["window_4xx"], 70, "{ip}: {c}");
+        // Exact, so not flagged as a lower bound.
+        assert!(c.get("window_at_least").is_none(), "{c}");
         assert_eq!(c["status_4xx"], 70, "{ip}");
     }
     // The summary was used, and says nothing with more than one event of evidence was lost.
@@ -208,6 +210,7 @@ fn attackers_at_it_for_hours_are_counted_in_coarser_buckets_and_still_blocked() 
         let n = c["window_4xx"].as_u64().unwrap();
         assert!((292..=300).contains(&n), "{c}");
         assert_eq!(c["status_4xx"], 5_400);
+        assert_eq!(c["window_at_least"], true, "{c}");
         let reason = c["reasons"][0].as_str().unwrap();
         assert!(reason.starts_with(&format!("at least {n} 4xx answers within 10m")), "{reason}");
     }

@@ -204,11 +204,12 @@ fn write_watchlist(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize
     for c in watch.iter().take(top.min(10)) {
         writeln!(
             out,
-            "  {:<40} {:>6} requests, {:>5} 4xx (busiest {}: {}), {} failed logins",
+            "  {:<40} {:>6} requests, {:>5} 4xx (busiest {}: {}{}), {} failed logins",
             c.ip.to_string(),
             c.requests,
             c.status_4xx,
             human_window(r.thresholds.window),
+            if c.window_at_least { "at least " } else { "" },
             c.window_4xx,
             c.auth_failures
         )?;
