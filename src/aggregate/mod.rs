@@ -8,7 +8,6 @@ pub mod shared;
 pub mod topk;
 pub mod window;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -135,9 +134,8 @@ pub struct Sample {
 
 impl Sample {
     fn new(at: LineRef<'_>, time: Option<i64>, raw: &[u8]) -> Sample {
-        // The whole line's check, vectorised: a spray of one-off clients builds a sample
-        // for nearly every line.
-        let text = crate::parse::utf8(raw).map_or_else(|| String::from_utf8_lossy(raw), Cow::Borrowed);
+        // A spray of one-off clients builds a sample for nearly every line.
+        let text = crate::parse::line_text(raw);
         Sample { time, source: at.source.into(), line: at.line, text: shortened(&text) }
     }
 }

@@ -259,6 +259,12 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Lossy UTF-8 for a whole line (a sample of it): borrowed when valid, checked with
+/// [`utf8`]'s vectorised check, which pays off on a line's length.
+pub fn line_text(bytes: &[u8]) -> Cow<'_, str> {
+    utf8(bytes).map_or_else(|| String::from_utf8_lossy(bytes), Cow::Borrowed)
+}
+
 /// A whole line as text when it is valid UTF-8: `std::str::from_utf8`'s answer, from the
 /// simdutf8 crate's vectorised check, which on a line's mostly ASCII bytes takes half the
 /// standard check's instructions. Short values keep the standard check, which starts
