@@ -354,7 +354,7 @@ impl Verdict {
 /// How a reason words a window count that is a lower bound (a series kept in buckets
 /// coarser than a second, or one that dropped values at its cap; see
 /// [`crate::aggregate::window`]).
-fn at_least(coarse: bool) -> &'static str {
+pub(crate) fn at_least(coarse: bool) -> &'static str {
     if coarse { "at least " } else { "" }
 }
 
@@ -420,8 +420,8 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
 /// Checks the account threshold, and the aggregate account rules, against `a`.
 pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, rules: &RuleSet) -> Verdict {
     let (n, start) = a.times.busiest(t.window);
-    let least = at_least(a.times.is_coarse());
     let coarse = a.times.is_coarse();
+    let least = at_least(coarse);
     let mut v = Verdict { window_auth_failures: n, window_at_least: coarse, ..Verdict::default() };
     v.check(n, t.account_auth_failures, || {
         format!(

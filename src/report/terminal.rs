@@ -209,7 +209,7 @@ fn write_watchlist(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize
             c.requests,
             c.status_4xx,
             human_window(r.thresholds.window),
-            if c.window_at_least { "at least " } else { "" },
+            crate::decide::at_least(c.window_at_least),
             c.window_4xx,
             c.auth_failures
         )?;
