@@ -25,6 +25,21 @@ fn rebucket<T>(entries: &mut [(i64, T)], shift: &mut u32, to: u32) -> bool {
     true
 }
 
+/// How far apart two bucket starts may be for both buckets (each `1 << shift` seconds)
+/// to lie inside one window of `window` seconds; `None` when one bucket is longer.
+fn reach(window: i64, shift: u32) -> Option<i64> {
+    let reach = window - (1i64 << shift);
+    (reach >= 0).then_some(reach)
+}
+
+/// Drops the entries of buckets that end by `cutoff` (a bucket reaching past it stays);
+/// `entries` are sorted.
+fn drop_before<T>(entries: &mut Vec<(i64, T)>, shift: u32, cutoff: i64) {
+    let width = 1i64 << shift;
+    let keep_from = entries.partition_point(|e| e.0 + width <= cutoff);
+    entries.drain(..keep_from);
+}
+
 /// Per-second event counts, coarsened past [`EventTimes::CAP`] entries.
 #[derive(Clone, Debug, Default)]
 pub struct EventTimes {
@@ -115,11 +130,7 @@ impl EventTimes {
     /// Once coarse, only buckets wholly inside a window count toward it.
     pub fn busiest(&mut self, window: i64) -> (u64, Option<i64>) {
         self.compact();
-        // The furthest apart two bucket starts may be for both buckets to fit.
-        let span = window - (1i64 << self.shift);
-        if span < 0 {
-            return (self.untimed, None);
-        }
+        let Some(span) = reach(window, self.shift) else { return (self.untimed, None) };
         let (mut best, mut start_at, mut sum, mut lo) = (0u64, None, 0u64, 0usize);
         for hi in 0..self.entries.len() {
             sum += u64::from(self.entries[hi].1);
@@ -138,9 +149,7 @@ impl EventTimes {
     /// that reaches past it stays.
     pub fn evict_before(&mut self, cutoff: i64) {
         self.compact();
-        let width = 1i64 << self.shift;
-        let keep_from = self.entries.partition_point(|e| e.0 + width <= cutoff);
-        self.entries.drain(..keep_from);
+        drop_before(&mut self.entries, self.shift, cutoff);
         self.sorted = self.entries.len();
     }
 
@@ -381,10 +390,7 @@ impl DistinctTimes {
     pub fn most_distinct(&mut self, window: i64) -> (u64, Option<i64>) {
         // As coarse as the whole set needs, whatever order its pairs came in.
         self.make_room();
-        let span = window - (1i64 << self.shift);
-        if span < 0 {
-            return (0, None);
-        }
+        let Some(span) = reach(window, self.shift) else { return (0, None) };
         let mut counts: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
         let (mut best, mut start, mut lo) = (0usize, None, 0usize);
         for hi in 0..self.entries.len() {
@@ -408,9 +414,7 @@ impl DistinctTimes {
     /// Drops pairs before `cutoff`; a bucket that reaches past it stays.
     pub fn evict_before(&mut self, cutoff: i64) {
         self.compact();
-        let width = 1i64 << self.shift;
-        let keep_from = self.entries.partition_point(|e| e.0 + width <= cutoff);
-        self.entries.drain(..keep_from);
+        drop_before(&mut self.entries, self.shift, cutoff);
         self.sorted = self.entries.len();
     }
 }
