@@ -3,10 +3,18 @@
 //! memory. Counts are exact while fewer than `capacity` distinct values were seen; past
 //! that a newcomer replaces the smallest entry and inherits its count, so a reported
 //! count may overestimate by at most the evicted entry's count (flagged by `approximate`).
+//! Values are told apart by all their bytes but stored by their first [`VALUE_BYTES`], so
+//! an attacker's megabyte-long path or user agent costs a list no more than a long URL.
 
 use compact_str::CompactString;
 
 use super::stable_hash;
+
+/// The most bytes of a value a list stores (cut at a character boundary, with `…`): enough
+/// to show any real path or user agent, and it bounds a list's memory by its capacity.
+pub const VALUE_BYTES: usize = 256;
+/// Bytes a value holds in the entry itself (compact_str's inline room on 64-bit targets).
+const INLINE_BYTES: usize = 24;
 
 /// Counts values, keeping the heaviest `capacity` of them.
 #[derive(Clone, Debug)]
@@ -25,6 +33,8 @@ pub struct TopK {
     /// the tie only shrinks: an index whose count moved on is stale and skipped.
     victims: Vec<u16>,
     least: u64,
+    /// Bytes the stored values hold outside their entries.
+    value_bytes: usize,
     /// Whether any value was ever evicted.
     pub approximate: bool,
 }
@@ -33,7 +43,14 @@ impl TopK {
     /// A counter that keeps at most `capacity` values.
     pub fn new(capacity: usize) -> Self {
         assert!(capacity <= usize::from(u16::MAX), "a top list holds at most 65535 values");
-        TopK { capacity, entries: Vec::new(), victims: Vec::new(), least: 0, approximate: false }
+        TopK {
+            capacity,
+            entries: Vec::new(),
+            victims: Vec::new(),
+            least: 0,
+            value_bytes: 0,
+            approximate: false,
+        }
     }
 
     /// Counts one occurrence of `value`.
@@ -43,18 +60,35 @@ impl TopK {
 
     fn add_n(&mut self, value: &str, n: u64) {
         let key = stable_hash(value.as_bytes());
-        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == key) {
-            e.2 += n;
-            return;
+        if !self.count_held(key, n) {
+            self.insert(key, stored(value), n);
         }
+    }
+
+    /// Adds `n` to the entry of `key`; false when there is none.
+    fn count_held(&mut self, key: u64, n: u64) -> bool {
+        let held = self.entries.iter_mut().find(|e| e.0 == key);
+        held.map(|e| e.2 += n).is_some()
+    }
+
+    /// Adds an entry for `key` (`value` as stored), evicting one when full.
+    fn insert(&mut self, key: u64, value: CompactString, n: u64) {
+        self.value_bytes += outside_bytes(&value);
         if self.entries.len() < self.capacity {
-            self.entries.push((key, CompactString::new(value), n));
+            self.entries.push((key, value, n));
             return;
         }
         self.approximate = true;
         let min = self.victim();
-        let inherited = self.entries[min].2;
-        self.entries[min] = (key, CompactString::new(value), inherited + n);
+        let (_, evicted, inherited) = std::mem::replace(&mut self.entries[min], (key, value, 0));
+        self.value_bytes -= outside_bytes(&evicted);
+        self.entries[min].2 = inherited + n;
+    }
+
+    /// Bytes the list holds outside itself: its entries and the values stored apart.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(u64, CompactString, u64)>();
+        self.entries.capacity() * entry + self.victims.capacity() * 2 + self.value_bytes
     }
 
     /// Where the entry to evict is: the smallest count; ties break on the value (the
@@ -85,8 +119,11 @@ impl TopK {
         self.approximate |= other.approximate;
         let mut entries = other.entries;
         entries.sort_unstable_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
-        for (_, value, n) in entries {
-            self.add_n(&value, n);
+        // The keys are hashes of the whole values, which the stored ones may be cut from.
+        for (key, value, n) in entries {
+            if !self.count_held(key, n) {
+                self.insert(key, value, n);
+            }
         }
     }
 
@@ -107,6 +144,23 @@ impl TopK {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// `value` as a list stores it: whole up to [`VALUE_BYTES`], else its start and `…`.
+fn stored(value: &str) -> CompactString {
+    if value.len() <= VALUE_BYTES {
+        return CompactString::new(value);
+    }
+    let cut = (0..=VALUE_BYTES).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    let mut s = CompactString::with_capacity(cut + '…'.len_utf8());
+    s.push_str(&value[..cut]);
+    s.push('…');
+    s
+}
+
+/// Bytes of `value` allocated apart from the entry holding it.
+fn outside_bytes(value: &CompactString) -> usize {
+    if value.is_heap_allocated() { value.capacity().max(INLINE_BYTES) } else { 0 }
 }
 
 /// The first 16 bytes of `value`, zero-padded, as a number: two values compare as their
@@ -191,6 +245,44 @@ mod tests {
                 proptest::prop_assert_eq!(order_prefix(&a).cmp(&order_prefix(&b)), a.cmp(&b));
             }
         }
+    }
+
+    #[test]
+    fn long_values_are_counted_whole_and_stored_cut() {
+        let long = |tail: &str| format!("/{}{tail}", "é".repeat(200));
+        let (a, b) = (long("a"), long("b"));
+        let mut t = TopK::new(4);
+        t.add(&a);
+        t.add(&a);
+        t.add(&b);
+        let top = t.top(4);
+        assert_eq!(top.len(), 2, "values sharing their stored start are still two");
+        assert_eq!((top[0].1, top[1].1), (2, 1));
+        assert!(top[0].0.ends_with('…') && top[0].0.len() <= VALUE_BYTES + '…'.len_utf8());
+        assert!(a.starts_with(top[0].0.trim_end_matches('…')));
+        // Merging carries the whole values' keys: the cut texts are not cut again, and
+        // the same value from two lists is one entry.
+        let mut other = TopK::new(4);
+        other.add(&a);
+        other.merge(t);
+        assert_eq!(
+            other.top(4),
+            top.iter().map(|(v, n)| (v.clone(), n + u64::from(*n == 2))).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_by_capacity_whatever_the_values() {
+        let mut t = TopK::new(16);
+        for i in 0..1000 {
+            t.add(&format!("{i}{}", "x".repeat(100_000)));
+        }
+        let entry = std::mem::size_of::<(u64, CompactString, u64)>();
+        assert!(t.heap_bytes() <= 16 * (entry + 2 + VALUE_BYTES + 8), "{}", t.heap_bytes());
+        assert!(t.heap_bytes() >= 16 * VALUE_BYTES, "the stored values are counted");
+        let mut short = TopK::new(16);
+        (0..1000).for_each(|i| short.add(&i.to_string()));
+        assert!(short.heap_bytes() <= 16 * (entry + 2), "short values live in their entries");
     }
 
     #[test]
