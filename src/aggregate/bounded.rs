@@ -1,7 +1,9 @@
-//! Bounded memory when an attacker sprays addresses or account names. The exact tables
-//! hold at most a configured number of clients and accounts; when one outgrows its limit,
-//! the entries with the least evidence are folded into an approximate summary (a
-//! count-min sketch of their evidence) until the table is back to three quarters full.
+//! Bounded memory when an attacker sprays addresses or account names, or grows a few
+//! records to their caps. The exact tables hold at most a configured number of units of
+//! [`BYTES_PER_ENTRY`], each record charged for what it holds ([`units`]); when one
+//! outgrows its limit, the entries with the least evidence (and of those, the oldest) are
+//! folded into an approximate summary (a count-min sketch of their evidence) until the
+//! table is back to three quarters full.
 //!
 //! Every client starts as a [`Light`] entry and gets a full record with its first piece of
 //! evidence. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
@@ -26,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-/// Entries kept exactly, per table.
+/// Units of [`BYTES_PER_ENTRY`] kept exactly, per table (light entries: entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub clients: usize,
@@ -44,10 +46,11 @@ pub const LIGHT_EVENTS: usize = 4;
 /// what a spray of addresses runs into.
 pub const BYTES_PER_LIGHT: usize = 256;
 
-/// Estimated bytes one tracked client or account costs, map overhead and allocator
-/// included. Measured on this machine: about 1.7 KB for a client seen once, up to about
-/// 4 KB for a busy one with its top paths and agents; 4 KB keeps the default bound on both
-/// the 10-million-address spray and the 1 GB ordinary corpus of the benchmarks.
+/// The unit a full record is charged in, and the least it is charged: an ordinary record,
+/// map overhead and allocator included, measured on this machine at about 1.7 KB for a
+/// client seen once, up to about 4 KB for a busy one with its top paths and agents; 4 KB
+/// keeps the default bound on both the 10-million-address spray and the 1 GB ordinary
+/// corpus of the benchmarks. A record holding more is charged more (see [`units`]).
 pub const BYTES_PER_ENTRY: usize = 4096;
 /// Memory that does not grow with entries: buffers, rules, sketches, the runtime.
 pub const FIXED_BYTES: usize = 40 << 20;
@@ -167,9 +170,9 @@ pub type Age = (i64, u64);
 impl FoldPlan {
     /// Plans a fold of `entries` (evidence, age) from `len` down to `target`.
     pub fn new(entries: impl Iterator<Item = (u64, Age)> + Clone, len: usize, target: usize) -> FoldPlan {
-        let level = fold_level(entries.clone().map(|e| e.0), len, target);
+        let level = fold_level(entries.clone().map(|e| (e.0, 1)), len, target);
         let below = entries.clone().filter(|e| e.0 < level).count();
-        let ages: Vec<Age> = entries.filter(|e| e.0 == level).map(|e| e.1).collect();
+        let ages: Vec<Age> = entries.filter(|e| at_level(e.0, level)).map(|e| e.1).collect();
         FoldPlan::at_level(level, below, ages, len, target)
     }
 
@@ -182,31 +185,58 @@ impl FoldPlan {
         FoldPlan { level, cutoff }
     }
 
+    /// [`FoldPlan::new`] for entries of different weights (evidence, age, weight), from
+    /// a total weight `total` down to `target`: at the level, the oldest go first until
+    /// their weight is what must go.
+    pub fn weighted(
+        entries: impl Iterator<Item = (u64, Age, usize)> + Clone,
+        total: usize,
+        target: usize,
+    ) -> FoldPlan {
+        let level = fold_level(entries.clone().map(|e| (e.0, e.2)), total, target);
+        let below: usize = entries.clone().filter(|e| e.0 < level).map(|e| e.2).sum();
+        let mut at: Vec<(Age, usize)> =
+            entries.filter(|e| at_level(e.0, level)).map(|e| (e.1, e.2)).collect();
+        at.sort_unstable();
+        let need = total.saturating_sub(target).saturating_sub(below);
+        let mut folded = 0;
+        let first_kept = at.iter().position(|&(_, w)| {
+            let kept = folded >= need;
+            folded += w;
+            kept
+        });
+        let cutoff = first_kept.map_or((i64::MAX, u64::MAX), |i| at[i].0);
+        FoldPlan { level, cutoff }
+    }
+
     /// Whether the entry with `evidence` and `age` is folded.
     pub fn folds(&self, evidence: u64, age: Age) -> bool {
+        // As the histogram counts it: past the last level, evidence ties on age.
+        let evidence = evidence.min(LEVELS as u64 - 1);
         evidence < self.level || (evidence == self.level && age < self.cutoff)
     }
 }
 
 /// The smallest evidence level `l` such that dropping every entry with evidence `<= l`
-/// brings `scores.len()` down to `target` or below.
-pub fn fold_level(scores: impl Iterator<Item = u64>, len: usize, target: usize) -> u64 {
+/// brings the entries' total weight, `total`, down to `target` or below. `entries` are
+/// (evidence, weight): a full record weighs its [`units`], a light entry one.
+pub fn fold_level(entries: impl Iterator<Item = (u64, usize)>, total: usize, target: usize) -> u64 {
     let mut histogram = [0usize; LEVELS];
-    scores.for_each(|s| count_level(&mut histogram, s));
-    level_of(&histogram, len, target)
+    entries.for_each(|(s, w)| count_level(&mut histogram, s, w));
+    level_of(&histogram, total, target)
 }
 
 /// Evidence levels told apart when folding; more evidence than this counts as this.
 pub const LEVELS: usize = 256;
 
-/// Counts an entry with `score` in a histogram for [`level_of`].
-pub fn count_level(histogram: &mut [usize; LEVELS], score: u64) {
-    histogram[(score as usize).min(LEVELS - 1)] += 1;
+/// Counts an entry with `score` and `weight` in a histogram for [`level_of`].
+pub fn count_level(histogram: &mut [usize; LEVELS], score: u64, weight: usize) {
+    histogram[(score as usize).min(LEVELS - 1)] += weight;
 }
 
-/// [`fold_level`] from a histogram of the scores.
-pub fn level_of(histogram: &[usize; LEVELS], len: usize, target: usize) -> u64 {
-    let need = len.saturating_sub(target);
+/// [`fold_level`] from a histogram of the weights at each score.
+pub fn level_of(histogram: &[usize; LEVELS], total: usize, target: usize) -> u64 {
+    let need = total.saturating_sub(target);
     let mut dropped = 0;
     for (level, n) in histogram.iter().enumerate() {
         dropped += n;
@@ -215,6 +245,20 @@ pub fn level_of(histogram: &[usize; LEVELS], len: usize, target: usize) -> u64 {
         }
     }
     u64::MAX
+}
+
+/// Whether `evidence` falls on `level` of the folding histogram (the last level holds
+/// all evidence from there on).
+fn at_level(evidence: u64, level: u64) -> bool {
+    evidence.min(LEVELS as u64 - 1) == level
+}
+
+/// How many entries of [`BYTES_PER_ENTRY`] a record holding `bytes` is charged as in its
+/// table: at least one, and one more for each further [`BYTES_PER_ENTRY`] begun. The
+/// tables' limits count these units, so a record an attacker has grown to its caps (long
+/// series, full lists) takes the room of the entries it could have been.
+pub fn units(bytes: usize) -> usize {
+    bytes.div_ceil(BYTES_PER_ENTRY).max(1)
 }
 
 /// A client in compact form: its counts, and each evidence event exactly. Every client
@@ -479,9 +523,9 @@ mod tests {
     #[test]
     fn fold_level_drops_the_least_evidence_first() {
         let scores = [0, 0, 0, 5, 5, 9, 1, 1];
-        assert_eq!(fold_level(scores.iter().copied(), 8, 5), 0);
-        assert_eq!(fold_level(scores.iter().copied(), 8, 4), 1);
-        assert_eq!(fold_level(scores.iter().copied(), 8, 2), 5);
+        assert_eq!(fold_level(scores.iter().map(|&s| (s, 1)), 8, 5), 0);
+        assert_eq!(fold_level(scores.iter().map(|&s| (s, 1)), 8, 4), 1);
+        assert_eq!(fold_level(scores.iter().map(|&s| (s, 1)), 8, 2), 5);
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub const SLOW_REQUEST_SECONDS: f64 = 5.0;
 /// Evidence text is cut to this many characters.
 const SAMPLE_CHARS: usize = 400;
 
+/// A full client record in its table: the record, its box and its key's slot.
+const RECORD_BYTES: usize = std::mem::size_of::<ClientStats>() + 64;
+/// An account record in its table, the same way (its name is counted apart).
+const ACCOUNT_BYTES: usize = std::mem::size_of::<AccountStats>() + 64;
+/// One entry of a small ordered map (statuses, rule counts, an account's clients): the
+/// entry and its share of a B-tree node.
+const MAP_ENTRY_BYTES: usize = 48;
+/// A per-rule series' own room in its map, beside what it points to.
+const RULE_SERIES_BYTES: usize = std::mem::size_of::<EventTimes>() + MAP_ENTRY_BYTES;
+
 /// One parsed line on its way into the aggregates.
 pub struct Seen<'s, 'r> {
     /// The source counted in the stats (a pod/container, or the input).
@@ -175,6 +185,14 @@ fn keep_sample(samples: &mut Vec<Sample>, n: usize, sample: Sample) {
     samples.truncate(n);
 }
 
+/// Bytes a list of kept samples holds outside its owner: [`keep_sample`] reserves the
+/// whole list with the first sample.
+fn samples_bytes(samples: &[Sample]) -> usize {
+    let text = samples.iter().map(|s| s.text.len() + s.source.len()).sum::<usize>();
+    let slots = if samples.is_empty() { 0 } else { samples.len().max(SAMPLES) };
+    slots * std::mem::size_of::<Sample>() + text
+}
+
 fn merge_samples(into: &mut Vec<Sample>, from: Vec<Sample>, n: usize) {
     for s in from {
         keep_sample(into, n, s);
@@ -300,6 +318,8 @@ pub struct ClientStats {
     /// Its first evidence events, so that a client with few can be folded into a light
     /// entry without losing any of them.
     pub first_events: LightEvents,
+    /// The table's units this record was last charged (see [`bounded::units`]).
+    charged: usize,
 }
 
 impl Default for ClientStats {
@@ -324,6 +344,7 @@ impl Default for ClientStats {
             samples: Vec::new(),
             folded_evidence: 0,
             first_events: LightEvents::new(),
+            charged: 0,
         }
     }
 }
@@ -357,6 +378,31 @@ impl ClientStats {
         self.paths_4xx.add(time, hash);
         self.note_event(EventKind::Status4xx, time, Some(hash));
         true
+    }
+
+    /// Bytes this record holds, its map slot and everything it points to included: what
+    /// its table is charged for it. Counted from capacities, not guessed per record, so
+    /// that an attacker who fills every list and series is charged for all of it.
+    pub fn bytes(&self) -> usize {
+        let lists = self.paths.heap_bytes() + self.user_agents.heap_bytes() + self.accounts.heap_bytes();
+        let series = self.times_4xx.heap_bytes() + self.times_auth.heap_bytes();
+        let sets = self.paths_4xx.heap_bytes() + self.auth_accounts.heap_bytes();
+        let rules = self.times_rules.values().map(|t| t.heap_bytes() + RULE_SERIES_BYTES).sum::<usize>();
+        let maps = (self.statuses.len() + self.rules.len()) * MAP_ENTRY_BYTES;
+        RECORD_BYTES + lists + series + sets + rules + maps + samples_bytes(&self.samples)
+    }
+
+    /// Charges this record what it holds now; returns the change in units.
+    fn recharge(&mut self) -> isize {
+        let now = bounded::units(self.bytes());
+        let was = std::mem::replace(&mut self.charged, now);
+        self.charged as isize - was as isize
+    }
+
+    /// [`ClientStats::recharge`], then the units charged.
+    fn recharge_and_units(&mut self) -> usize {
+        self.recharge();
+        self.charged
     }
 
     /// Counts one line of this client's.
@@ -504,9 +550,31 @@ pub struct AccountStats {
     /// Clients failing on it, with times (distributed brute force).
     pub client_times: DistinctTimes,
     pub samples: Vec<Sample>,
+    /// The table's units this record was last charged (see [`bounded::units`]).
+    charged: usize,
 }
 
 impl AccountStats {
+    /// Bytes this record holds in its table under `name`, as [`ClientStats::bytes`].
+    pub fn bytes(&self, name: &str) -> usize {
+        let series = self.times.heap_bytes() + self.client_times.heap_bytes();
+        let clients = self.clients.len() * MAP_ENTRY_BYTES;
+        ACCOUNT_BYTES + name.len() + series + clients + samples_bytes(&self.samples)
+    }
+
+    /// Charges this record, held under `name`, what it holds now; returns the change.
+    fn recharge(&mut self, name: &str) -> isize {
+        let now = bounded::units(self.bytes(name));
+        let was = std::mem::replace(&mut self.charged, now);
+        self.charged as isize - was as isize
+    }
+
+    /// [`AccountStats::recharge`], then the units charged.
+    fn recharge_and_units(&mut self, name: &str) -> usize {
+        self.recharge(name);
+        self.charged
+    }
+
     fn add_client(&mut self, key: ClientKey) {
         if self.clients.len() < ACCOUNT_CLIENTS {
             self.clients.insert(key);
@@ -646,8 +714,12 @@ pub struct Aggregator {
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
     pub accounts: BTreeMap<String, HashMap<String, AccountStats>>,
     pub incident: IncidentStats,
-    /// How many clients and accounts are kept exactly.
+    /// How many units of clients and accounts are kept exactly.
     pub limits: Limits,
+    /// The units `clients` is charged: the sum of its records' (see [`bounded::units`]).
+    pub(crate) client_units: usize,
+    /// The units `accounts` is charged.
+    pub(crate) account_units: usize,
     /// What was folded out of the exact tables to stay within `limits`.
     pub summary: Summary,
     /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
@@ -755,7 +827,7 @@ impl Aggregator {
     /// The record of `key`, created (and the table kept within its limit) if new.
     fn client(&mut self, key: ClientKey) -> &mut ClientStats {
         // One hash lookup on the hot path; the extra check only when the table is full.
-        if self.clients.len() >= self.limits.clients && !self.clients.contains_key(&key) {
+        if self.client_units >= self.limits.clients && !self.clients.contains_key(&key) {
             self.fold_clients();
         }
         let (light, shared, summary) = (&mut self.light, &self.shared_light, &self.summary);
@@ -788,14 +860,16 @@ impl Aggregator {
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
     fn fold_clients(&mut self) {
         let target = self.limits.clients / 4 * 3;
-        let level =
-            bounded::fold_level(self.clients.values().map(|c| c.evidence()), self.clients.len(), target);
+        // Least evidence first; at the boundary the oldest, so that attackers alike in
+        // evidence (a botnet in lockstep) are not all folded at once.
+        let entries = self.clients.iter().map(|(k, c)| (c.evidence(), age(k, c.last_seen), c.charged));
+        let plan = bounded::FoldPlan::weighted(entries, self.client_units, target);
         let (summary, light, shared) = (&mut self.summary, &mut self.light, &self.shared_light);
         // Entries that another worker's entry for the same client made too big to stay light.
         let mut back = Vec::new();
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
-            let keep = evidence > level;
+            let keep = !plan.folds(evidence, age(key, c.last_seen));
             if !keep {
                 match (c.to_light(), shared) {
                     (Some(l), None) => {
@@ -813,6 +887,7 @@ impl Aggregator {
         for (key, both) in back {
             self.clients.insert(key, ClientStats::from_lights(both));
         }
+        self.recount_clients();
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
@@ -828,6 +903,8 @@ impl Aggregator {
         self.shared_light = None;
         self.light.reserve(shared.len());
         shared.drain_into(|key, l| self.merge_light(key, l));
+        // Light entries added to full records grew them.
+        self.recount_clients();
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
@@ -871,13 +948,19 @@ impl Aggregator {
 
     fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
         // One hash lookup for a client with a full record, the common case on a busy one.
-        if let Some(c) = self.clients.get_mut(&key) {
-            return c.observe(seen, user, rules);
+        let c = match self.clients.get_mut(&key) {
+            Some(c) => c,
+            None if !is_evidence(seen) => return self.observe_quiet(key, seen.record),
+            None => self.client(key),
+        };
+        c.observe(seen, user, rules);
+        let grown = c.recharge();
+        if grown != 0 {
+            self.client_units = self.client_units.saturating_add_signed(grown);
+            if self.client_units > self.limits.clients {
+                self.fold_clients();
+            }
         }
-        if !is_evidence(seen) {
-            return self.observe_quiet(key, seen.record);
-        }
-        self.client(key).observe(seen, user, rules);
     }
 
     fn observe_account(&mut self, realm: &str, user: &str, key: Option<ClientKey>, seen: &Seen<'_, '_>) {
@@ -885,7 +968,7 @@ impl Aggregator {
         if !self.accounts.contains_key(realm) {
             self.accounts.insert(realm.to_string(), HashMap::default());
         }
-        if self.account_count() >= self.limits.accounts && !self.accounts[realm].contains_key(user) {
+        if self.account_units >= self.limits.accounts && !self.accounts[realm].contains_key(user) {
             self.fold_accounts();
         }
         let users = self.accounts.get_mut(realm).expect("inserted above");
@@ -901,23 +984,36 @@ impl Aggregator {
             a.client_times.add(time, client_hash(key));
         }
         offer_sample(&mut a.samples, SAMPLES, seen.at, time, seen.raw);
+        let grown = a.recharge(user);
+        if grown != 0 {
+            self.account_units = self.account_units.saturating_add_signed(grown);
+            if self.account_units > self.limits.accounts {
+                self.fold_accounts();
+            }
+        }
     }
 
-    /// Accounts held, over all realms.
-    fn account_count(&self) -> usize {
-        self.accounts.values().map(|u| u.len()).sum()
+    /// Charges every client record what it holds now (after records were merged, folded
+    /// or trimmed in bulk), and the table their sum.
+    fn recount_clients(&mut self) {
+        self.client_units = self.clients.values_mut().map(|c| c.recharge_and_units()).sum();
+    }
+
+    /// [`Aggregator::recount_clients`] for the accounts.
+    fn recount_accounts(&mut self) {
+        let records = self.accounts.values_mut().flat_map(|users| users.iter_mut());
+        self.account_units = records.map(|(name, a)| a.recharge_and_units(name)).sum();
     }
 
     /// Folds the accounts with the fewest failed logins into the summary, down to 3/4 of
     /// the limit.
     fn fold_accounts(&mut self) {
-        let len = self.account_count();
         let target = self.limits.accounts / 4 * 3;
         // As for clients: least evidence first, and at the boundary the oldest, so an
         // account attacked now and then survives a spray of one-off names.
-        let entries =
-            self.accounts.values().flat_map(|u| u.iter().map(|(n, a)| (a.auth_failures, account_age(n, a))));
-        let plan = bounded::FoldPlan::new(entries, len, target);
+        let records = self.accounts.values().flat_map(|users| users.iter());
+        let entries = records.map(|(n, a)| (a.auth_failures, account_age(n, a), a.charged));
+        let plan = bounded::FoldPlan::weighted(entries, self.account_units, target);
         let summary = &mut self.summary;
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
@@ -928,6 +1024,7 @@ impl Aggregator {
                 keep
             });
         }
+        self.recount_accounts();
     }
 
     /// Adds everything `other` has learned, staying within this aggregator's limits.
@@ -970,13 +1067,15 @@ impl Aggregator {
         }
         self.incident.merge(other.incident);
         self.summary.merge(other.summary);
-        if self.clients.len() > self.limits.clients {
+        self.recount_clients();
+        self.recount_accounts();
+        if self.client_units > self.limits.clients {
             self.fold_clients();
         }
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
-        if self.account_count() > self.limits.accounts {
+        if self.account_units > self.limits.accounts {
             self.fold_accounts();
         }
     }
@@ -1029,6 +1128,8 @@ impl Aggregator {
         }
         let day_ago = (cutoff - 86_400).div_euclid(60);
         self.incident.retain_from(day_ago);
+        self.recount_clients();
+        self.recount_accounts();
     }
 }
 
@@ -1143,6 +1244,94 @@ mod tests {
         for (source, _) in &many {
             assert_eq!(a.stats.sources[*source].formats["logfmt"], 2, "{source}");
         }
+    }
+
+    /// Feeds `lines` 404s from each of `clients` addresses, one per second each, every
+    /// line a new path of `path_bytes`.
+    fn feed_probes(agg: &mut Aggregator, clients: u8, lines: i64, path_bytes: usize) {
+        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
+        for t in 0..lines {
+            for c in 0..clients {
+                let path = format!("/{t}/{}", "a".repeat(path_bytes));
+                let record = Record {
+                    kind: Some(RecordKind::Access),
+                    time: Some(1_700_000_000 + t),
+                    remote_addr: Some(std::net::IpAddr::from([198, 18, 0, c])),
+                    status: Some(404),
+                    path: Some(path.into()),
+                    ..Record::default()
+                };
+                let at = LineRef { source: "s", line: 1 };
+                let seen =
+                    Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
+                agg.observe(&seen, &rules, &policy);
+            }
+        }
+    }
+
+    /// What the client table holds, counted afresh from every record.
+    fn held_bytes(agg: &Aggregator) -> usize {
+        agg.clients.values().map(|c| c.bytes()).sum()
+    }
+
+    #[test]
+    fn persistent_attackers_are_charged_what_their_records_hold() {
+        // 40 addresses probing for 1,500 seconds: each record grows its 4xx series and
+        // distinct-path set to tens of KiB, far past the 4 KiB an entry is estimated at.
+        let limits = Limits { clients: 64, light: 64, accounts: 64 };
+        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        feed_probes(&mut agg, 40, 1_500, 8);
+        let budget = limits.clients * bounded::BYTES_PER_ENTRY;
+        assert!(held_bytes(&agg) <= budget, "{} bytes held for a budget of {budget}", held_bytes(&agg));
+        assert!(agg.summary.clients.entries > 0, "the least active were folded");
+        // Folding takes the oldest of equals first, not every record at a level: some
+        // attackers keep their whole history (all would be folded again and again else).
+        assert!(agg.clients.values().any(|c| c.evidence() == 1_500), "no record kept its history");
+        assert_eq!(agg.client_units, agg.clients.values().map(|c| c.charged).sum::<usize>());
+    }
+
+    #[test]
+    fn long_values_are_charged_to_the_table() {
+        // 16 addresses, each 48 distinct 4 KiB paths: top lists full of long values.
+        let limits = Limits { clients: 64, light: 64, accounts: 64 };
+        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        feed_probes(&mut agg, 16, 48, 4096);
+        let budget = limits.clients * bounded::BYTES_PER_ENTRY;
+        assert!(held_bytes(&agg) <= budget, "{} bytes held for a budget of {budget}", held_bytes(&agg));
+        assert!(agg.clients.values().all(|c| c.paths.heap_bytes() < 32 * 400), "paths are stored cut");
+    }
+
+    #[test]
+    fn accounts_under_distributed_attack_are_charged_what_they_hold() {
+        // 12 accounts, each failed on by a new address every second for 1,500 seconds:
+        // each record's client set and series grow far past the 4 KiB of an estimate.
+        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
+        let failed = rules.find("backend-auth-failed").unwrap();
+        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64 };
+        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        for t in 0..1_500u32 {
+            for account in 0..12u32 {
+                let n = t * 12 + account;
+                let record = Record {
+                    kind: Some(RecordKind::Backend),
+                    time: Some(1_700_000_000 + i64::from(t)),
+                    remote_addr: Some(std::net::IpAddr::from(n.to_be_bytes())),
+                    user: Some(format!("user{account}").into()),
+                    ..Record::default()
+                };
+                let hits = [crate::detect::Hit { rule: failed, user: None, ip: None }];
+                let at = LineRef { source: "s", line: 1 };
+                let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &hits };
+                agg.observe(&seen, &rules, &policy);
+            }
+        }
+        let held: usize = agg.accounts.values().flat_map(|u| u.iter()).map(|(n, a)| a.bytes(n)).sum();
+        let budget = limits.accounts * bounded::BYTES_PER_ENTRY;
+        assert!(held <= budget, "{held} bytes held for a budget of {budget}");
+        assert!(agg.summary.accounts.entries > 0);
+        let kept = agg.accounts.values().flat_map(|u| u.values());
+        assert!(kept.clone().any(|a| a.auth_failures == 1_500), "no account kept its history");
+        assert_eq!(agg.account_units, kept.map(|a| a.charged).sum::<usize>());
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl SharedLights {
         // the passes only move the fold a little off 3/4.
         let (mut histogram, mut len) = ([0; bounded::LEVELS], 0);
         self.each(|_, l| {
-            bounded::count_level(&mut histogram, l.evidence());
+            bounded::count_level(&mut histogram, l.evidence(), 1);
             len += 1;
         });
         let level = bounded::level_of(&histogram, len, target);

@@ -125,6 +125,11 @@ impl EventTimes {
         self.shift > 0
     }
 
+    /// Bytes the series holds outside itself (at most twice [`EventTimes::CAP`] entries).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(i64, u32)>()
+    }
+
     /// The most events in any window of `window` seconds, `[t, t + window)`, plus the
     /// untimed events (which could have happened in any window), and where it starts.
     /// Once coarse, only buckets wholly inside a window count toward it.
@@ -383,6 +388,11 @@ impl DistinctTimes {
     /// than a second.
     pub fn is_coarse(&self) -> bool {
         self.capped || self.shift > 0
+    }
+
+    /// Bytes the set holds outside itself.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(i64, u64)>()
     }
 
     /// The most distinct values inside any window of `window` seconds, and its start.
