@@ -33,11 +33,16 @@ fn reach(window: i64, shift: u32) -> Option<i64> {
 }
 
 /// Drops the entries of buckets that end by `cutoff` (a bucket reaching past it stays);
-/// `entries` are sorted.
+/// `entries` are sorted. Room left mostly empty is given back: under `--follow` a client
+/// busy hours ago would otherwise hold (and be charged for) its peak for as long as it
+/// stays.
 fn drop_before<T>(entries: &mut Vec<(i64, T)>, shift: u32, cutoff: i64) {
     let width = 1i64 << shift;
     let keep_from = entries.partition_point(|e| e.0 + width <= cutoff);
     entries.drain(..keep_from);
+    if entries.capacity() > 4 * entries.len().max(16) {
+        entries.shrink_to(2 * entries.len());
+    }
 }
 
 /// Per-second event counts, coarsened past [`EventTimes::CAP`] entries.
@@ -432,6 +437,22 @@ impl DistinctTimes {
 #[cfg(test)]
 mod distinct_tests {
     use super::*;
+
+    #[test]
+    fn eviction_gives_back_the_room_of_what_it_dropped() {
+        let (mut times, mut distinct) = (EventTimes::default(), DistinctTimes::default());
+        for t in 0..3_000i64 {
+            times.add(Some(t));
+            distinct.add(Some(t), t as u64);
+        }
+        let peak = (times.heap_bytes(), distinct.heap_bytes());
+        times.evict_before(2_990);
+        distinct.evict_before(2_990);
+        assert!(times.heap_bytes() * 8 < peak.0, "{} of {}", times.heap_bytes(), peak.0);
+        assert!(distinct.heap_bytes() * 8 < peak.1, "{} of {}", distinct.heap_bytes(), peak.1);
+        // What is left still counts.
+        assert!(times.busiest(600).0 >= 10 && distinct.most_distinct(600).0 >= 1);
+    }
 
     #[test]
     fn distinct_values_in_the_busiest_window() {
