@@ -696,7 +696,7 @@ impl IncidentStats {
 /// A path without its query string, for grouping endpoints.
 pub fn endpoint(path: &str) -> &str {
     // `?` is ASCII, so the cut is a char boundary.
-    memchr::memchr(b'?', path.as_bytes()).map_or(path, |end| &path[..end])
+    crate::parse::near_byte(b'?', path.as_bytes()).map_or(path, |end| &path[..end])
 }
 
 /// Everything one scan has learned.

@@ -100,9 +100,9 @@ fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, str>
 /// `METHOD TARGET[ PROTOCOL]` with an upper-case method, or `None`.
 fn split_http(s: &str) -> Option<(&str, &str)> {
     // Byte searches: a space is ASCII, so every cut is a char boundary.
-    let space = s.bytes().position(|b| b == b' ')?;
+    let space = super::near_byte(b' ', s.as_bytes())?;
     let (method, rest) = (&s[..space], &s[space + 1..]);
-    let target = memchr::memchr(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
+    let target = super::near_byte(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
     let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && !target.is_empty();
     valid.then_some((method, target))
 }

@@ -395,7 +395,7 @@ fn first_candidate(line: &[u8], from: usize, separator: &[u8], key: usize) -> Op
     if rest.first() == Some(&b'-') && starts_with(&rest[1..], separator) {
         return Some(from + 1);
     }
-    let start = from + memchr::memchr(separator[key], rest.get(key..)?)?;
+    let start = from + super::near_byte(separator[key], rest.get(key..)?)?;
     starts_with(&line[start..], separator).then_some(start)
 }
 
