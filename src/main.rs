@@ -177,9 +177,9 @@ struct InputArgs {
     /// Also load the rules in this directory (repeatable; a rule with the same id overrides).
     #[arg(long, value_name = "DIR")]
     patterns: Vec<PathBuf>,
-    /// Keep memory near this many MiB however many clients and accounts appear: beyond
-    /// the limit, those with the least evidence are folded into an approximate summary
-    /// (reported when used).
+    /// Keep memory near this many MiB however many clients and accounts appear and however
+    /// much each holds: beyond the limit, those with the least evidence are folded into an
+    /// approximate summary (reported when used).
     #[arg(long, value_name = "MIB", default_value_t = 200, value_parser = clap::value_parser!(u64).range(64..))]
     max_memory: u64,
 }

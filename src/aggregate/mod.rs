@@ -1269,35 +1269,34 @@ mod tests {
         }
     }
 
-    /// What the client table holds, counted afresh from every record.
-    fn held_bytes(agg: &Aggregator) -> usize {
-        agg.clients.values().map(|c| c.bytes()).sum()
+    /// An aggregator limited to 64 units fed [`feed_probes`], checked to hold no more
+    /// than its budget, counted afresh from every record.
+    fn probed_within_budget(clients: u8, lines: i64, path_bytes: usize) -> Aggregator {
+        let limits = Limits { clients: 64, light: 64, accounts: 64 };
+        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        feed_probes(&mut agg, clients, lines, path_bytes);
+        let (held, budget) =
+            (agg.clients.values().map(|c| c.bytes()).sum::<usize>(), 64 * bounded::BYTES_PER_ENTRY);
+        assert!(held <= budget, "{held} bytes held for a budget of {budget}");
+        assert_eq!(agg.client_units, agg.clients.values().map(|c| c.charged).sum::<usize>());
+        agg
     }
 
     #[test]
     fn persistent_attackers_are_charged_what_their_records_hold() {
         // 40 addresses probing for 1,500 seconds: each record grows its 4xx series and
         // distinct-path set to tens of KiB, far past the 4 KiB an entry is estimated at.
-        let limits = Limits { clients: 64, light: 64, accounts: 64 };
-        let mut agg = Aggregator { limits, ..Aggregator::default() };
-        feed_probes(&mut agg, 40, 1_500, 8);
-        let budget = limits.clients * bounded::BYTES_PER_ENTRY;
-        assert!(held_bytes(&agg) <= budget, "{} bytes held for a budget of {budget}", held_bytes(&agg));
+        let agg = probed_within_budget(40, 1_500, 8);
         assert!(agg.summary.clients.entries > 0, "the least active were folded");
         // Folding takes the oldest of equals first, not every record at a level: some
         // attackers keep their whole history (all would be folded again and again else).
         assert!(agg.clients.values().any(|c| c.evidence() == 1_500), "no record kept its history");
-        assert_eq!(agg.client_units, agg.clients.values().map(|c| c.charged).sum::<usize>());
     }
 
     #[test]
     fn long_values_are_charged_to_the_table() {
         // 16 addresses, each 48 distinct 4 KiB paths: top lists full of long values.
-        let limits = Limits { clients: 64, light: 64, accounts: 64 };
-        let mut agg = Aggregator { limits, ..Aggregator::default() };
-        feed_probes(&mut agg, 16, 48, 4096);
-        let budget = limits.clients * bounded::BYTES_PER_ENTRY;
-        assert!(held_bytes(&agg) <= budget, "{} bytes held for a budget of {budget}", held_bytes(&agg));
+        let agg = probed_within_budget(16, 48, 4096);
         assert!(agg.clients.values().all(|c| c.paths.heap_bytes() < 32 * 400), "paths are stored cut");
     }
 
