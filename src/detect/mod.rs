@@ -198,6 +198,9 @@ impl RecordField {
 /// them again. Direct-mapped; the whole value is compared, so the answer is always exact.
 pub struct PrefilterMemo {
     slots: Vec<MemoSlot>,
+    /// The candidate list of the line being checked, kept for the next line: a fresh
+    /// vector per line cost an allocation on every line with any candidate.
+    candidates: Vec<RuleId>,
 }
 
 #[derive(Default)]
@@ -215,7 +218,10 @@ impl PrefilterMemo {
     const MAX_VALUE: usize = 512;
 
     pub fn new() -> PrefilterMemo {
-        PrefilterMemo { slots: (0..Self::SLOTS).map(|_| MemoSlot::default()).collect() }
+        PrefilterMemo {
+            slots: (0..Self::SLOTS).map(|_| MemoSlot::default()).collect(),
+            candidates: Vec::new(),
+        }
     }
 
     /// Appends the rules of `prefilter` whose literals occur in `value`.
@@ -360,16 +366,31 @@ impl RuleSet {
         memo: Option<&mut PrefilterMemo>,
     ) -> Vec<RuleId> {
         let mut out = Vec::new();
+        self.candidates_into(line, record, memo, &mut out);
+        out
+    }
+
+    /// [`RuleSet::candidates_with`] into `out` (empty), sorted and without repeats.
+    fn candidates_into(
+        &self,
+        line: &[u8],
+        record: &Record<'_>,
+        memo: Option<&mut PrefilterMemo>,
+        out: &mut Vec<RuleId>,
+    ) {
         if record.kind == Some(RecordKind::Access) {
-            self.field_candidates(record, memo, &mut out);
-            self.access_line.candidates(line, &mut out);
+            self.field_candidates(record, memo, out);
+            self.access_line.candidates(line, out);
         } else if let Some(kind) = record.kind {
-            self.line[kind_index(kind)].candidates(line, &mut out);
+            self.line[kind_index(kind)].candidates(line, out);
             if let (RecordKind::Backend, Some(message)) = (kind, &record.message) {
-                self.backend_message.candidates(message.as_bytes(), &mut out);
+                self.backend_message.candidates(message.as_bytes(), out);
             }
         }
-        sort_unique(out)
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
     }
 
     /// Appends the field-only rules whose literals occur in the fields of `record` they read.
@@ -401,17 +422,22 @@ impl RuleSet {
         &self,
         line: &[u8],
         record: &Record<'_>,
-        memo: Option<&mut PrefilterMemo>,
+        mut memo: Option<&mut PrefilterMemo>,
         hits: &mut Vec<Hit>,
     ) {
         let Some(kind) = record.kind else { return };
         let mut fields = Fields::new(record);
         let start = hits.len();
-        let candidates = self.candidates_with(line, record, memo);
-        for id in candidates.into_iter().chain(self.field_rules[kind_index(kind)].iter().copied()) {
+        let mut candidates = memo.as_mut().map(|m| std::mem::take(&mut m.candidates)).unwrap_or_default();
+        candidates.clear();
+        self.candidates_into(line, record, memo.as_deref_mut(), &mut candidates);
+        for id in candidates.iter().copied().chain(self.field_rules[kind_index(kind)].iter().copied()) {
             if let Some(hit) = self.evaluate(id, kind, line, &mut fields) {
                 hits.push(hit);
             }
+        }
+        if let Some(m) = memo {
+            m.candidates = candidates;
         }
         if hits.len() - start > 1 {
             hits[start..].sort_by_key(|h| h.rule);
@@ -431,21 +457,14 @@ impl RuleSet {
         }
         let mut hit = Hit { rule: id, user: None, ip: None };
         if let Some(re) = &rule.regex {
-            let text = crate::parse::text(line);
+            // A whole line: the vectorised check pays off on its length.
+            let text = crate::parse::line_text(line);
             let caps = re.captures(&text)?;
             hit.user = caps.name("user").map(|m| m.as_str().to_string());
             hit.ip = caps.name("ip").and_then(|m| parse_ip(m.as_str().as_bytes()));
         }
         Some(hit)
     }
-}
-
-fn sort_unique(mut ids: Vec<RuleId>) -> Vec<RuleId> {
-    if ids.len() > 1 {
-        ids.sort_unstable();
-        ids.dedup();
-    }
-    ids
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, RuleError> {
