@@ -185,20 +185,26 @@ impl FoldPlan {
         FoldPlan { level, cutoff }
     }
 
-    /// [`FoldPlan::new`] for entries of different weights (evidence, age, weight), from
+    /// [`FoldPlan::new`] for entries of different weights (evidence, weight, entry), from
     /// a total weight `total` down to `target`: at the level, the oldest go first until
-    /// their weight is what must go.
-    pub fn weighted(
-        entries: impl Iterator<Item = (u64, Age, usize)> + Clone,
+    /// their weight is what must go. `age` is asked only of the entries at the level.
+    pub fn weighted<T>(
+        entries: impl Iterator<Item = (u64, usize, T)> + Clone,
+        age: impl Fn(&T) -> Age,
         total: usize,
         target: usize,
     ) -> FoldPlan {
-        let level = fold_level(entries.clone().map(|e| (e.0, e.2)), total, target);
-        let below: usize = entries.clone().filter(|e| e.0 < level).map(|e| e.2).sum();
+        let level = fold_level(entries.clone().map(|e| (e.0, e.1)), total, target);
+        let below: usize = entries.clone().filter(|e| e.0 < level).map(|e| e.1).sum();
         let mut at: Vec<(Age, usize)> =
-            entries.filter(|e| at_level(e.0, level)).map(|e| (e.1, e.2)).collect();
-        at.sort_unstable();
+            entries.filter(|e| at_level(e.0, level)).map(|e| (age(&e.2), e.1)).collect();
         let need = total.saturating_sub(target).saturating_sub(below);
+        if at.iter().all(|&(_, w)| w == 1) {
+            // The usual case (a spray of one-off records at the level): no sort needed.
+            let ages = at.into_iter().map(|(age, _)| age).collect();
+            return FoldPlan::at_level(level, 0, ages, need, 0);
+        }
+        at.sort_unstable();
         let mut folded = 0;
         let first_kept = at.iter().position(|&(_, w)| {
             let kept = folded >= need;
@@ -211,9 +217,14 @@ impl FoldPlan {
 
     /// Whether the entry with `evidence` and `age` is folded.
     pub fn folds(&self, evidence: u64, age: Age) -> bool {
+        self.folds_by(evidence, || age)
+    }
+
+    /// [`FoldPlan::folds`], asking `age` only when the evidence is at the level.
+    pub fn folds_by(&self, evidence: u64, age: impl FnOnce() -> Age) -> bool {
         // As the histogram counts it: past the last level, evidence ties on age.
         let evidence = evidence.min(LEVELS as u64 - 1);
-        evidence < self.level || (evidence == self.level && age < self.cutoff)
+        evidence < self.level || (evidence == self.level && age() < self.cutoff)
     }
 }
 
@@ -519,6 +530,31 @@ impl CountMin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// A weighted plan folds what folding one entry at a time would: least evidence,
+        /// then oldest, until the weight folded reaches what must go.
+        #[test]
+        fn weighted_plans_fold_the_least_and_oldest_first(
+            entries in proptest::collection::vec((0u64..4, 1usize..3), 1..60),
+            target in 0usize..80,
+        ) {
+            let entries: Vec<(u64, Age, usize)> =
+                entries.iter().enumerate().map(|(i, &(e, w))| (e, ((i * 7 % 13) as i64, i as u64), w)).collect();
+            let total = entries.iter().map(|e| e.2).sum::<usize>();
+            let plan = FoldPlan::weighted(entries.iter().map(|e| (e.0, e.2, e.1)), |age| *age, total, target);
+            let mut order = entries.clone();
+            order.sort_by_key(|e| (e.0, e.1));
+            let mut folded = 0;
+            let expected: Vec<bool> = order.iter().map(|e| {
+                let fold = folded < total.saturating_sub(target);
+                folded += if fold { e.2 } else { 0 };
+                fold
+            }).collect();
+            let actual: Vec<bool> = order.iter().map(|e| plan.folds(e.0, e.1)).collect();
+            proptest::prop_assert_eq!(actual, expected);
+        }
+    }
 
     #[test]
     fn fold_level_drops_the_least_evidence_first() {

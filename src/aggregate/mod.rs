@@ -862,15 +862,17 @@ impl Aggregator {
         let target = self.limits.clients / 4 * 3;
         // Least evidence first; at the boundary the oldest, so that attackers alike in
         // evidence (a botnet in lockstep) are not all folded at once.
-        let entries = self.clients.iter().map(|(k, c)| (c.evidence(), age(k, c.last_seen), c.charged));
-        let plan = bounded::FoldPlan::weighted(entries, self.client_units, target);
+        let entries = self.clients.iter().map(|(k, c)| (c.evidence(), c.charged, (k, c.last_seen)));
+        let plan = bounded::FoldPlan::weighted(entries, |(k, seen)| age(k, *seen), self.client_units, target);
         let (summary, light, shared) = (&mut self.summary, &mut self.light, &self.shared_light);
         // Entries that another worker's entry for the same client made too big to stay light.
         let mut back = Vec::new();
+        let units = &mut self.client_units;
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
-            let keep = !plan.folds(evidence, age(key, c.last_seen));
+            let keep = !plan.folds_by(evidence, || age(key, c.last_seen));
             if !keep {
+                *units -= c.charged;
                 match (c.to_light(), shared) {
                     (Some(l), None) => {
                         light.insert(*key, l);
@@ -884,10 +886,10 @@ impl Aggregator {
             }
             keep
         });
-        for (key, both) in back {
-            self.clients.insert(key, ClientStats::from_lights(both));
+        for (key, mut both) in back.into_iter().map(|(key, both)| (key, ClientStats::from_lights(both))) {
+            self.client_units += both.recharge_and_units();
+            self.clients.insert(key, both);
         }
-        self.recount_clients();
         if self.light.len() > self.limits.light {
             self.fold_light();
         }
@@ -1012,19 +1014,20 @@ impl Aggregator {
         // As for clients: least evidence first, and at the boundary the oldest, so an
         // account attacked now and then survives a spray of one-off names.
         let records = self.accounts.values().flat_map(|users| users.iter());
-        let entries = records.map(|(n, a)| (a.auth_failures, account_age(n, a), a.charged));
-        let plan = bounded::FoldPlan::weighted(entries, self.account_units, target);
-        let summary = &mut self.summary;
+        let entries = records.map(|(n, a)| (a.auth_failures, a.charged, (n, a)));
+        let plan =
+            bounded::FoldPlan::weighted(entries, |(n, a)| account_age(n, a), self.account_units, target);
+        let (summary, units) = (&mut self.summary, &mut self.account_units);
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
-                let keep = !plan.folds(a.auth_failures, account_age(user, a));
+                let keep = !plan.folds_by(a.auth_failures, || account_age(user, a));
                 if !keep {
+                    *units -= a.charged;
                     summary.fold_account(account_hash(realm, user), a.auth_failures);
                 }
                 keep
             });
         }
-        self.recount_accounts();
     }
 
     /// Adds everything `other` has learned, staying within this aggregator's limits.
