@@ -272,6 +272,13 @@ pub fn units(bytes: usize) -> usize {
     bytes.div_ceil(BYTES_PER_ENTRY).max(1)
 }
 
+/// Charges a record that holds `bytes` now and was charged `*charged` units: sets
+/// `*charged` to its [`units`] and returns the change, for its table's total.
+pub fn recharge(charged: &mut usize, bytes: usize) -> isize {
+    let was = std::mem::replace(charged, units(bytes));
+    *charged as isize - was as isize
+}
+
 /// A client in compact form: its counts, and each evidence event exactly. Every client
 /// starts as one, and only gets a full record (top lists, samples, windows) with its first
 /// piece of evidence: most clients never send any, and counting their requests this way

@@ -394,15 +394,8 @@ impl ClientStats {
 
     /// Charges this record what it holds now; returns the change in units.
     fn recharge(&mut self) -> isize {
-        let now = bounded::units(self.bytes());
-        let was = std::mem::replace(&mut self.charged, now);
-        self.charged as isize - was as isize
-    }
-
-    /// [`ClientStats::recharge`], then the units charged.
-    fn recharge_and_units(&mut self) -> usize {
-        self.recharge();
-        self.charged
+        let bytes = self.bytes();
+        bounded::recharge(&mut self.charged, bytes)
     }
 
     /// Counts one line of this client's.
@@ -564,15 +557,8 @@ impl AccountStats {
 
     /// Charges this record, held under `name`, what it holds now; returns the change.
     fn recharge(&mut self, name: &str) -> isize {
-        let now = bounded::units(self.bytes(name));
-        let was = std::mem::replace(&mut self.charged, now);
-        self.charged as isize - was as isize
-    }
-
-    /// [`AccountStats::recharge`], then the units charged.
-    fn recharge_and_units(&mut self, name: &str) -> usize {
-        self.recharge(name);
-        self.charged
+        let bytes = self.bytes(name);
+        bounded::recharge(&mut self.charged, bytes)
     }
 
     fn add_client(&mut self, key: ClientKey) {
@@ -886,9 +872,11 @@ impl Aggregator {
             }
             keep
         });
-        for (key, mut both) in back.into_iter().map(|(key, both)| (key, ClientStats::from_lights(both))) {
-            self.client_units += both.recharge_and_units();
-            self.clients.insert(key, both);
+        for (key, both) in back {
+            let mut c = ClientStats::from_lights(both);
+            c.recharge();
+            self.client_units += c.charged;
+            self.clients.insert(key, c);
         }
         if self.light.len() > self.limits.light {
             self.fold_light();
@@ -957,11 +945,8 @@ impl Aggregator {
         };
         c.observe(seen, user, rules);
         let grown = c.recharge();
-        if grown != 0 {
-            self.client_units = self.client_units.saturating_add_signed(grown);
-            if self.client_units > self.limits.clients {
-                self.fold_clients();
-            }
+        if grew_past(&mut self.client_units, grown, self.limits.clients) {
+            self.fold_clients();
         }
     }
 
@@ -987,24 +972,33 @@ impl Aggregator {
         }
         offer_sample(&mut a.samples, SAMPLES, seen.at, time, seen.raw);
         let grown = a.recharge(user);
-        if grown != 0 {
-            self.account_units = self.account_units.saturating_add_signed(grown);
-            if self.account_units > self.limits.accounts {
-                self.fold_accounts();
-            }
+        if grew_past(&mut self.account_units, grown, self.limits.accounts) {
+            self.fold_accounts();
         }
     }
 
     /// Charges every client record what it holds now (after records were merged, folded
     /// or trimmed in bulk), and the table their sum.
     fn recount_clients(&mut self) {
-        self.client_units = self.clients.values_mut().map(|c| c.recharge_and_units()).sum();
+        self.client_units = self
+            .clients
+            .values_mut()
+            .map(|c| {
+                c.recharge();
+                c.charged
+            })
+            .sum();
     }
 
     /// [`Aggregator::recount_clients`] for the accounts.
     fn recount_accounts(&mut self) {
         let records = self.accounts.values_mut().flat_map(|users| users.iter_mut());
-        self.account_units = records.map(|(name, a)| a.recharge_and_units(name)).sum();
+        self.account_units = records
+            .map(|(name, a)| {
+                a.recharge(name);
+                a.charged
+            })
+            .sum();
     }
 
     /// Folds the accounts with the fewest failed logins into the summary, down to 3/4 of
@@ -1134,6 +1128,12 @@ impl Aggregator {
         self.recount_clients();
         self.recount_accounts();
     }
+}
+
+/// Adds `grown` units to a table's total `units`; whether the table grew past `limit`.
+fn grew_past(units: &mut usize, grown: isize, limit: usize) -> bool {
+    *units = units.saturating_add_signed(grown);
+    grown != 0 && *units > limit
 }
 
 /// [`Aggregator::observe_quiet`] into the table shared by the workers.
