@@ -63,9 +63,10 @@ pub struct ClientReport {
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spared: Option<String>,
-    /// Top accounts, paths and user agents count the client's requests from its first
-    /// piece of evidence (4xx, failed login, rule hit) on: a client that never sent any is
-    /// counted in compact form, without them (see [`crate::aggregate::bounded`]).
+    /// Top accounts, paths and user agents count the client's requests from the piece of
+    /// evidence that gave it a full record on (its fifth 4xx, or its first failed login or
+    /// rule hit): a client with less is counted in compact form, without them (see
+    /// [`crate::aggregate::bounded`]); so are its samples.
     pub accounts: Vec<(String, u64)>,
     pub top_paths: Vec<(String, u64)>,
     pub top_user_agents: Vec<(String, u64)>,
@@ -591,7 +592,8 @@ mod tests {
         assert_eq!(first.ip.to_string(), "203.0.113.9");
         assert_eq!((first.requests, first.status_4xx, first.status_5xx), (85, 70, 5));
         assert_eq!(first.statuses, BTreeMap::from([(200, 10), (404, 70), (503, 5)]));
-        assert_eq!(first.top_paths, vec![("/x".to_string(), 70), ("/".to_string(), 5)]);
+        // Top lists count from the full record on: its first four 404s were light events.
+        assert_eq!(first.top_paths, vec![("/x".to_string(), 66), ("/".to_string(), 5)]);
         assert!(first.block);
         // Then the busiest quiet clients, by requests: all with 7 come before any with 6.
         assert_eq!(report.ips.len(), REPORT_CLIENTS);

@@ -5,8 +5,12 @@
 //! folded into an approximate summary (a count-min sketch of their evidence) until the
 //! table is back to three quarters full.
 //!
-//! Every client starts as a [`Light`] entry and gets a full record with its first piece of
-//! evidence. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
+//! Every client starts as a [`Light`] entry, which also keeps its first [`LIGHT_EVENTS`] 4xx
+//! answers exactly (time and path); it gets a full record with the next piece of evidence
+//! or its first rule hit. Most clients of ordinary traffic draw a stray 404 or two (a
+//! favicon, a stale link): giving each a full record at its first made that record, its
+//! top lists and their cache misses most of a scan's time, and under the default bound
+//! most of those records were compacted again anyway. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
 //! and no rule hits first goes back to a light entry (56 bytes and its key instead of 2 KB
 //! or more) that keeps its counts and the time (and path or account) of each of those
 //! events, so when it returns its record is rebuilt with every window count exact: a
@@ -430,6 +434,19 @@ impl Light {
         let (mut f, mut l) = (self.first_seen(), self.last_seen());
         super::merge_seen(&mut f, &mut l, first, last);
         (self.first, self.last) = (f.unwrap_or(NO_TIME), l.unwrap_or(NO_TIME));
+    }
+
+    /// Counts one request answered with `status` as the evidence `event` (a 4xx); false,
+    /// with nothing counted, when this entry holds [`LIGHT_EVENTS`] events already: the
+    /// client then needs a full record.
+    pub fn take_evidence(&mut self, status: Option<u16>, event: LightEvent) -> bool {
+        if self.events().len() >= LIGHT_EVENTS {
+            return false;
+        }
+        self.seen(event.time());
+        self.request(status);
+        self.rare_mut().events.push(event);
+        true
     }
 
     /// Counts one request answered with `status` (which is not evidence).

@@ -826,21 +826,25 @@ impl Aggregator {
         })
     }
 
-    /// Counts a line that is no evidence, from a client without a full record: its light
-    /// entry holds all such a line changes.
-    fn observe_quiet(&mut self, key: ClientKey, record: &Record<'_>) {
+    /// Counts a line from a client without a full record in its light entry, when that
+    /// holds all the line changes: a line that is no evidence, or one of the first
+    /// [`LIGHT_EVENTS`] 4xx answers. A rule hit, or evidence beyond those, needs a record.
+    fn observe_light(&mut self, key: ClientKey, seen: &Seen<'_, '_>) -> Taken {
+        let record = seen.record;
+        let event = match is_evidence(seen) {
+            false => None,
+            true if seen.hits.is_empty() => Some(event_4xx(record)),
+            true => return Taken::NeedsRecord,
+        };
         if let Some(shared) = &self.shared_light {
-            return observe_quiet_shared(shared, &mut self.summary, key, record);
+            return observe_light_shared(shared, &mut self.summary, key, record, event);
         }
         if self.light.len() >= self.limits.light && !self.light.contains_key(&key) {
             self.fold_light();
         }
         let summary = &self.summary;
         let l = self.light.entry(key).or_insert_with(|| Light::new(folded_before(summary, key)));
-        l.seen(record.time);
-        if record.kind == Some(RecordKind::Access) {
-            l.request(record.status);
-        }
+        count_light(l, record, event)
     }
 
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
@@ -940,8 +944,10 @@ impl Aggregator {
         // One hash lookup for a client with a full record, the common case on a busy one.
         let c = match self.clients.get_mut(&key) {
             Some(c) => c,
-            None if !is_evidence(seen) => return self.observe_quiet(key, seen.record),
-            None => self.client(key),
+            None => match self.observe_light(key, seen) {
+                Taken::Light => return,
+                Taken::NeedsRecord => self.client(key),
+            },
         };
         c.observe(seen, user, rules);
         let grown = c.recharge();
@@ -1136,21 +1142,52 @@ fn grew_past(units: &mut usize, grown: isize, limit: usize) -> bool {
     grown != 0 && *units > limit
 }
 
-/// [`Aggregator::observe_quiet`] into the table shared by the workers.
-fn observe_quiet_shared(shared: &SharedLights, summary: &mut Summary, key: ClientKey, record: &Record<'_>) {
-    let access = record.kind == Some(RecordKind::Access);
-    let count = |l: &mut Light| {
-        l.seen(record.time);
-        if access {
-            l.request(record.status);
-        }
-    };
+/// [`Aggregator::observe_light`] into the table shared by the workers.
+fn observe_light_shared(
+    shared: &SharedLights,
+    summary: &mut Summary,
+    key: ClientKey,
+    record: &Record<'_>,
+    event: Option<LightEvent>,
+) -> Taken {
+    let mut taken = Taken::NeedsRecord;
+    let mut count = |l: &mut Light| taken = count_light(l, record, event);
     let new = |s: &Summary| Light::new(folded_before(s, key));
-    if !shared.update(key, || new(summary), count, true) {
+    if !shared.update(key, || new(summary), &mut count, true) {
         fold_shared(shared, summary);
         // Another worker may fill the table again meanwhile: this line still counts.
-        shared.update(key, || new(summary), count, false);
+        shared.update(key, || new(summary), &mut count, false);
     }
+    taken
+}
+
+/// Whether a client's light entry took a line ([`Aggregator::observe_light`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    Light,
+    NeedsRecord,
+}
+
+/// Counts `record` in `l` (with `event`, its evidence, if any), unless `l` has no room
+/// for one more event.
+fn count_light(l: &mut Light, record: &Record<'_>, event: Option<LightEvent>) -> Taken {
+    match event {
+        Some(e) if l.take_evidence(record.status, e) => Taken::Light,
+        Some(_) => Taken::NeedsRecord,
+        None => {
+            l.seen(record.time);
+            if record.kind == Some(RecordKind::Access) {
+                l.request(record.status);
+            }
+            Taken::Light
+        }
+    }
+}
+
+/// The evidence event of a 4xx answer, as a full record notes it (`observe_request`).
+fn event_4xx(record: &Record<'_>) -> LightEvent {
+    let path = record.path.as_deref().map_or("", endpoint);
+    LightEvent::new(EventKind::Status4xx, record.time, Some(stable_hash(path.as_bytes())))
 }
 
 /// Folds the shared table's entries with the least evidence into `summary`.
@@ -1252,22 +1289,11 @@ mod tests {
     /// Feeds `lines` 404s from each of `clients` addresses, one per second each, every
     /// line a new path of `path_bytes`.
     fn feed_probes(agg: &mut Aggregator, clients: u8, lines: i64, path_bytes: usize) {
-        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
+        let rules = RuleSet::builtin().unwrap();
         for t in 0..lines {
             for c in 0..clients {
                 let path = format!("/{t}/{}", "a".repeat(path_bytes));
-                let record = Record {
-                    kind: Some(RecordKind::Access),
-                    time: Some(1_700_000_000 + t),
-                    remote_addr: Some(std::net::IpAddr::from([198, 18, 0, c])),
-                    status: Some(404),
-                    path: Some(path.into()),
-                    ..Record::default()
-                };
-                let at = LineRef { source: "s", line: 1 };
-                let seen =
-                    Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
-                agg.observe(&seen, &rules, &policy);
+                line(agg, &rules, [198, 18, 0, c], t, 404, &path, &[]);
             }
         }
     }
@@ -1334,6 +1360,55 @@ mod tests {
         let kept = agg.accounts.values().flat_map(|u| u.values());
         assert!(kept.clone().any(|a| a.auth_failures == 1_500), "no account kept its history");
         assert_eq!(agg.account_units, kept.map(|a| a.charged).sum::<usize>());
+    }
+
+    /// One line from `ip` at `t`: `status` for `path`, with `hits`.
+    fn line(
+        agg: &mut Aggregator,
+        rules: &RuleSet,
+        ip: [u8; 4],
+        t: i64,
+        status: u16,
+        path: &str,
+        hits: &[Hit],
+    ) {
+        let record = Record {
+            kind: Some(RecordKind::Access),
+            time: Some(1_700_000_000 + t),
+            remote_addr: Some(std::net::IpAddr::from(ip)),
+            status: Some(status),
+            path: Some(path.to_string().into()),
+            ..Record::default()
+        };
+        let at = LineRef { source: "s", line: t as u64 };
+        let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits };
+        agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
+    }
+
+    #[test]
+    fn a_client_gets_a_full_record_at_its_fifth_4xx_or_first_rule_hit() {
+        let rules = RuleSet::builtin().unwrap();
+        let shared = Arc::new(SharedLights::new(1 << 20));
+        for shared in [None, Some(shared)] {
+            let mut agg = Aggregator { shared_light: shared.clone(), ..Aggregator::default() };
+            let (a, b) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+            line(&mut agg, &rules, a, 0, 200, "/", &[]);
+            (1..=4).for_each(|t| line(&mut agg, &rules, a, t, 404, &format!("/p{t}"), &[]));
+            assert!(agg.clients.is_empty(), "four 404s are a light entry's events");
+            line(&mut agg, &rules, a, 5, 404, "/p5", &[]);
+            let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(a));
+            let c = agg.clients.get_mut(&key).unwrap();
+            assert_eq!((c.requests, c.status_4xx, c.statuses[&404], c.first_events.len()), (6, 5, 5, 4));
+            assert_eq!(c.paths_4xx.most_distinct(600).0, 5, "the light events' paths count");
+            assert_eq!(c.times_4xx.busiest(600).0, 5);
+            if let Some(s) = &shared {
+                assert!(s.is_empty(), "the record took the shared entry over");
+            }
+            // A rule hit needs a record at once: a light entry keeps no rule events.
+            let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
+            line(&mut agg, &rules, b, 0, 200, "/?id=1' or 1=1", &[hit]);
+            assert_eq!(agg.clients.len(), 2);
+        }
     }
 
     #[test]
