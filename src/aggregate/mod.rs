@@ -88,14 +88,23 @@ fn process_hasher() -> foldhash::fast::FixedState {
     foldhash::fast::FixedState::with_seed(seed)
 }
 
-/// A client's age for folding: last seen, then a fixed per-process order of keys.
+/// A client's age for folding: last seen, then an order of keys that is the same in every
+/// run, so that which of equals is folded (and so the report) does not change from one
+/// run of a scan to the next.
 fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
-    use std::hash::BuildHasher;
-    (last_seen.unwrap_or(i64::MIN), foldhash::fast::FixedState::with_seed(7).hash_one(key))
+    (last_seen.unwrap_or(i64::MIN), tie_order(key))
 }
 
+/// [`age`] for an account.
 fn account_age(user: &str, a: &AccountStats) -> bounded::Age {
-    (a.last_seen.unwrap_or(i64::MIN), stable_hash(user.as_bytes()))
+    (a.last_seen.unwrap_or(i64::MIN), tie_order(user))
+}
+
+/// A fixed order of keys for folding's ties. The per-process key of [`stable_hash`] made
+/// the accounts folded at a tie, and so the accounts reported, differ from run to run.
+fn tie_order<K: std::hash::Hash + ?Sized>(key: &K) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(7).hash_one(key)
 }
 
 /// A client's hash for the sketch and for distinct counts, like [`stable_hash`] but of
