@@ -198,7 +198,6 @@ pub fn decide(
     rules: &RuleSet,
 ) -> ScanReport {
     agg.settle();
-    let compact = agg.light.values().filter(|l| l.compact()).count() as u64;
     // Light entries hold at most a few events (`LIGHT_EVENTS`): judged only when a
     // threshold is that low. The rest (most clients: they never sent any evidence) can
     // cross no threshold; only the few the report lists get a full record.
@@ -238,7 +237,7 @@ pub fn decide(
     });
     let lock_accounts = accounts.iter().filter(|a| a.lock).map(|a| a.user.clone()).collect();
     let mut stats = agg.stats;
-    stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary, compact);
+    stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary);
     ScanReport {
         stats,
         thresholds: thresholds.clone(),
@@ -288,7 +287,7 @@ fn most_notable_quiet(
         if l.events().is_empty() {
             return (0, 0, l.requests);
         }
-        let events = Light::compacted(0, [], (None, None), l.events().iter().copied(), 0);
+        let events = Light::with_events(0, [], (None, None), l.events().iter().copied(), 0);
         let v = client_verdict(&mut ClientStats::from_light(events), t, rules);
         (v.window_auth_failures, v.window_4xx, l.requests)
     };
@@ -607,7 +606,7 @@ mod tests {
         let sevens = (0..1500).filter(|i| i % 7 == 6).count();
         assert!(report.ips[1..=sevens].iter().all(|c| c.requests == 7 && c.statuses[&200] == 7));
         assert_eq!(report.ips[sevens + 1].requests, 6);
-        assert!(report.stats.memory_summary.is_none(), "nothing was compacted or folded");
+        assert!(report.stats.memory_summary.is_none(), "nothing was folded");
     }
 
     #[test]

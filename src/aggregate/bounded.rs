@@ -9,14 +9,12 @@
 //! answers exactly (time and path); it gets a full record with the next piece of evidence
 //! or its first rule hit. Most clients of ordinary traffic draw a stray 404 or two (a
 //! favicon, a stale link): giving each a full record at its first made that record, its
-//! top lists and their cache misses most of a scan's time, and under the default bound
-//! most of those records were compacted again anyway. Folding has two steps. A client with at most [`LIGHT_EVENTS`] evidence events
-//! and no rule hits first goes back to a light entry (56 bytes and its key instead of 2 KB
-//! or more) that keeps its counts and the time (and path or account) of each of those
-//! events, so when it returns its record is rebuilt with every window count exact: a
-//! sprayed stream can interleave an attacker's requests with hundreds of thousands of
-//! one-off addresses and the attacker's count still comes out exact. Only when the light
-//! table is full too do entries go to the sketch, where they are approximate.
+//! top lists and their cache misses most of a scan's time. A full record thus always holds
+//! more than a light entry can, and a folded one goes to the sketch; light entries are
+//! folded into it too when their own table is full. Keeping a client's first events
+//! exactly means a sprayed stream can interleave an attacker's requests with hundreds of
+//! thousands of one-off addresses and the attacker's count still comes out exact: the
+//! one-offs hold one event each and go first.
 //!
 //! Evidence decides who stays: a client with no 4xx, failed login or rule hit carries
 //! nothing a decision needs and goes first, so ordinary traffic never changes a proposal.
@@ -36,7 +34,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub clients: usize,
-    /// Folded clients kept in compact form.
+    /// Clients without a full record, in compact form.
     pub light: usize,
     pub accounts: usize,
 }
@@ -284,10 +282,9 @@ pub fn recharge(charged: &mut usize, bytes: usize) -> isize {
 }
 
 /// A client in compact form: its counts, and each evidence event exactly. Every client
-/// starts as one, and only gets a full record (top lists, samples, windows) with its first
-/// piece of evidence: most clients never send any, and counting their requests this way
-/// costs one small entry instead of a full record. A full record with little evidence is
-/// folded back into one (`compact`) when its table is full.
+/// starts as one, and only gets a full record (top lists, samples, windows) with its
+/// fifth 4xx answer or first rule hit: most clients never send that much, and counting
+/// their requests this way costs one small entry instead of a full record.
 ///
 /// There is one per distinct client, so its size is the scan's memory: 56 bytes, with
 /// room inline for the first four status codes a client is answered with (an ordinary
@@ -317,16 +314,14 @@ struct Rare {
     events: LightEvents,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
     folded: u64,
-    /// Folded from a full record, whose top lists and samples were dropped.
-    compact: bool,
 }
 
 /// At most [`LIGHT_EVENTS`] evidence events, inline: one allocation less per client
 /// that has any.
 pub type LightEvents = smallvec::SmallVec<[LightEvent; LIGHT_EVENTS]>;
 
-/// One evidence event of a light entry: 24 bytes (with `Option`s, 40), as a compacted
-/// client holds up to [`LIGHT_EVENTS`] of them.
+/// One evidence event of a light entry: 24 bytes (with `Option`s, 40), as a light entry
+/// holds up to [`LIGHT_EVENTS`] of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LightEvent {
     pub kind: EventKind,
@@ -373,8 +368,8 @@ impl Light {
         Light { requests: 0, first: NO_TIME, last: NO_TIME, codes, counts, rare }
     }
 
-    /// A full record's counts and evidence events in compact form (`compact` set).
-    pub fn compacted(
+    /// An entry holding these counts and evidence events.
+    pub fn with_events(
         requests: u64,
         statuses: impl IntoIterator<Item = (u16, u64)>,
         seen: (Option<i64>, Option<i64>),
@@ -386,7 +381,7 @@ impl Light {
         statuses.into_iter().for_each(|(status, n)| l.add_status(status, n));
         l.merge_seen(seen.0, seen.1);
         let rare = l.rare_mut();
-        (rare.events, rare.compact) = (events.into_iter().collect(), true);
+        rare.events = events.into_iter().collect();
         l
     }
 
@@ -403,11 +398,6 @@ impl Light {
     /// The sketch's bound on evidence folded before.
     pub fn folded(&self) -> u64 {
         self.rare.as_ref().map_or(0, |r| r.folded)
-    }
-
-    /// Whether this entry was folded from a full record.
-    pub fn compact(&self) -> bool {
-        self.rare.as_ref().is_some_and(|r| r.compact)
     }
 
     pub fn first_seen(&self) -> Option<i64> {
@@ -494,7 +484,6 @@ impl Light {
             let mine = self.rare_mut();
             mine.events.extend(theirs.events);
             mine.folded = mine.folded.max(theirs.folded);
-            mine.compact |= theirs.compact;
         }
         Ok(self)
     }
@@ -618,7 +607,7 @@ mod tests {
     fn light_entries_combine_until_they_hold_too_much() {
         let one = |t| {
             let e = LightEvent::new(EventKind::Status4xx, Some(t), Some(1));
-            Light::compacted(1, [(404, 1)], (Some(t), Some(t)), vec![e], 0)
+            Light::with_events(1, [(404, 1)], (Some(t), Some(t)), vec![e], 0)
         };
         let two = one(5).combine(one(3)).unwrap();
         assert_eq!(
@@ -626,7 +615,6 @@ mod tests {
             (2, Some(3), Some(5), 2)
         );
         assert_eq!(two.statuses().collect::<Vec<_>>(), vec![(404, 2)]);
-        assert!(two.compact());
         let full = (2..LIGHT_EVENTS).fold(two, |l, t| l.combine(one(t as i64)).unwrap());
         assert_eq!(full.evidence(), LIGHT_EVENTS as u64);
         let (mine, theirs) = full.combine(one(9)).unwrap_err();

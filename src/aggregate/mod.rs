@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::client::{ClientKey, ClientPolicy};
 use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
-use bounded::{EventKind, LIGHT_EVENTS, Light, LightEvent, LightEvents, Limits, Summary};
+use bounded::{EventKind, Light, LightEvent, Limits, Summary};
 use shared::SharedLights;
 use topk::TopK;
 use window::{DistinctTimes, EventTimes};
@@ -273,22 +273,17 @@ pub struct Stats {
 /// What had to be summarised to stay within the memory bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MemorySummary {
-    /// Clients kept in compact form: counts and windows exact, top lists and samples dropped.
-    #[serde(default)]
-    pub compact_clients: u64,
     /// Folded into the approximate sketch.
     pub clients: bounded::Folded,
     pub accounts: bounded::Folded,
 }
 
 impl MemorySummary {
-    /// The report's account of `summary` and of `compact` light entries, when either was used.
-    pub fn of(summary: &Summary, compact: u64) -> Option<MemorySummary> {
-        (summary.used() || compact > 0).then(|| MemorySummary {
-            compact_clients: compact,
-            clients: summary.clients.clone(),
-            accounts: summary.accounts.clone(),
-        })
+    /// The report's account of `summary`, when it was used.
+    pub fn of(summary: &Summary) -> Option<MemorySummary> {
+        summary
+            .used()
+            .then(|| MemorySummary { clients: summary.clients.clone(), accounts: summary.accounts.clone() })
     }
 }
 
@@ -324,9 +319,6 @@ pub struct ClientStats {
     /// Evidence this client had when it was folded into the summary before (an upper
     /// bound; 0 when never folded).
     pub folded_evidence: u64,
-    /// Its first evidence events, so that a client with few can be folded into a light
-    /// entry without losing any of them.
-    pub first_events: LightEvents,
     /// The table's units this record was last charged (see [`bounded::units`]).
     charged: usize,
 }
@@ -352,7 +344,6 @@ impl Default for ClientStats {
             paths_4xx: DistinctTimes::default(),
             samples: Vec::new(),
             folded_evidence: 0,
-            first_events: LightEvents::new(),
             charged: 0,
         }
     }
@@ -385,7 +376,6 @@ impl ClientStats {
         self.times_4xx.add(time);
         let hash = stable_hash(path.unwrap_or("").as_bytes());
         self.paths_4xx.add(time, hash);
-        self.note_event(EventKind::Status4xx, time, Some(hash));
         true
     }
 
@@ -441,28 +431,6 @@ impl ClientStats {
             self.accounts.add(user);
             self.auth_accounts.add(time, hash);
         }
-        self.note_event(EventKind::AuthFailure, time, hash);
-    }
-
-    fn note_event(&mut self, kind: EventKind, time: Option<i64>, value: Option<u64>) {
-        if self.first_events.len() < LIGHT_EVENTS {
-            self.first_events.push(LightEvent::new(kind, time, value));
-        }
-    }
-
-    /// This client in compact form, when every piece of its evidence fits in one.
-    fn to_light(&self) -> Option<Light> {
-        (self.evidence() == self.first_events.len() as u64).then(|| {
-            let statuses = self.statuses.iter().map(|(s, n)| (*s, *n));
-            let seen = (self.first_seen, self.last_seen);
-            Light::compacted(
-                self.requests,
-                statuses,
-                seen,
-                self.first_events.iter().copied(),
-                self.folded_evidence,
-            )
-        })
     }
 
     /// Rebuilds the counts and windows of a light entry (it holds no top lists or samples).
@@ -496,7 +464,6 @@ impl ClientStats {
                 }
             }
         }
-        self.note_event(e.kind, e.time(), e.value());
     }
 
     /// Adds a light entry's counts and events to this record.
@@ -533,8 +500,6 @@ impl ClientStats {
         self.paths_4xx.merge(o.paths_4xx);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
         self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
-        let room = LIGHT_EVENTS - self.first_events.len();
-        self.first_events.extend(o.first_events.into_iter().take(room));
     }
 }
 
@@ -701,7 +666,7 @@ pub struct Aggregator {
     /// Boxed: the map rehashes as clients arrive, and moving a pointer is cheaper than
     /// moving the whole record.
     pub clients: HashMap<ClientKey, Box<ClientStats>>,
-    /// Clients folded out of `clients` in compact form (see [`bounded`]).
+    /// Clients without a full record, in compact form (see [`bounded`]).
     pub light: HashMap<ClientKey, Light>,
     /// When set, light entries live there instead of in `light`: one table for all the
     /// workers of a scan (see [`shared`]), handed back by [`Aggregator::absorb_lights`].
@@ -837,7 +802,7 @@ impl Aggregator {
 
     /// Counts a line from a client without a full record in its light entry, when that
     /// holds all the line changes: a line that is no evidence, or one of the first
-    /// [`LIGHT_EVENTS`] 4xx answers. A rule hit, or evidence beyond those, needs a record.
+    /// [`bounded::LIGHT_EVENTS`] 4xx answers. A rule hit, or evidence beyond those, needs a record.
     fn observe_light(&mut self, key: ClientKey, seen: &Seen<'_, '_>) -> Taken {
         let record = seen.record;
         let event = match is_evidence(seen) {
@@ -863,40 +828,19 @@ impl Aggregator {
         // evidence (a botnet in lockstep) are not all folded at once.
         let entries = self.clients.iter().map(|(k, c)| (c.evidence(), c.charged, (k, c.last_seen)));
         let plan = bounded::FoldPlan::weighted(entries, |(k, seen)| age(k, *seen), self.client_units, target);
-        let (summary, light, shared) = (&mut self.summary, &mut self.light, &self.shared_light);
-        // Entries that another worker's entry for the same client made too big to stay light.
-        let mut back = Vec::new();
-        let units = &mut self.client_units;
+        let (summary, units) = (&mut self.summary, &mut self.client_units);
+        // A full record holds more than a light entry can (a fifth 4xx or a rule hit: see
+        // `observe_light`), so a folded one goes to the sketch. Only its own evidence:
+        // what it had before it was folded last is in the sketch already.
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
             let keep = !plan.folds_by(evidence, || age(key, c.last_seen));
             if !keep {
                 *units -= c.charged;
-                match (c.to_light(), shared) {
-                    (Some(l), None) => {
-                        light.insert(*key, l);
-                    }
-                    (Some(l), Some(shared)) => {
-                        back.extend(shared.add(*key, l).err().map(|both| (*key, both)))
-                    }
-                    // Only its own evidence: what it had before is in the sketch already.
-                    (None, _) => summary.fold_client(client_hash(*key), evidence),
-                }
+                summary.fold_client(client_hash(*key), evidence);
             }
             keep
         });
-        for (key, both) in back {
-            let mut c = ClientStats::from_lights(both);
-            c.recharge();
-            self.client_units += c.charged;
-            self.clients.insert(key, c);
-        }
-        if self.light.len() > self.limits.light {
-            self.fold_light();
-        }
-        if let Some(shared) = self.shared_light.as_ref().filter(|s| s.over_limit()) {
-            fold_shared(shared, &mut self.summary);
-        }
     }
 
     /// Takes the entries of the table shared by the workers of a scan into this
@@ -1407,7 +1351,7 @@ mod tests {
             line(&mut agg, &rules, a, 5, 404, "/p5", &[]);
             let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(a));
             let c = agg.clients.get_mut(&key).unwrap();
-            assert_eq!((c.requests, c.status_4xx, c.statuses[&404], c.first_events.len()), (6, 5, 5, 4));
+            assert_eq!((c.requests, c.status_4xx, c.statuses[&404]), (6, 5, 5));
             assert_eq!(c.paths_4xx.most_distinct(600).0, 5, "the light events' paths count");
             assert_eq!(c.times_4xx.busiest(600).0, 5);
             if let Some(s) = &shared {

@@ -100,32 +100,6 @@ impl SharedLights {
         l
     }
 
-    /// Adds `l` to the entry of `key`. When both together hold too many events for one
-    /// light entry, both come back (and the key has no entry left here).
-    pub fn add(&self, key: ClientKey, l: Light) -> Result<(), (Light, Light)> {
-        let mut shard = self.shard(&key);
-        let Some(mine) = shard.remove(&key) else {
-            shard.insert(key, l);
-            self.len.fetch_add(1, Relaxed);
-            return Ok(());
-        };
-        match mine.combine(l) {
-            Ok(both) => {
-                shard.insert(key, both);
-                Ok(())
-            }
-            Err(both) => {
-                self.len.fetch_sub(1, Relaxed);
-                Err(both)
-            }
-        }
-    }
-
-    /// Whether the table holds more than its limit allows.
-    pub fn over_limit(&self) -> bool {
-        self.len() > self.limit
-    }
-
     /// Folds the entries with the least evidence (then the oldest), down to 3/4 of the
     /// limit, handing each to `folded`. Does nothing while another worker folds.
     pub fn fold(&self, mut folded: impl FnMut(ClientKey, &Light)) {
@@ -182,7 +156,7 @@ impl SharedLights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::bounded::{EventKind, LIGHT_EVENTS, LightEvent};
+    use crate::aggregate::bounded::{EventKind, LightEvent};
 
     fn key(i: u32) -> ClientKey {
         ClientKey(ipnet::IpNet::from(std::net::IpAddr::from(i.to_be_bytes())))
@@ -215,9 +189,8 @@ mod tests {
         let event = LightEvent::new(EventKind::Status4xx, Some(1), None);
         for i in 0..8 {
             let evidence = if i == 0 { vec![event] } else { vec![] };
-            assert!(
-                table.add(key(i), Light::compacted(1, [(200, 1)], (Some(1), Some(1)), evidence, 0)).is_ok()
-            );
+            let new = || Light::with_events(1, [(200, 1)], (Some(1), Some(1)), evidence, 0);
+            assert!(table.update(key(i), new, |_| {}, true));
         }
         assert!(!table.update(key(99), Light::default, count, true), "full: the caller folds first");
         let mut folded = Vec::new();
@@ -225,15 +198,5 @@ mod tests {
         assert_eq!(folded.len(), 2, "down to 3/4 of the limit");
         assert!(folded.iter().all(|(k, e)| *e == 0 && *k != key(0)), "the client with evidence stays");
         assert!(table.update(key(99), Light::default, count, true));
-    }
-
-    #[test]
-    fn entries_too_big_to_combine_come_back() {
-        let table = SharedLights::new(usize::MAX);
-        let events = |n| vec![LightEvent::new(EventKind::Status4xx, Some(1), None); n];
-        let light = |n| Light::compacted(n as u64, [(404, n as u64)], (Some(1), Some(1)), events(n), 0);
-        assert!(table.add(key(1), light(LIGHT_EVENTS)).is_ok());
-        let (mine, theirs) = table.add(key(1), light(1)).unwrap_err();
-        assert_eq!((mine.evidence(), theirs.evidence(), table.len()), (LIGHT_EVENTS as u64, 1, 0));
     }
 }

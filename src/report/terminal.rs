@@ -70,9 +70,8 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
     if let Some(m) = &s.memory_summary {
         writeln!(
             out,
-            "{} to stay within --max-memory, {} clients were kept in compact form (counts exact), {} clients (most evidence {}) and {} accounts (most failures {}) were summarised; {}",
+            "{} to stay within --max-memory, {} clients (most evidence {}) and {} accounts (most failures {}) were summarised; {}",
             p.alert("memory bound:"),
-            m.compact_clients,
             m.clients.entries,
             m.clients.max_evidence,
             m.accounts.entries,
