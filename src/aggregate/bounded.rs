@@ -320,11 +320,11 @@ struct Rare {
 /// that has any.
 pub type LightEvents = smallvec::SmallVec<[LightEvent; LIGHT_EVENTS]>;
 
-/// One evidence event of a light entry: 24 bytes (with `Option`s, 40), as a light entry
-/// holds up to [`LIGHT_EVENTS`] of them.
+/// One evidence event of a light entry, a 4xx answer: 24 bytes (with `Option`s, 40), as a
+/// light entry holds up to [`LIGHT_EVENTS`] of them. Failed logins and rule hits give a
+/// client a full record at once, so they are never light events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LightEvent {
-    pub kind: EventKind,
     has_value: bool,
     /// [`NO_TIME`] when the line had no time.
     time: i64,
@@ -332,26 +332,20 @@ pub struct LightEvent {
 }
 
 impl LightEvent {
-    /// An event at `time` with the hash of its path (4xx) or account (failed login).
-    pub fn new(kind: EventKind, time: Option<i64>, value: Option<u64>) -> LightEvent {
+    /// A 4xx answer at `time` with the hash of its path.
+    pub fn new(time: Option<i64>, value: Option<u64>) -> LightEvent {
         let time = time.unwrap_or(NO_TIME);
-        LightEvent { kind, has_value: value.is_some(), time, value: value.unwrap_or(0) }
+        LightEvent { has_value: value.is_some(), time, value: value.unwrap_or(0) }
     }
 
     pub fn time(&self) -> Option<i64> {
         (self.time != NO_TIME).then_some(self.time)
     }
 
-    /// The path (4xx) or account (failed login) hash, when there was one.
+    /// The path's hash, when there was one.
     pub fn value(&self) -> Option<u64> {
         self.has_value.then_some(self.value)
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    Status4xx,
-    AuthFailure,
 }
 
 impl Default for Light {
@@ -606,7 +600,7 @@ mod tests {
     #[test]
     fn light_entries_combine_until_they_hold_too_much() {
         let one = |t| {
-            let e = LightEvent::new(EventKind::Status4xx, Some(t), Some(1));
+            let e = LightEvent::new(Some(t), Some(1));
             Light::with_events(1, [(404, 1)], (Some(t), Some(t)), vec![e], 0)
         };
         let two = one(5).combine(one(3)).unwrap();
@@ -626,8 +620,8 @@ mod tests {
         for (time, value) in
             [(None, None), (Some(0), Some(0)), (Some(-5), Some(u64::MAX)), (Some(i64::MAX), None)]
         {
-            let e = LightEvent::new(EventKind::AuthFailure, time, value);
-            assert_eq!((e.kind, e.time(), e.value()), (EventKind::AuthFailure, time, value));
+            let e = LightEvent::new(time, value);
+            assert_eq!((e.time(), e.value()), (time, value));
         }
         assert!(std::mem::size_of::<LightEvent>() <= 24);
     }

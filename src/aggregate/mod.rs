@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::client::{ClientKey, ClientPolicy};
 use crate::detect::{Counts, Hit, RuleId, RuleSet};
 use crate::parse::{Record, RecordKind};
-use bounded::{EventKind, Light, LightEvent, Limits, Summary};
+use bounded::{Light, LightEvent, Limits, Summary};
 use shared::SharedLights;
 use topk::TopK;
 use window::{DistinctTimes, EventTimes};
@@ -372,11 +372,17 @@ impl ClientStats {
         if !is_4xx(status) {
             return false;
         }
+        self.count_4xx(time, Some(path_hash(path)));
+        true
+    }
+
+    /// Counts a 4xx answer at `time` for the path hashed `path` (see [`path_hash`]).
+    fn count_4xx(&mut self, time: Option<i64>, path: Option<u64>) {
         self.status_4xx += 1;
         self.times_4xx.add(time);
-        let hash = stable_hash(path.unwrap_or("").as_bytes());
-        self.paths_4xx.add(time, hash);
-        true
+        if let Some(p) = path {
+            self.paths_4xx.add(time, p);
+        }
     }
 
     /// Bytes this record holds, its map slot and everything it points to included: what
@@ -447,25 +453,6 @@ impl ClientStats {
         Box::new(c)
     }
 
-    fn replay(&mut self, e: LightEvent) {
-        match e.kind {
-            EventKind::Status4xx => {
-                self.status_4xx += 1;
-                self.times_4xx.add(e.time());
-                if let Some(v) = e.value() {
-                    self.paths_4xx.add(e.time(), v);
-                }
-            }
-            EventKind::AuthFailure => {
-                self.auth_failures += 1;
-                self.times_auth.add(e.time());
-                if let Some(v) = e.value() {
-                    self.auth_accounts.add(e.time(), v);
-                }
-            }
-        }
-    }
-
     /// Adds a light entry's counts and events to this record.
     fn absorb(&mut self, l: Light) {
         self.requests += l.requests;
@@ -476,7 +463,7 @@ impl ClientStats {
         self.folded_evidence = self.folded_evidence.max(l.folded());
         merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen(), l.last_seen());
         for e in l.events() {
-            self.replay(*e);
+            self.count_4xx(e.time(), e.value());
         }
     }
 
@@ -1137,10 +1124,15 @@ fn count_light(l: &mut Light, record: &Record<'_>, event: Option<LightEvent>) ->
     }
 }
 
-/// The evidence event of a 4xx answer, as a full record notes it (`observe_request`).
+/// The evidence event of a 4xx answer, as a full record counts it (`observe_request`).
 fn event_4xx(record: &Record<'_>) -> LightEvent {
-    let path = record.path.as_deref().map_or("", endpoint);
-    LightEvent::new(EventKind::Status4xx, record.time, Some(stable_hash(path.as_bytes())))
+    LightEvent::new(record.time, Some(path_hash(record.path.as_deref().map(endpoint))))
+}
+
+/// The hash a 4xx answer's endpoint is counted under in distinct-path windows, the same
+/// for a light entry's event and a full record (a request without a path as the empty one).
+fn path_hash(endpoint: Option<&str>) -> u64 {
+    stable_hash(endpoint.unwrap_or("").as_bytes())
 }
 
 /// Folds the shared table's entries with the least evidence into `summary`.

@@ -156,7 +156,7 @@ impl SharedLights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::bounded::{EventKind, LightEvent};
+    use crate::aggregate::bounded::LightEvent;
 
     fn key(i: u32) -> ClientKey {
         ClientKey(ipnet::IpNet::from(std::net::IpAddr::from(i.to_be_bytes())))
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn a_full_table_asks_for_a_fold_and_folds_the_least_evidence() {
         let table = SharedLights::new(8);
-        let event = LightEvent::new(EventKind::Status4xx, Some(1), None);
+        let event = LightEvent::new(Some(1), None);
         for i in 0..8 {
             let evidence = if i == 0 { vec![event] } else { vec![] };
             let new = || Light::with_events(1, [(200, 1)], (Some(1), Some(1)), evidence, 0);
