@@ -376,6 +376,19 @@ impl ClientStats {
         true
     }
 
+    /// Counts a line that is no evidence, as a light entry counts it (no top lists).
+    fn count_quiet(&mut self, q: &QuietLine) {
+        merge_seen(&mut self.first_seen, &mut self.last_seen, q.time, q.time);
+        if !q.access {
+            return;
+        }
+        self.requests += 1;
+        if let Some(status) = q.status {
+            *self.statuses.entry(status).or_default() += 1;
+            self.status_5xx += u64::from(status >= 500);
+        }
+    }
+
     /// Counts a 4xx answer at `time` for the path hashed `path` (see [`path_hash`]).
     fn count_4xx(&mut self, time: Option<i64>, path: Option<u64>) {
         self.status_4xx += 1;
@@ -671,7 +684,43 @@ pub struct Aggregator {
     pub summary: Summary,
     /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
     pub(crate) runs: Vec<ParsedRun>,
+    /// Quiet lines of clients without a full record, not yet counted (see
+    /// [`QuietLine`]).
+    pub(crate) quiet: Vec<QuietLine>,
 }
+
+/// A line that is no evidence, from a client without a full record: it changes only
+/// counts that do not depend on order (requests, statuses, first and last seen), so it is
+/// counted later, with others, in [`Aggregator::settle`]. Counted one at a time, each
+/// such line waited for its client's entry to come from main memory (the table outgrows
+/// the caches) with the line's other work done; counted in a batch, the processor fetches
+/// several entries at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuietLine {
+    key: ClientKey,
+    time: Option<i64>,
+    status: Option<u16>,
+    access: bool,
+}
+
+impl QuietLine {
+    fn of(key: ClientKey, record: &Record<'_>) -> QuietLine {
+        let access = record.kind == Some(RecordKind::Access);
+        QuietLine { key, time: record.time, status: record.status, access }
+    }
+
+    /// Counts this line in a light entry.
+    fn count(&self, l: &mut Light) {
+        l.seen(self.time);
+        if self.access {
+            l.request(self.status);
+        }
+    }
+}
+
+/// Quiet lines held at most before they are counted: a bound on the buffer whatever the
+/// line length, small enough to stay in cache.
+const QUIET_BATCH: usize = 2048;
 
 /// Parsed lines from one source in one format, not yet in `stats.sources`. Counting a
 /// line against a pending run costs two short compares instead of the two map lookups
@@ -761,8 +810,10 @@ impl Aggregator {
 
     /// Adds the pending runs of parsed lines to `stats.sources`. The pipeline's workers
     /// settle after every chunk, and merging and deciding settle first; a caller that
-    /// reads `stats.sources` of an aggregator it fed itself settles before.
+    /// reads `stats.sources`, `clients` or `light` of an aggregator it fed itself settles
+    /// before. Also counts the held quiet lines (see [`QuietLine`]).
     pub fn settle(&mut self) {
+        self.count_quiet();
         for run in std::mem::take(&mut self.runs) {
             let source = self.source(&run.source);
             source.lines += run.lines;
@@ -788,24 +839,81 @@ impl Aggregator {
     }
 
     /// Counts a line from a client without a full record in its light entry, when that
-    /// holds all the line changes: a line that is no evidence, or one of the first
-    /// [`bounded::LIGHT_EVENTS`] 4xx answers. A rule hit, or evidence beyond those, needs a record.
+    /// holds all the line changes: a line that is no evidence (held back, see
+    /// [`QuietLine`]), or one of the first [`bounded::LIGHT_EVENTS`] 4xx answers. A rule
+    /// hit, or evidence beyond those, needs a record.
     fn observe_light(&mut self, key: ClientKey, seen: &Seen<'_, '_>) -> Taken {
         let record = seen.record;
-        let event = match is_evidence(seen) {
-            false => None,
-            true if seen.hits.is_empty() => Some(event_4xx(record)),
-            true => return Taken::NeedsRecord,
-        };
+        if !is_evidence(seen) {
+            self.hold_quiet(QuietLine::of(key, record));
+            return Taken::Light;
+        }
+        if !seen.hits.is_empty() {
+            return Taken::NeedsRecord;
+        }
+        let event = event_4xx(record);
         if let Some(shared) = &self.shared_light {
             return observe_light_shared(shared, &mut self.summary, key, record, event);
         }
+        let l = self.light_entry(key);
+        count_light(l, record, event)
+    }
+
+    /// The light entry of `key`, created (and the table kept within its limit) if new.
+    fn light_entry(&mut self, key: ClientKey) -> &mut Light {
         if self.light.len() >= self.limits.light && !self.light.contains_key(&key) {
             self.fold_light();
         }
         let summary = &self.summary;
-        let l = self.light.entry(key).or_insert_with(|| Light::new(folded_before(summary, key)));
-        count_light(l, record, event)
+        self.light.entry(key).or_insert_with(|| Light::new(folded_before(summary, key)))
+    }
+
+    fn hold_quiet(&mut self, line: QuietLine) {
+        self.quiet.push(line);
+        if self.quiet.len() >= QUIET_BATCH {
+            self.count_quiet();
+        }
+    }
+
+    /// Counts the quiet lines held back (see [`QuietLine`]), each where its client is now:
+    /// its full record if it has one by now, else its light entry.
+    fn count_quiet(&mut self) {
+        let mut quiet = std::mem::take(&mut self.quiet);
+        quiet.retain(|q| !self.count_quiet_in_record(q));
+        match self.shared_light.clone() {
+            Some(shared) => self.count_quiet_shared(&shared, &mut quiet),
+            None => quiet.iter().for_each(|q| q.count(self.light_entry(q.key))),
+        }
+        quiet.clear();
+        self.quiet = quiet;
+    }
+
+    /// Counts `q` in its client's full record, if there is one.
+    fn count_quiet_in_record(&mut self, q: &QuietLine) -> bool {
+        let Some(c) = self.clients.get_mut(&q.key) else { return false };
+        c.count_quiet(q);
+        let grown = c.recharge();
+        if grew_past(&mut self.client_units, grown, self.limits.clients) {
+            self.fold_clients();
+        }
+        true
+    }
+
+    /// Counts `quiet` in the table shared by the workers, a shard at a time: one lock per
+    /// shard per batch instead of one per line. When the table is full, folds and goes on.
+    fn count_quiet_shared(&mut self, shared: &SharedLights, quiet: &mut [QuietLine]) {
+        quiet.sort_unstable_by_key(|q| shared::shard_of(&q.key));
+        let mut rest = &quiet[..];
+        loop {
+            let summary = &self.summary;
+            let new = |key| Light::new(folded_before(summary, key));
+            let Err(full) = shared.update_sorted(rest, |q| q.key, new, QuietLine::count) else { return };
+            fold_shared(shared, &mut self.summary);
+            // Another worker may fill the table again meanwhile: this line still counts.
+            let (q, summary) = (rest[full], &self.summary);
+            shared.update(q.key, || Light::new(folded_before(summary, q.key)), |l| q.count(l), false);
+            rest = &rest[full + 1..];
+        }
     }
 
     /// Folds the clients with the least evidence into the summary, down to 3/4 of the limit.
@@ -1053,6 +1161,7 @@ impl Aggregator {
     /// in flat memory: window counts before it are dropped, and clients and accounts not
     /// seen since are removed. The incident's per-minute counts keep one day.
     pub fn evict_before(&mut self, cutoff: i64) {
+        self.count_quiet();
         self.clients.retain(|_, c| {
             c.times_4xx.evict_before(cutoff);
             c.times_auth.evict_before(cutoff);
@@ -1088,7 +1197,7 @@ fn observe_light_shared(
     summary: &mut Summary,
     key: ClientKey,
     record: &Record<'_>,
-    event: Option<LightEvent>,
+    event: LightEvent,
 ) -> Taken {
     let mut taken = Taken::NeedsRecord;
     let mut count = |l: &mut Light| taken = count_light(l, record, event);
@@ -1108,19 +1217,12 @@ enum Taken {
     NeedsRecord,
 }
 
-/// Counts `record` in `l` (with `event`, its evidence, if any), unless `l` has no room
-/// for one more event.
-fn count_light(l: &mut Light, record: &Record<'_>, event: Option<LightEvent>) -> Taken {
-    match event {
-        Some(e) if l.take_evidence(record.status, e) => Taken::Light,
-        Some(_) => Taken::NeedsRecord,
-        None => {
-            l.seen(record.time);
-            if record.kind == Some(RecordKind::Access) {
-                l.request(record.status);
-            }
-            Taken::Light
-        }
+/// Counts `record` in `l` with `event`, its evidence, unless `l` has no room for one
+/// more event.
+fn count_light(l: &mut Light, record: &Record<'_>, event: LightEvent) -> Taken {
+    match l.take_evidence(record.status, event) {
+        true => Taken::Light,
+        false => Taken::NeedsRecord,
     }
 }
 
@@ -1341,6 +1443,7 @@ mod tests {
             (1..=4).for_each(|t| line(&mut agg, &rules, a, t, 404, &format!("/p{t}"), &[]));
             assert!(agg.clients.is_empty(), "four 404s are a light entry's events");
             line(&mut agg, &rules, a, 5, 404, "/p5", &[]);
+            agg.settle();
             let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(a));
             let c = agg.clients.get_mut(&key).unwrap();
             assert_eq!((c.requests, c.status_4xx, c.statuses[&404]), (6, 5, 5));
@@ -1353,6 +1456,68 @@ mod tests {
             let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
             line(&mut agg, &rules, b, 0, 200, "/?id=1' or 1=1", &[hit]);
             assert_eq!(agg.clients.len(), 2);
+        }
+    }
+
+    fn requests_of(agg: &Aggregator, ip: [u8; 4]) -> (u64, Option<i64>) {
+        let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(ip));
+        match (agg.clients.get(&key), agg.light.get(&key)) {
+            (Some(c), None) => (c.requests, c.first_seen),
+            (None, Some(l)) => (l.requests, l.first_seen()),
+            both => panic!("{ip:?}: a record and a light entry at once, or neither: {both:?}"),
+        }
+    }
+
+    #[test]
+    fn quiet_lines_are_counted_where_their_client_is_when_settled() {
+        let rules = RuleSet::builtin().unwrap();
+        for shared in [None, Some(Arc::new(SharedLights::new(1 << 20)))] {
+            let mut agg = Aggregator { shared_light: shared.clone(), ..Aggregator::default() };
+            let (a, b) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+            // a's first line is quiet and held; its fifth 404 makes a record before that
+            // line is counted: the record must get it.
+            line(&mut agg, &rules, a, 0, 200, "/", &[]);
+            (1..=5).for_each(|t| line(&mut agg, &rules, a, t, 404, &format!("/p{t}"), &[]));
+            (0..3).for_each(|t| line(&mut agg, &rules, b, 10 + t, 302, "/", &[]));
+            // The next quiet line of a goes straight to its record's client at settle too.
+            line(&mut agg, &rules, a, 20, 200, "/", &[]);
+            agg.settle();
+            if let Some(s) = &shared {
+                agg.absorb_lights(s);
+            }
+            assert_eq!(requests_of(&agg, a), (7, Some(1_700_000_000)));
+            assert_eq!(
+                agg.clients[&ClientKey(ipnet::IpNet::from(std::net::IpAddr::from(a)))].statuses[&200],
+                2
+            );
+            assert_eq!(requests_of(&agg, b), (3, Some(1_700_000_010)));
+        }
+    }
+
+    #[test]
+    fn held_quiet_lines_are_bounded_and_a_full_shared_table_folds_and_goes_on() {
+        let rules = RuleSet::builtin().unwrap();
+        let shared = Arc::new(SharedLights::new(64));
+        let mut agg = Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() };
+        for i in 0..3 * QUIET_BATCH as u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            line(&mut agg, &rules, [198, 18, c, d], i64::from(i), 200, "/", &[]);
+            assert!(agg.quiet.len() < QUIET_BATCH, "the held lines are counted once a batch is full");
+        }
+        agg.settle();
+        assert!(agg.quiet.is_empty());
+        assert!(shared.len() <= 64, "{} entries in a table of 64", shared.len());
+        assert!(agg.summary.clients.entries > 0, "the table folded to make room");
+        // Under no bound every held line is counted, in the shared table as in a private one.
+        for shared in [None, Some(Arc::new(SharedLights::new(usize::MAX)))] {
+            let mut agg = Aggregator { shared_light: shared.clone(), ..Aggregator::default() };
+            (0..5_000u32)
+                .for_each(|i| line(&mut agg, &rules, [198, 18, 0, (i % 300) as u8], 1, 200, "/", &[]));
+            agg.settle();
+            if let Some(s) = &shared {
+                agg.absorb_lights(s);
+            }
+            assert_eq!(agg.light.values().map(|l| l.requests).sum::<u64>(), 5_000);
         }
     }
 

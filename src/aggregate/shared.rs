@@ -2,8 +2,9 @@
 //! worker is free, and a client's lines are spread over the whole input, so each worker
 //! sees nearly every client: with a table per worker, every quiet client was held once
 //! per worker, and on two threads those tables were a quarter of the peak. One table, in
-//! shards behind locks, holds each client once. A worker locks one shard per line from a
-//! client without a full record; the other worker is on another shard most of the time.
+//! shards behind locks, holds each client once. A worker locks one shard per 4xx line from
+//! a client without a full record, and one per shard for each batch of its quiet lines
+//! ([`SharedLights::update_sorted`]); the other worker is on another shard most of the time.
 //!
 //! Entries here are only ever combined, never judged: when the scan ends they are handed
 //! to the merged result ([`SharedLights::drain_into`]), which adds each to its client's full
@@ -19,6 +20,17 @@ use crate::client::ClientKey;
 
 /// Enough shards that two workers rarely want the same one at once.
 const SHARDS: usize = 64;
+
+/// The shard that holds `key`: the address's bytes folded together, cheaper than the
+/// keyed hash the shard's map computes next anyway. Addresses chosen to share a shard
+/// cost time, not memory.
+pub fn shard_of(key: &ClientKey) -> usize {
+    let i = match key.0 {
+        ipnet::IpNet::V4(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
+        ipnet::IpNet::V6(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
+    };
+    usize::from(i) % SHARDS
+}
 
 /// One shard on cache lines of its own: two workers locking neighbouring shards would
 /// otherwise pass one line back and forth on every quiet line.
@@ -45,15 +57,12 @@ impl SharedLights {
     }
 
     fn shard(&self, key: &ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Light>> {
-        // The address's bytes folded together: cheaper than the keyed hash the shard's map
-        // computes next anyway. Addresses chosen to share a shard cost time, not memory.
-        let i = match key.0 {
-            ipnet::IpNet::V4(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
-            ipnet::IpNet::V6(n) => n.addr().octets().iter().fold(0, |h, b| h ^ b),
-        };
-        let i = usize::from(i) % SHARDS;
+        self.lock(shard_of(key))
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, HashMap<ClientKey, Light>> {
         // A worker that panicked leaves whole entries: each update is one call.
-        self.shards[i].0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[shard].0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Entries held (a snapshot: other workers may change it).
@@ -89,6 +98,41 @@ impl SharedLights {
         shard.insert(key, l);
         self.len.fetch_add(1, Relaxed);
         true
+    }
+
+    /// [`SharedLights::update`] (bounded) for each of `items`, which are sorted by the
+    /// shard of their `key` ([`shard_of`]): one lock per shard they fall in. `Err(i)` when
+    /// `items[i]` is absent and the table is full; the items before it were applied, it
+    /// and those after it were not.
+    pub fn update_sorted<T>(
+        &self,
+        items: &[T],
+        key: impl Fn(&T) -> ClientKey,
+        new: impl Fn(ClientKey) -> Light,
+        f: impl Fn(&T, &mut Light),
+    ) -> Result<(), usize> {
+        let mut start = 0;
+        while start < items.len() {
+            let i = shard_of(&key(&items[start]));
+            let end = start + items[start..].iter().take_while(|t| shard_of(&key(t)) == i).count();
+            let mut shard = self.lock(i);
+            for (n, item) in items[start..end].iter().enumerate() {
+                let k = key(item);
+                if let Some(l) = shard.get_mut(&k) {
+                    f(item, l);
+                    continue;
+                }
+                if self.len() >= self.limit {
+                    return Err(start + n);
+                }
+                let mut l = new(k);
+                f(item, &mut l);
+                shard.insert(k, l);
+                self.len.fetch_add(1, Relaxed);
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// Takes the entry of `key` out.
@@ -181,6 +225,25 @@ mod tests {
         let mut total = 0;
         table.drain_into(|_, l| total += l.requests);
         assert_eq!((total, table.len()), (40_000, 0));
+    }
+
+    #[test]
+    fn sorted_updates_stop_at_the_first_entry_a_full_table_cannot_take() {
+        let table = SharedLights::new(3);
+        let mut keys: Vec<ClientKey> = (0..6).map(key).chain([key(0), key(0)]).collect();
+        keys.sort_by_key(shard_of);
+        let full = table.update_sorted(&keys, |k| *k, |_| Light::default(), |_, l| count(l)).unwrap_err();
+        // Every key before `full` was counted, `full` itself (absent: the table is full) not.
+        assert!(!keys[..full].contains(&keys[full]));
+        assert_eq!(table.len(), 3);
+        let mut counted = 0;
+        table.drain_into(|_, l| counted += l.requests);
+        assert_eq!(counted, full as u64);
+        let unbounded = SharedLights::new(usize::MAX);
+        assert_eq!(unbounded.update_sorted(&keys, |k| *k, |_| Light::default(), |_, l| count(l)), Ok(()));
+        let mut counted = 0;
+        unbounded.drain_into(|_, l| counted += l.requests);
+        assert_eq!(counted, 8);
     }
 
     #[test]
