@@ -18,7 +18,8 @@ use super::bounded::{self, FoldPlan, Light};
 use super::{HashMap, age};
 use crate::client::ClientKey;
 
-/// Enough shards that two workers rarely want the same one at once.
+/// Enough shards that two workers rarely want the same one at once (and few enough to
+/// number in a byte).
 const SHARDS: usize = 64;
 
 /// The shard that holds `key`: the address's bytes folded together, cheaper than the
