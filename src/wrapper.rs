@@ -109,7 +109,7 @@ fn split_prefix(line: &[u8]) -> (Option<&[u8]>, &[u8]) {
     if !line.starts_with(b"[pod/") {
         return (None, line);
     }
-    match memchr::memmem::find(line, b"] ") {
+    match crate::parse::find_pair(line, *b"] ") {
         Some(end) if !line[1..end].contains(&b' ') => (Some(&line[1..end]), &line[end + 2..]),
         _ => (None, line),
     }

@@ -8,6 +8,7 @@
 //! used to blame an address the attacker chose.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use memchr::memmem;
 
@@ -45,7 +46,7 @@ pub fn parse(line: &[u8]) -> Option<Record<'_>> {
 
 /// Skips `PID#TID: ` and an optional `*CID ` connection number.
 fn skip_ids(s: &[u8]) -> &[u8] {
-    let after_pid = match memmem::find(s, b": ") {
+    let after_pid = match super::find_pair(s, *b": ") {
         Some(p) if s[..p].iter().all(|b| b.is_ascii_digit() || *b == b'#') => &s[p + 2..],
         _ => s,
     };
@@ -61,7 +62,10 @@ fn skip_ids(s: &[u8]) -> &[u8] {
 /// Every `, client: IP` followed by `, server: ` (or the end): where it starts and the IP.
 fn client_positions(message: &[u8]) -> Vec<(usize, std::net::IpAddr)> {
     const CLIENT: &[u8] = b", client: ";
-    memmem::find_iter(message, CLIENT)
+    // Built once: `memmem::find_iter` builds a searcher on every call.
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(CLIENT));
+    FINDER
+        .find_iter(message)
         .filter_map(|at| {
             let rest = &message[at + CLIENT.len()..];
             let end = memchr::memchr(b',', rest).unwrap_or(rest.len());
@@ -101,7 +105,8 @@ fn quoted_user<'a>(text_part: &'a [u8], terminator: &[u8]) -> Option<Cow<'a, str
 /// `, request: "METHOD PATH PROTO"` after the client.
 fn request_of<'a>(record: &mut Record<'a>, tail: &'a [u8]) {
     const REQUEST: &[u8] = b", request: \"";
-    let Some(at) = memmem::find(tail, REQUEST) else {
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(REQUEST));
+    let Some(at) = FINDER.find(tail) else {
         return;
     };
     let rest = &tail[at + REQUEST.len()..];

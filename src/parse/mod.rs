@@ -358,6 +358,13 @@ pub fn near_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     words.remainder().iter().position(|&b| b == needle).map(|p| p + tail)
 }
 
+/// The first place `pair` occurs in `hay`, as `memchr::memmem::find`: a search for its
+/// first byte and a compare of the second. `memmem::find` builds a searcher on every call,
+/// which cost more than the search itself on a log line (3.5% of a `kubectl --prefix` scan).
+pub fn find_pair(hay: &[u8], pair: [u8; 2]) -> Option<usize> {
+    memchr::memchr_iter(pair[0], hay).find(|&p| hay.get(p + 1) == Some(&pair[1]))
+}
+
 /// Parses an IP address as logs write it: plain, in brackets, or with a port, and folds
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as dual-stack listeners log it) to IPv4.
 pub fn parse_ip(s: &[u8]) -> Option<IpAddr> {
@@ -479,6 +486,14 @@ mod tests {
         #[test]
         fn near_byte_finds_what_memchr_finds(hay in proptest::collection::vec(0u8..40, 0..90), needle in 0u8..41) {
             proptest::prop_assert_eq!(near_byte(needle, &hay), memchr::memchr(needle, &hay));
+        }
+    }
+
+    proptest::proptest! {
+        /// The pair search answers as memmem does, overlapping and repeated bytes included.
+        #[test]
+        fn find_pair_finds_what_memmem_finds(hay in proptest::collection::vec(0u8..4, 0..60), a in 0u8..4, b in 0u8..4) {
+            proptest::prop_assert_eq!(find_pair(&hay, [a, b]), memchr::memmem::find(&hay, &[a, b]));
         }
     }
 
