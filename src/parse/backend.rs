@@ -58,15 +58,21 @@ fn slot_of(key: &str) -> Option<Slot> {
     })
 }
 
-/// Fields gathered from a JSON object or logfmt pairs, before they become a record.
-#[derive(Default)]
-struct Fields<'a> {
-    record: Record<'a>,
+/// Fields gathered from a JSON object or logfmt pairs into the record they become, in
+/// place: a record is several hundred bytes, and moving it out of here and into the
+/// caller's was a tenth of a JSON access scan.
+struct Fields<'r, 'a> {
+    record: &'r mut Record<'a>,
     status_seen: bool,
     request_seen: bool,
 }
 
-impl<'a> Fields<'a> {
+impl<'r, 'a> Fields<'r, 'a> {
+    /// Fills `record`, which must be empty (default).
+    fn new(record: &'r mut Record<'a>) -> Self {
+        Fields { record, status_seen: false, request_seen: false }
+    }
+
     /// Fills the slot for `key`; the first value for a slot wins.
     fn set(&mut self, key: &str, value: Cow<'a, str>) {
         if let Some(slot) = slot_of(key) {
@@ -77,7 +83,7 @@ impl<'a> Fields<'a> {
     /// [`Fields::set`] for a JSON value: a number read straight into a numeric field,
     /// anything else as its text (which, for a number, is what this spares).
     fn set_scalar(&mut self, slot: Slot, value: Scalar<'a>) {
-        let r = &mut self.record;
+        let r = &mut *self.record;
         match (slot, value) {
             (Slot::Status, Scalar::Unsigned(n)) => {
                 if r.status.is_none() {
@@ -100,7 +106,7 @@ impl<'a> Fields<'a> {
     }
 
     fn set_slot(&mut self, slot: Slot, value: Cow<'a, str>) {
-        let r = &mut self.record;
+        let r = &mut *self.record;
         let empty = value.is_empty() || value == "-";
         match slot {
             _ if empty => {}
@@ -134,32 +140,48 @@ impl<'a> Fields<'a> {
         self.request_seen = true;
     }
 
-    fn finish(mut self) -> Record<'a> {
+    /// Decides the record's kind: an access record has a status, a request and a client.
+    fn finish(self) -> RecordKind {
         let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
-        self.record.kind = Some(if access { RecordKind::Access } else { RecordKind::Backend });
-        self.record
+        let kind = if access { RecordKind::Access } else { RecordKind::Backend };
+        self.record.kind = Some(kind);
+        kind
     }
 }
 
 /// The method and the target of a request line: its first two space-separated words.
 fn split_request(request: &str) -> Option<(&str, &str)> {
-    let mut parts = request.split(' ');
-    Some((parts.next()?, parts.next()?))
+    // Byte searches: a space is ASCII, so every cut is a char boundary.
+    let space = super::near_byte(b' ', request.as_bytes())?;
+    let (method, rest) = (&request[..space], &request[space + 1..]);
+    let target = super::near_byte(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
+    Some((method, target))
 }
 
 /// Parses a JSON object line (access-shaped or not).
 pub fn parse_json(line: &[u8]) -> Option<Record<'_>> {
+    let mut record = Record::default();
+    parse_json_into(line, &mut record).map(|_| record)
+}
+
+/// [`parse_json`] into `out`, which must be empty (default); the record's kind, or
+/// `None` (and then `out` may hold part of the line) when the line is no JSON object.
+pub fn parse_json_into<'a>(line: &'a [u8], out: &mut Record<'a>) -> Option<RecordKind> {
     if line.first() != Some(&b'{') {
         return None;
     }
-    let JsonPairs(mut pairs) = serde_json::from_slice(line).ok()?;
+    let mut pairs = JsonPairs::new();
+    let mut reader = serde_json::Deserializer::from_slice(line);
+    serde::de::DeserializeSeed::deserialize(PairsInto(&mut pairs), &mut reader).ok()?;
+    // As `serde_json::from_slice`: nothing but whitespace may follow the object.
+    reader.end().ok()?;
     // The order and the duplicates of a key-sorted map: fields are filled in key order,
     // and of a repeated key the last value counts. Order only matters between keys that
     // fill the same fields, so a line without such keys (the usual one) is not sorted.
     if fills_overlap(&pairs) {
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    let mut fields = Fields::default();
+    let mut fields = Fields::new(out);
     let mut pairs = pairs.into_iter().peekable();
     while let Some((key, slot, value)) = pairs.next() {
         let repeated = pairs.peek().is_some_and(|next| next.0 == key);
@@ -191,43 +213,45 @@ fn fills_overlap(pairs: &[JsonPair<'_>]) -> bool {
 /// A JSON object's top-level pairs that name a record field, in document order, strings
 /// borrowed from the line when they hold no escape; a value that is no string, number or
 /// boolean is `None`; other keys' values are skipped unread. Read straight into this
-/// list: a `serde_json::Map` of `Value`s allocated every key and value.
-struct JsonPairs<'a>(smallvec::SmallVec<[JsonPair<'a>; 8]>);
+/// list: a `serde_json::Map` of `Value`s allocated every key and value. Inline: a line
+/// names a handful of fields, and a vector grew twice or three times for every line.
+type JsonPairs<'a> = smallvec::SmallVec<[JsonPair<'a>; 8]>;
 
 /// A key that names a field, the field, and its value when it is a scalar.
 type JsonPair<'a> = (Cow<'a, str>, Slot, Option<Scalar<'a>>);
 
-impl<'de> serde::Deserialize<'de> for JsonPairs<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(PairsVisitor)
+/// Reads an object's pairs into a list the caller holds: the list is half a kilobyte
+/// inline, and returning it through serde's results moved it two or three times a line.
+struct PairsInto<'p, 'de>(&'p mut JsonPairs<'de>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PairsInto<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-struct PairsVisitor;
-
-impl<'de> serde::de::Visitor<'de> for PairsVisitor {
-    type Value = JsonPairs<'de>;
+impl<'de> serde::de::Visitor<'de> for PairsInto<'_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonPairs<'de>, A::Error> {
-        // Inline: a line names a handful of fields, and a vector grew twice or three
-        // times for every line.
-        let mut pairs = smallvec::SmallVec::new();
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(JsonText(key)) = map.next_key::<JsonText<'de>>()? {
             match slot_of(&key) {
                 Some(slot) => {
                     let JsonScalar(value) = map.next_value()?;
-                    pairs.push((key, slot, value));
+                    self.0.push((key, slot, value));
                 }
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        Ok(JsonPairs(pairs))
+        Ok(())
     }
 }
 
@@ -329,8 +353,15 @@ impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
 /// Parses `key=value key="quoted value" ...`; needs at least two pairs, the first at the
 /// start of the line, so prose with one `=` in it is not mistaken for logfmt.
 pub fn parse_logfmt(line: &[u8]) -> Option<Record<'_>> {
+    let mut record = Record::default();
+    parse_logfmt_into(line, &mut record).map(|()| record)
+}
+
+/// [`parse_logfmt`] into `out`, which must be empty (default); `None` (and then `out`
+/// may hold part of the line) when the line is no logfmt.
+pub fn parse_logfmt_into<'a>(line: &'a [u8], out: &mut Record<'a>) -> Option<()> {
     let s = super::utf8(line)?;
-    let mut fields = Fields::default();
+    let mut fields = Fields::new(out);
     let mut pairs = 0;
     let mut rest = s.trim_start();
     // Each pair goes straight into its field: a line that turns out not to be logfmt
@@ -341,7 +372,9 @@ pub fn parse_logfmt(line: &[u8]) -> Option<Record<'_>> {
         pairs += 1;
         rest = after.trim_start();
     }
-    (pairs >= 2).then(|| fields.finish())
+    (pairs >= 2).then(|| {
+        fields.finish();
+    })
 }
 
 /// The `key=value` at the start of `s`, and what follows it.
@@ -497,7 +530,8 @@ mod tests {
             return None;
         }
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
-        let mut fields = Fields::default();
+        let mut record = Record::default();
+        let mut fields = Fields::new(&mut record);
         for (key, value) in object {
             let value: Cow<'static, str> = match value {
                 serde_json::Value::String(s) => s.into(),
@@ -507,7 +541,8 @@ mod tests {
             };
             fields.set(&key, value);
         }
-        Some(fields.finish())
+        fields.finish();
+        Some(record)
     }
 
     proptest::proptest! {

@@ -106,6 +106,10 @@ impl Format {
     pub fn parse_into<'a>(&self, line: &'a [u8], out: &mut Record<'a>) -> bool {
         let parsed = match self {
             Format::Access(f) => access::parse_into(f, line, out),
+            // In place, as access lines are: a record is several hundred bytes.
+            Format::JsonAccess => backend::parse_json_into(line, out) == Some(RecordKind::Access),
+            Format::BackendJson => backend::parse_json_into(line, out) == Some(RecordKind::Backend),
+            Format::Logfmt => backend::parse_logfmt_into(line, out).is_some(),
             other => other.parse(line).map(|r| *out = r).is_some(),
         };
         if !parsed {
