@@ -357,8 +357,7 @@ impl ClientStats {
 
     /// Counts one request; returns whether it is evidence (a 4xx).
     fn observe_request(&mut self, record: &Record<'_>) -> bool {
-        let time = record.time;
-        self.requests += 1;
+        self.count_request(record.status);
         let path = record.path.as_deref().map(endpoint);
         if let Some(p) = path {
             self.paths.add(p);
@@ -366,26 +365,26 @@ impl ClientStats {
         if let Some(ua) = &record.user_agent {
             self.user_agents.add(ua);
         }
-        let Some(status) = record.status else { return false };
-        *self.statuses.entry(status).or_default() += 1;
-        self.status_5xx += u64::from(status >= 500);
-        if !is_4xx(status) {
+        if !record.status.is_some_and(is_4xx) {
             return false;
         }
-        self.count_4xx(time, Some(path_hash(path)));
+        self.count_4xx(record.time, Some(path_hash(path)));
         true
+    }
+
+    /// Counts a request answered with `status`, as [`Light::request`] does.
+    fn count_request(&mut self, status: Option<u16>) {
+        self.requests += 1;
+        let Some(status) = status else { return };
+        *self.statuses.entry(status).or_default() += 1;
+        self.status_5xx += u64::from(status >= 500);
     }
 
     /// Counts a line that is no evidence, as a light entry counts it (no top lists).
     fn count_quiet(&mut self, q: &QuietLine) {
         merge_seen(&mut self.first_seen, &mut self.last_seen, q.time, q.time);
-        if !q.access {
-            return;
-        }
-        self.requests += 1;
-        if let Some(status) = q.status {
-            *self.statuses.entry(status).or_default() += 1;
-            self.status_5xx += u64::from(status >= 500);
+        if q.access {
+            self.count_request(q.status);
         }
     }
 
@@ -867,7 +866,7 @@ impl Aggregator {
             self.fold_light();
         }
         let summary = &self.summary;
-        self.light.entry(key).or_insert_with(|| Light::new(folded_before(summary, key)))
+        self.light.entry(key).or_insert_with(|| new_light(summary, key))
     }
 
     fn hold_quiet(&mut self, line: QuietLine) {
@@ -910,12 +909,10 @@ impl Aggregator {
         let mut rest = &quiet[..];
         loop {
             let summary = &self.summary;
-            let new = |key| Light::new(folded_before(summary, key));
+            let new = |key| new_light(summary, key);
             let Err(full) = shared.update_sorted(rest, |q| q.key, new, QuietLine::count) else { return };
-            fold_shared(shared, &mut self.summary);
-            // Another worker may fill the table again meanwhile: this line still counts.
-            let (q, summary) = (rest[full], &self.summary);
-            shared.update(q.key, || Light::new(folded_before(summary, q.key)), |l| q.count(l), false);
+            let q = rest[full];
+            update_shared(shared, &mut self.summary, q.key, |l| q.count(l));
             rest = &rest[full + 1..];
         }
     }
@@ -1204,14 +1201,29 @@ fn observe_light_shared(
     event: LightEvent,
 ) -> Taken {
     let mut taken = Taken::NeedsRecord;
-    let mut count = |l: &mut Light| taken = count_light(l, record, event);
-    let new = |s: &Summary| Light::new(folded_before(s, key));
-    if !shared.update(key, || new(summary), &mut count, true) {
+    update_shared(shared, summary, key, |l| taken = count_light(l, record, event));
+    taken
+}
+
+/// Applies `f` to the shared table's entry of `key`, created if new; when the table is
+/// full, folds first.
+fn update_shared(
+    shared: &SharedLights,
+    summary: &mut Summary,
+    key: ClientKey,
+    mut f: impl FnMut(&mut Light),
+) {
+    if !shared.update(key, || new_light(summary, key), &mut f, true) {
         fold_shared(shared, summary);
         // Another worker may fill the table again meanwhile: this line still counts.
-        shared.update(key, || new(summary), &mut count, false);
+        shared.update(key, || new_light(summary, key), &mut f, false);
     }
-    taken
+}
+
+/// A new light entry for `key`, with what the sketch says it had before (see
+/// [`folded_before`]).
+fn new_light(summary: &Summary, key: ClientKey) -> Light {
+    Light::new(folded_before(summary, key))
 }
 
 /// Whether a client's light entry took a line ([`Aggregator::observe_light`]).

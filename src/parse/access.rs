@@ -2,14 +2,12 @@
 //! a [`Record`]. A line that matches the format's shape but has no valid status or client
 //! address is not an access record (it is reported as unparsed).
 
-use std::sync::Arc;
-
 use super::logformat::{Escape, LogFormat, Var};
 use super::{LineText, Record, RecordKind, parse_ip, text};
 use crate::time;
 
 /// Parses `line` with `format`.
-pub fn parse_with_format<'a>(format: &Arc<LogFormat>, line: &'a [u8]) -> Option<Record<'a>> {
+pub fn parse_with_format<'a>(format: &LogFormat, line: &'a [u8]) -> Option<Record<'a>> {
     let mut record = Record::default();
     parse_into(format, line, &mut record).then_some(record)
 }
@@ -99,10 +97,7 @@ fn split_request<'a>(record: &mut Record<'a>, request: std::borrow::Cow<'a, str>
 
 /// `METHOD TARGET[ PROTOCOL]` with an upper-case method, or `None`.
 fn split_http(s: &str) -> Option<(&str, &str)> {
-    // Byte searches: a space is ASCII, so every cut is a char boundary.
-    let space = super::near_byte(b' ', s.as_bytes())?;
-    let (method, rest) = (&s[..space], &s[space + 1..]);
-    let target = super::near_byte(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
+    let (method, target) = super::request_words(s)?;
     let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && !target.is_empty();
     valid.then_some((method, target))
 }
@@ -126,6 +121,7 @@ fn join_uri_args<'a>(
 mod tests {
     use super::*;
     use crate::parse::logformat::{COMBINED, MAIN, unescape};
+    use std::sync::Arc;
 
     fn combined() -> Arc<LogFormat> {
         Arc::new(LogFormat::compile("combined", COMBINED, Escape::Default).unwrap())

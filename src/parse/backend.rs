@@ -134,7 +134,7 @@ impl<'r, 'a> Fields<'r, 'a> {
     }
 
     fn set_request(&mut self, request: Cow<'a, str>) {
-        let Ok((method, path)) = super::split_text(request, split_request) else { return };
+        let Ok((method, path)) = super::split_text(request, super::request_words) else { return };
         self.record.method.get_or_insert(method);
         self.record.path = Some(path);
         self.request_seen = true;
@@ -147,15 +147,6 @@ impl<'r, 'a> Fields<'r, 'a> {
         self.record.kind = Some(kind);
         kind
     }
-}
-
-/// The method and the target of a request line: its first two space-separated words.
-fn split_request(request: &str) -> Option<(&str, &str)> {
-    // Byte searches: a space is ASCII, so every cut is a char boundary.
-    let space = super::near_byte(b' ', request.as_bytes())?;
-    let (method, rest) = (&request[..space], &request[space + 1..]);
-    let target = super::near_byte(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
-    Some((method, target))
 }
 
 /// Parses a JSON object line (access-shaped or not).

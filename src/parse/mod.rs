@@ -110,7 +110,8 @@ impl Format {
             Format::JsonAccess => backend::parse_json_into(line, out) == Some(RecordKind::Access),
             Format::BackendJson => backend::parse_json_into(line, out) == Some(RecordKind::Backend),
             Format::Logfmt => backend::parse_logfmt_into(line, out).is_some(),
-            other => other.parse(line).map(|r| *out = r).is_some(),
+            Format::ErrorLog => error_log::parse(line).map(|r| *out = r).is_some(),
+            Format::PlainText => backend::parse_plain(line).map(|r| *out = r).is_some(),
         };
         if !parsed {
             *out = Record::default();
@@ -120,14 +121,8 @@ impl Format {
 
     /// Parses one line in this format.
     pub fn parse<'a>(&self, line: &'a [u8]) -> Option<Record<'a>> {
-        match self {
-            Format::Access(f) => access::parse_with_format(f, line),
-            Format::JsonAccess => backend::parse_json(line).filter(|r| r.kind == Some(RecordKind::Access)),
-            Format::ErrorLog => error_log::parse(line),
-            Format::BackendJson => backend::parse_json(line).filter(|r| r.kind == Some(RecordKind::Backend)),
-            Format::Logfmt => backend::parse_logfmt(line),
-            Format::PlainText => backend::parse_plain(line),
-        }
+        let mut record = Record::default();
+        self.parse_into(line, &mut record).then_some(record)
     }
 }
 
@@ -360,6 +355,16 @@ pub fn near_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     }
     let tail = hay.len() - words.remainder().len();
     words.remainder().iter().position(|&b| b == needle).map(|p| p + tail)
+}
+
+/// The first two space-separated words of a request line (`METHOD TARGET[ PROTOCOL]`),
+/// unchecked; `None` without a space.
+pub fn request_words(request: &str) -> Option<(&str, &str)> {
+    // Byte searches: a space is ASCII, so every cut is a char boundary.
+    let space = near_byte(b' ', request.as_bytes())?;
+    let (method, rest) = (&request[..space], &request[space + 1..]);
+    let target = near_byte(b' ', rest.as_bytes()).map_or(rest, |end| &rest[..end]);
+    Some((method, target))
 }
 
 /// The first place `pair` occurs in `hay`, as `memchr::memmem::find`: a search for its
