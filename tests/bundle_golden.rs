@@ -10,7 +10,11 @@ use support::incident_bundle;
 #[test]
 fn the_incident_bundle_matches_the_reviewed_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let out = incident_bundle(dir.path(), &["--current", "fixtures/remedy/nginx-config.json"]).dir;
+    // One thread: on more, which worker gives a client its full record first depends on
+    // timing, and top lists and samples start at the record (see the README's output
+    // table); counts and decisions agree on any number (tests/properties.rs).
+    let args = ["--threads", "1", "--current", "fixtures/remedy/nginx-config.json"];
+    let out = incident_bundle(dir.path(), &args).dir;
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bundles/incident");
     let mut names: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -314,6 +314,9 @@ struct Rare {
     events: LightEvents,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
     folded: u64,
+    /// A worker of the scan holds a full record of this client (see
+    /// [`Light::hand_to_record`]): its evidence goes to a record, never here.
+    recorded: bool,
 }
 
 /// At most [`LIGHT_EVENTS`] evidence events, inline: one allocation less per client
@@ -384,6 +387,45 @@ impl Light {
         self.events().len() as u64
     }
 
+    /// Where this entry stands when its table is folded: its evidence, or for the mark of
+    /// a client with a full record ([`Light::hand_to_record`]), more than any light entry
+    /// holds. The mark outranks the one-offs of a spray, however old its last line looks.
+    pub fn fold_rank(&self) -> u64 {
+        if self.is_recorded() { LIGHT_EVENTS as u64 + 1 } else { self.evidence() }
+    }
+
+    /// Whether this is the mark of a client with a full record.
+    pub fn is_recorded(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.recorded)
+    }
+
+    /// Takes what this entry holds, for a full record a worker gives the client, and leaves
+    /// in its place a mark (seen when the client was last seen) that the client has one.
+    ///
+    /// Why: in the table the workers share, the worker holding the record no longer touches
+    /// the entry, which then looks idle although the client is busy, and a spray of
+    /// one-off addresses folded the events another worker had put there meanwhile (an
+    /// attacker came out short by one to three 4xx answers in a third of two-thread runs).
+    /// With the mark, every worker gives the client a record at its next evidence.
+    pub fn hand_to_record(&mut self) -> Light {
+        let mut mark = Light::new(0);
+        mark.seen(self.last_seen());
+        mark.rare_mut().recorded = true;
+        std::mem::replace(self, mark)
+    }
+
+    /// What this entry holds as a plain light entry: a mark's lines counted since it was
+    /// left, unmarked; `None` for a mark that holds none (its record has everything).
+    pub fn unmarked(mut self) -> Option<Light> {
+        match &mut self.rare {
+            Some(r) if r.recorded => {
+                r.recorded = false;
+                (self.requests > 0).then_some(self)
+            }
+            _ => Some(self),
+        }
+    }
+
     /// The evidence events, oldest first.
     pub fn events(&self) -> &[LightEvent] {
         self.rare.as_ref().map_or(&[], |r| &r.events)
@@ -424,7 +466,7 @@ impl Light {
     /// with nothing counted, when this entry holds [`LIGHT_EVENTS`] events already: the
     /// client then needs a full record.
     pub fn take_evidence(&mut self, status: Option<u16>, event: LightEvent) -> bool {
-        if self.events().len() >= LIGHT_EVENTS {
+        if self.events().len() >= LIGHT_EVENTS || self.is_recorded() {
             return false;
         }
         self.seen(event.time());

@@ -829,13 +829,16 @@ impl Aggregator {
         if self.client_units >= self.limits.clients && !self.clients.contains_key(&key) {
             self.fold_clients();
         }
-        let (light, shared, summary) = (&mut self.light, &self.shared_light, &self.summary);
-        let mut taken = |key| light.remove(&key).or_else(|| shared.as_ref().and_then(|s| s.remove(&key)));
-        self.clients.entry(key).or_insert_with(|| match taken(key) {
-            Some(l) => Box::new(ClientStats::from_light(l)),
-            None => {
-                Box::new(ClientStats { folded_evidence: folded_before(summary, key), ..Default::default() })
-            }
+        let (light, shared, summary) = (&mut self.light, &self.shared_light, &mut self.summary);
+        self.clients.entry(key).or_insert_with(|| match shared {
+            Some(shared) => Box::new(ClientStats::from_light(hand_shared_to_record(shared, summary, key))),
+            None => match light.remove(&key) {
+                Some(l) => Box::new(ClientStats::from_light(l)),
+                None => Box::new(ClientStats {
+                    folded_evidence: folded_before(summary, key),
+                    ..Default::default()
+                }),
+            },
         })
     }
 
@@ -1220,6 +1223,15 @@ fn update_shared(
     }
 }
 
+/// What the shared table holds of `key`, for the full record a worker gives it, leaving
+/// the mark that it has one (see [`Light::hand_to_record`]; an entry is made for the mark
+/// if there was none, with what the sketch says the client had before).
+fn hand_shared_to_record(shared: &SharedLights, summary: &mut Summary, key: ClientKey) -> Light {
+    let mut taken = Light::default();
+    update_shared(shared, summary, key, |l| taken = l.hand_to_record());
+    taken
+}
+
 /// A new light entry for `key`, with what the sketch says it had before (see
 /// [`folded_before`]).
 fn new_light(summary: &Summary, key: ClientKey) -> Light {
@@ -1466,7 +1478,10 @@ mod tests {
             assert_eq!(c.paths_4xx.most_distinct(600).0, 5, "the light events' paths count");
             assert_eq!(c.times_4xx.busiest(600).0, 5);
             if let Some(s) = &shared {
-                assert!(s.is_empty(), "the record took the shared entry over");
+                assert_eq!(s.len(), 1, "the record took the shared entry over and left its mark");
+                let mut handed = 0;
+                s.drain_into(|_, _| handed += 1);
+                assert_eq!(handed, 0, "a mark that holds no lines hands nothing on");
             }
             // A rule hit needs a record at once: a light entry keeps no rule events.
             let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
@@ -1508,6 +1523,37 @@ mod tests {
             );
             assert_eq!(requests_of(&agg, b), (3, Some(1_700_000_010)));
         }
+    }
+
+    #[test]
+    fn a_client_with_a_record_on_one_worker_keeps_every_4xx_of_the_others_under_a_spray() {
+        let rules = RuleSet::builtin().unwrap();
+        let shared = Arc::new(SharedLights::new(64));
+        let worker = || Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() };
+        let (mut a, mut b) = (worker(), worker());
+        let attacker = [203, 0, 113, 1];
+        // Five 404s on worker a: a full record there, and its mark in the shared table.
+        (0..5).for_each(|t| line(&mut a, &rules, attacker, t, 404, "/p", &[]));
+        // One on worker b, then a spray of one-off addresses, all newer, that folds the
+        // table many times over; the attacker's lines on a touch no shared entry.
+        line(&mut b, &rules, attacker, 5, 404, "/p", &[]);
+        let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(attacker));
+        assert!(b.clients.contains_key(&key), "the mark sends evidence to a record");
+        for i in 0..1_000u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            line(&mut b, &rules, [198, 18, c, d], 6 + i64::from(i), 404, "/", &[]);
+            line(&mut a, &rules, attacker, 6 + i64::from(i), 200, "/", &[]);
+        }
+        assert!(b.summary.clients.entries > 0, "the spray folded the shared table");
+        // The mark outlived the spray: a third worker's first 404 goes to a record too.
+        let mut c = worker();
+        line(&mut c, &rules, attacker, 6, 404, "/p", &[]);
+        assert!(c.clients.contains_key(&key), "the mark was folded");
+        a.merge(b);
+        a.merge(c);
+        a.absorb_lights(&shared);
+        let c = a.clients.get_mut(&key).unwrap();
+        assert_eq!((c.requests, c.status_4xx, c.times_4xx.busiest(600).0), (1_007, 7, 7));
     }
 
     #[test]

@@ -136,17 +136,9 @@ impl SharedLights {
         Ok(())
     }
 
-    /// Takes the entry of `key` out.
-    pub fn remove(&self, key: &ClientKey) -> Option<Light> {
-        let l = self.shard(key).remove(key);
-        if l.is_some() {
-            self.len.fetch_sub(1, Relaxed);
-        }
-        l
-    }
-
     /// Folds the entries with the least evidence (then the oldest), down to 3/4 of the
-    /// limit, handing each to `folded`. Does nothing while another worker folds.
+    /// limit, handing each to `folded`. Does nothing while another worker folds. The marks
+    /// of clients with full records rank above every light entry ([`Light::fold_rank`]).
     pub fn fold(&self, mut folded: impl FnMut(ClientKey, &Light)) {
         let Ok(_alone) = self.folding.try_lock() else { return };
         let target = self.limit / 4 * 3;
@@ -155,12 +147,12 @@ impl SharedLights {
         // the passes only move the fold a little off 3/4.
         let (mut histogram, mut len) = ([0; bounded::LEVELS], 0);
         self.each(|_, l| {
-            bounded::count_level(&mut histogram, l.evidence(), 1);
+            bounded::count_level(&mut histogram, l.fold_rank(), 1);
             len += 1;
         });
         let level = bounded::level_of(&histogram, len, target);
         let (mut below, mut ages) = (0, Vec::new());
-        self.each(|key, l| match l.evidence().cmp(&level) {
+        self.each(|key, l| match l.fold_rank().cmp(&level) {
             std::cmp::Ordering::Less => below += 1,
             std::cmp::Ordering::Equal => ages.push(age(key, l.last_seen())),
             std::cmp::Ordering::Greater => {}
@@ -169,7 +161,7 @@ impl SharedLights {
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|key, l| {
-                let keep = !plan.folds(l.evidence(), age(key, l.last_seen()));
+                let keep = !plan.folds(l.fold_rank(), age(key, l.last_seen()));
                 if !keep {
                     folded(*key, l);
                     self.len.fetch_sub(1, Relaxed);
@@ -186,14 +178,14 @@ impl SharedLights {
         }
     }
 
-    /// Takes every entry out, a shard at a time, each shard's table freed before the next
-    /// is read (the entries are on their way into another table: both at once would be
-    /// the peak of a scan).
+    /// Takes every entry out (marks as [`Light::unmarked`]), a shard at a time, each
+    /// shard's table freed before the next is read (the entries are on their way into
+    /// another table: both at once would be the peak of a scan).
     pub fn drain_into(&self, mut f: impl FnMut(ClientKey, Light)) {
         for shard in self.shards.iter() {
             let taken = std::mem::take(&mut *shard.0.lock().unwrap_or_else(PoisonError::into_inner));
             self.len.fetch_sub(taken.len(), Relaxed);
-            taken.into_iter().for_each(|(k, l)| f(k, l));
+            taken.into_iter().filter_map(|(k, l)| Some((k, l.unmarked()?))).for_each(|(k, l)| f(k, l));
         }
     }
 }
