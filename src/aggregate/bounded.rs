@@ -316,7 +316,15 @@ struct Rare {
     folded: u64,
     /// A worker of the scan holds a full record of this client (see
     /// [`Light::hand_to_record`]): its evidence goes to a record, never here.
-    recorded: bool,
+    mark: Option<Mark>,
+}
+
+/// The mark of a client that a worker gave a full record ([`Light::hand_to_record`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mark {
+    /// When the client was last seen as the mark was left: its age when folding. Apart
+    /// from the entry's own times, which are those of lines counted since.
+    last_seen: Option<i64>,
 }
 
 /// At most [`LIGHT_EVENTS`] evidence events, inline: one allocation less per client
@@ -394,9 +402,16 @@ impl Light {
         if self.is_recorded() { LIGHT_EVENTS as u64 + 1 } else { self.evidence() }
     }
 
+    /// The time this entry's age when folding counts from: when its client was last seen
+    /// here, or when the mark was left if that is later.
+    pub fn fold_time(&self) -> Option<i64> {
+        let marked = self.rare.as_ref().and_then(|r| r.mark).and_then(|m| m.last_seen);
+        self.last_seen().max(marked)
+    }
+
     /// Whether this is the mark of a client with a full record.
     pub fn is_recorded(&self) -> bool {
-        self.rare.as_ref().is_some_and(|r| r.recorded)
+        self.rare.as_ref().is_some_and(|r| r.mark.is_some())
     }
 
     /// Takes what this entry holds, for a full record a worker gives the client, and leaves
@@ -409,18 +424,19 @@ impl Light {
     /// With the mark, every worker gives the client a record at its next evidence.
     pub fn hand_to_record(&mut self) -> Light {
         let mut mark = Light::new(0);
-        mark.seen(self.last_seen());
-        mark.rare_mut().recorded = true;
+        mark.rare_mut().mark = Some(Mark { last_seen: self.fold_time() });
         std::mem::replace(self, mark)
     }
 
     /// What this entry holds as a plain light entry: a mark's lines counted since it was
-    /// left, unmarked; `None` for a mark that holds none (its record has everything).
+    /// left (requests, and the times of any line), unmarked; `None` for a mark that has
+    /// counted none (its record has everything).
     pub fn unmarked(mut self) -> Option<Light> {
+        let counted = self.requests > 0 || self.first != NO_TIME || self.last != NO_TIME;
         match &mut self.rare {
-            Some(r) if r.recorded => {
-                r.recorded = false;
-                (self.requests > 0).then_some(self)
+            Some(r) if r.mark.is_some() => {
+                r.mark = None;
+                counted.then_some(self)
             }
             _ => Some(self),
         }

@@ -1557,6 +1557,35 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_hands_on_every_line_counted_in_it() {
+        let rules = RuleSet::builtin().unwrap();
+        let shared = Arc::new(SharedLights::new(64));
+        let worker = || Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() };
+        let (mut a, mut b) = (worker(), worker());
+        let client = [203, 0, 113, 20];
+        let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
+        line(&mut a, &rules, client, 0, 200, "/?id=1' or 1=1", &[hit]);
+        // A backend line with no evidence, later, on the other worker: it counts no
+        // request, only that the client was seen then, and it lands in the mark.
+        let record = Record {
+            kind: Some(RecordKind::Backend),
+            time: Some(1_700_000_001),
+            remote_addr: Some(std::net::IpAddr::from(client)),
+            ..Record::default()
+        };
+        let at = LineRef { source: "s", line: 2 };
+        let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &[] };
+        b.observe(&seen, &rules, &crate::client::ClientPolicy::default());
+        b.settle();
+        assert!(b.clients.is_empty());
+        a.merge(b);
+        a.absorb_lights(&shared);
+        let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(client));
+        let c = &a.clients[&key];
+        assert_eq!((c.requests, c.first_seen, c.last_seen), (1, Some(1_700_000_000), Some(1_700_000_001)));
+    }
+
+    #[test]
     fn held_quiet_lines_are_bounded_and_a_full_shared_table_folds_and_goes_on() {
         let rules = RuleSet::builtin().unwrap();
         let shared = Arc::new(SharedLights::new(64));

@@ -154,14 +154,14 @@ impl SharedLights {
         let (mut below, mut ages) = (0, Vec::new());
         self.each(|key, l| match l.fold_rank().cmp(&level) {
             std::cmp::Ordering::Less => below += 1,
-            std::cmp::Ordering::Equal => ages.push(age(key, l.last_seen())),
+            std::cmp::Ordering::Equal => ages.push(age(key, l.fold_time())),
             std::cmp::Ordering::Greater => {}
         });
         let plan = FoldPlan::at_level(level, below, ages, len, target);
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|key, l| {
-                let keep = !plan.folds(l.fold_rank(), age(key, l.last_seen()));
+                let keep = !plan.folds(l.fold_rank(), age(key, l.fold_time()));
                 if !keep {
                     folded(*key, l);
                     self.len.fetch_sub(1, Relaxed);
