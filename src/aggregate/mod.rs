@@ -1525,19 +1525,27 @@ mod tests {
         }
     }
 
+    /// A worker's aggregator on `shared`.
+    fn worker(shared: &Arc<SharedLights>) -> Aggregator {
+        Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() }
+    }
+
+    fn key_of(ip: [u8; 4]) -> ClientKey {
+        crate::client::ClientPolicy::default().key(std::net::IpAddr::from(ip))
+    }
+
     #[test]
     fn a_client_with_a_record_on_one_worker_keeps_every_4xx_of_the_others_under_a_spray() {
         let rules = RuleSet::builtin().unwrap();
         let shared = Arc::new(SharedLights::new(64));
-        let worker = || Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() };
-        let (mut a, mut b) = (worker(), worker());
+        let (mut a, mut b) = (worker(&shared), worker(&shared));
         let attacker = [203, 0, 113, 1];
         // Five 404s on worker a: a full record there, and its mark in the shared table.
         (0..5).for_each(|t| line(&mut a, &rules, attacker, t, 404, "/p", &[]));
         // One on worker b, then a spray of one-off addresses, all newer, that folds the
         // table many times over; the attacker's lines on a touch no shared entry.
         line(&mut b, &rules, attacker, 5, 404, "/p", &[]);
-        let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(attacker));
+        let key = key_of(attacker);
         assert!(b.clients.contains_key(&key), "the mark sends evidence to a record");
         for i in 0..1_000u32 {
             let [_, _, c, d] = i.to_be_bytes();
@@ -1546,7 +1554,7 @@ mod tests {
         }
         assert!(b.summary.clients.entries > 0, "the spray folded the shared table");
         // The mark outlived the spray: a third worker's first 404 goes to a record too.
-        let mut c = worker();
+        let mut c = worker(&shared);
         line(&mut c, &rules, attacker, 6, 404, "/p", &[]);
         assert!(c.clients.contains_key(&key), "the mark was folded");
         a.merge(b);
@@ -1560,8 +1568,7 @@ mod tests {
     fn a_mark_hands_on_every_line_counted_in_it() {
         let rules = RuleSet::builtin().unwrap();
         let shared = Arc::new(SharedLights::new(64));
-        let worker = || Aggregator { shared_light: Some(shared.clone()), ..Aggregator::default() };
-        let (mut a, mut b) = (worker(), worker());
+        let (mut a, mut b) = (worker(&shared), worker(&shared));
         let client = [203, 0, 113, 20];
         let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
         line(&mut a, &rules, client, 0, 200, "/?id=1' or 1=1", &[hit]);
@@ -1580,8 +1587,7 @@ mod tests {
         assert!(b.clients.is_empty());
         a.merge(b);
         a.absorb_lights(&shared);
-        let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(client));
-        let c = &a.clients[&key];
+        let c = &a.clients[&key_of(client)];
         assert_eq!((c.requests, c.first_seen, c.last_seen), (1, Some(1_700_000_000), Some(1_700_000_001)));
     }
 
