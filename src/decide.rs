@@ -211,7 +211,7 @@ pub fn decide(
         .map(|(key, c)| judge(key, c, thresholds, spare, rules))
         .collect();
     let quiet_total = quiet.len();
-    let listed = most_notable_quiet(quiet, thresholds, rules);
+    let listed = most_notable_quiet(quiet, thresholds);
     let quiet_omitted = quiet_total - listed.len();
     let listed = listed.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     judged.extend(listed.map(|(key, c)| judge(key, c, thresholds, spare, rules)));
@@ -273,24 +273,25 @@ fn drop_elsewhere<T: Send + 'static>(garbage: T) {
     let _ = std::thread::Builder::new().name("drop".into()).spawn(move || drop(garbage));
 }
 
+/// The 4xx answers in the busiest window of `l`'s events, as its record would count them
+/// ([`client_verdict`]'s `window_4xx`).
+fn light_window_4xx(l: &Light, window: i64) -> u64 {
+    let mut times = crate::aggregate::window::EventTimes::default();
+    l.events().iter().for_each(|e| times.add(e.time()));
+    times.busiest(window).0
+}
+
 /// The quiet light entries that could make the report's list: the [`REPORT_CLIENTS`]
 /// first in its order (see [`Judged::rank`]; none of them can be proposed or spared).
-fn most_notable_quiet(
-    quiet: Vec<(ClientKey, Light)>,
-    t: &Thresholds,
-    rules: &RuleSet,
-) -> Vec<(ClientKey, Light)> {
+fn most_notable_quiet(quiet: Vec<(ClientKey, Light)>, t: &Thresholds) -> Vec<(ClientKey, Light)> {
     if quiet.len() <= REPORT_CLIENTS {
         return quiet;
     }
-    let rank = |l: &Light| -> (u64, u64, u64) {
-        if l.events().is_empty() {
-            return (0, 0, l.requests);
-        }
-        let events = Light::with_events(0, [], (None, None), l.events().iter().copied(), 0);
-        let v = client_verdict(&mut ClientStats::from_light(events), t, rules);
-        (v.window_auth_failures, v.window_4xx, l.requests)
-    };
+    // A light entry holds no failed logins, rule hits or top lists: of its verdict only
+    // the busiest window of its 4xx answers can be other than zero. Counted from its
+    // events alone: a record and a verdict built for each of tens of thousands of quiet
+    // clients were most of a scan's serial tail.
+    let rank = |l: &Light| (0, light_window_4xx(l, t.window), l.requests);
     let mut ranked: Vec<((u64, u64, u64), ClientKey, Light)> =
         quiet.into_iter().map(|(k, l)| (rank(&l), k, l)).collect();
     ranked.select_nth_unstable_by(REPORT_CLIENTS, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -635,5 +636,29 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(report(small), report(large_b));
+    }
+}
+
+#[cfg(test)]
+mod quiet_rank_tests {
+    use super::*;
+    use crate::aggregate::bounded::LightEvent;
+
+    static RULES: std::sync::LazyLock<RuleSet> = std::sync::LazyLock::new(|| RuleSet::builtin().unwrap());
+
+    proptest::proptest! {
+        /// The quiet list's rank counts a light entry's busiest window as its record would.
+        #[test]
+        fn a_light_entry_is_ranked_by_the_window_its_record_would_report(
+            times in proptest::collection::vec(proptest::option::weighted(0.9, 0i64..2_000), 0..=4),
+            window in 1i64..1_200,
+        ) {
+            let events = times.iter().map(|t| LightEvent::new(*t, Some(7)));
+            let l = Light::with_events(times.len() as u64, [(404, times.len() as u64)], (None, None), events, 0);
+            let t = Thresholds { window, ..Thresholds::default() };
+            let v = client_verdict(&mut ClientStats::from_light(l.clone()), &t, &RULES);
+            proptest::prop_assert_eq!(light_window_4xx(&l, window), v.window_4xx);
+            proptest::prop_assert_eq!(v.window_auth_failures, 0);
+        }
     }
 }
