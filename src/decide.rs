@@ -198,9 +198,10 @@ pub fn decide(
     rules: &RuleSet,
 ) -> ScanReport {
     agg.settle();
-    // Light entries hold at most a few events (`LIGHT_EVENTS`): judged only when a
-    // threshold is that low. The rest (most clients: they never sent any evidence) can
-    // cross no threshold; only the few the report lists get a full record.
+    // Light entries hold at most a few events (`LIGHT_EVENTS`, fewer than the 4xx
+    // threshold when a scan sets its limits with `Limits::below_4xx_threshold`): judged
+    // only when a threshold is that low. The rest (most clients: they never sent any
+    // evidence) can cross no threshold; only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));

@@ -41,7 +41,7 @@ fn config() -> &'static ScanConfig {
         rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
         explain: false,
         bytes_read: Default::default(),
-        limits: crate::aggregate::bounded::Limits { clients: 8, light: 8, accounts: 8 },
+        limits: crate::aggregate::bounded::Limits { clients: 8, light: 8, accounts: 8, ..Default::default() },
         summary: Default::default(),
     })
 }

@@ -382,7 +382,8 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         account_auth_failures: args.max_account_failures,
     };
     let spare = spare_policy(&args)?;
-    let config = scan_config(&args.input)?;
+    let mut config = scan_config(&args.input)?;
+    config.limits = config.limits.below_4xx_threshold(thresholds.client_4xx);
     let reads_stdin = args.input.paths.is_empty() || args.input.paths.iter().any(|p| p.as_os_str() == "-");
     if reads_stdin && args.remedy.current.as_deref().is_some_and(|p| p.as_os_str() == "-") {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");

@@ -408,7 +408,12 @@ mod tests {
             rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
             explain: false,
             bytes_read: Default::default(),
-            limits: crate::aggregate::bounded::Limits { clients: 16, light: 16, accounts: 16 },
+            limits: crate::aggregate::bounded::Limits {
+                clients: 16,
+                light: 16,
+                accounts: 16,
+                ..Default::default()
+            },
             summary: Default::default(),
         };
         let lines: String = (0..3000)

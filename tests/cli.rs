@@ -143,3 +143,29 @@ fn ndjson_is_one_record_per_line() {
     assert!(records.iter().any(|r| r["type"] == "ip" && r["block"] == true));
     assert!(records.iter().any(|r| r["type"] == "account" && r["lock"] == true));
 }
+
+#[test]
+fn a_client_proposed_at_a_low_4xx_threshold_comes_with_its_lines() {
+    // Compact entries keep a client's first 4xx answers without their lines; at a
+    // threshold that low, the answer that crosses it must land in a full record.
+    let mut log = String::new();
+    for i in 0..300 {
+        let line = |ip: &str, status| {
+            format!(
+                "{ip} - - [14/Nov/2023:22:13:{:02} +0000] \"GET /p{i} HTTP/1.1\" {status} 0 \"-\" \"x\"\n",
+                i % 60
+            )
+        };
+        log.push_str(&line(&format!("198.51.100.{}", i % 200), 200));
+        if i % 100 == 0 {
+            log.push_str(&line("203.0.113.9", 404));
+        }
+    }
+    for threads in ["1", "2"] {
+        let doc = scan_json(&["--max-4xx", "3", "--threads", threads], Some(log.clone().into()));
+        assert_eq!(doc["blocklist"], serde_json::json!(["203.0.113.9"]), "{threads} threads");
+        let client = &doc["ips"][0];
+        assert_eq!((client["ip"].as_str(), client["window_4xx"].as_u64()), (Some("203.0.113.9"), Some(3)));
+        assert!(!client["samples"].as_array().unwrap().is_empty(), "{threads} threads: {client}");
+    }
+}

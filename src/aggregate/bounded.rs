@@ -37,6 +37,9 @@ pub struct Limits {
     /// Clients without a full record, in compact form.
     pub light: usize,
     pub accounts: usize,
+    /// 4xx answers a compact entry keeps as events, at most [`LIGHT_EVENTS`]: fewer when
+    /// the 4xx threshold is that low ([`Limits::below_4xx_threshold`]).
+    pub light_events: usize,
 }
 
 /// Evidence events a [`Light`] entry keeps exactly. Four: on the 1 GB benchmark corpus
@@ -59,7 +62,8 @@ pub const FIXED_BYTES: usize = 40 << 20;
 
 impl Limits {
     /// No limit (library default; the command line always sets one).
-    pub const UNBOUNDED: Limits = Limits { clients: usize::MAX, light: usize::MAX, accounts: usize::MAX };
+    pub const UNBOUNDED: Limits =
+        Limits { clients: usize::MAX, light: usize::MAX, accounts: usize::MAX, light_events: LIGHT_EVENTS };
 
     /// Limits that keep a scan near `bytes` of memory: of what is left after the fixed
     /// part, half for full client records, a quarter for light ones, a quarter for accounts.
@@ -69,7 +73,17 @@ impl Limits {
             clients: (room / 2 / BYTES_PER_ENTRY).max(64),
             light: (room / 4 / BYTES_PER_LIGHT).max(64),
             accounts: (room / 4 / BYTES_PER_ENTRY).max(64),
+            light_events: LIGHT_EVENTS,
         }
+    }
+
+    /// These limits, with compact entries keeping fewer 4xx answers than `threshold`: the
+    /// answer that crosses it then lands in a full record, which keeps its line as a
+    /// sample (a compact entry keeps no lines), so no client is proposed without evidence
+    /// to show.
+    pub fn below_4xx_threshold(self, threshold: u64) -> Limits {
+        let below = usize::try_from(threshold.saturating_sub(1)).unwrap_or(usize::MAX);
+        Limits { light_events: self.light_events.min(below), ..self }
     }
 
     /// One worker's share, so that all workers together stay within the limits.
@@ -79,6 +93,7 @@ impl Limits {
             clients: (self.clients / w).max(16),
             light: (self.light / w).max(16),
             accounts: (self.accounts / w).max(16),
+            light_events: self.light_events,
         }
     }
 }
@@ -479,10 +494,10 @@ impl Light {
     }
 
     /// Counts one request answered with `status` as the evidence `event` (a 4xx); false,
-    /// with nothing counted, when this entry holds [`LIGHT_EVENTS`] events already: the
-    /// client then needs a full record.
-    pub fn take_evidence(&mut self, status: Option<u16>, event: LightEvent) -> bool {
-        if self.events().len() >= LIGHT_EVENTS || self.is_recorded() {
+    /// with nothing counted, when this entry holds `most` events already (at most
+    /// [`LIGHT_EVENTS`]) or is a mark: the client then needs a full record.
+    pub fn take_evidence(&mut self, status: Option<u16>, event: LightEvent, most: usize) -> bool {
+        if self.events().len() >= most.min(LIGHT_EVENTS) || self.is_recorded() {
             return false;
         }
         self.seen(event.time());
@@ -523,10 +538,10 @@ impl Light {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Both entries together; both back, unchanged, when together they hold too many
-    /// events to stay light.
-    pub fn combine(mut self, o: Light) -> Result<Light, (Light, Light)> {
-        if self.evidence() + o.evidence() > LIGHT_EVENTS as u64 {
+    /// Both entries together; both back, unchanged, when together they hold more than
+    /// `most` events (at most [`LIGHT_EVENTS`]), too many to stay light.
+    pub fn combine(mut self, o: Light, most: usize) -> Result<Light, (Light, Light)> {
+        if self.evidence() + o.evidence() > most.min(LIGHT_EVENTS) as u64 {
             return Err((self, o));
         }
         self.requests += o.requests;
@@ -661,15 +676,15 @@ mod tests {
             let e = LightEvent::new(Some(t), Some(1));
             Light::with_events(1, [(404, 1)], (Some(t), Some(t)), vec![e], 0)
         };
-        let two = one(5).combine(one(3)).unwrap();
+        let two = one(5).combine(one(3), LIGHT_EVENTS).unwrap();
         assert_eq!(
             (two.requests, two.first_seen(), two.last_seen(), two.evidence()),
             (2, Some(3), Some(5), 2)
         );
         assert_eq!(two.statuses().collect::<Vec<_>>(), vec![(404, 2)]);
-        let full = (2..LIGHT_EVENTS).fold(two, |l, t| l.combine(one(t as i64)).unwrap());
+        let full = (2..LIGHT_EVENTS).fold(two, |l, t| l.combine(one(t as i64), LIGHT_EVENTS).unwrap());
         assert_eq!(full.evidence(), LIGHT_EVENTS as u64);
-        let (mine, theirs) = full.combine(one(9)).unwrap_err();
+        let (mine, theirs) = full.combine(one(9), LIGHT_EVENTS).unwrap_err();
         assert_eq!((mine.evidence(), theirs.evidence()), (LIGHT_EVENTS as u64, 1));
     }
 
@@ -707,7 +722,7 @@ mod tests {
                 side.add_status(code(*c), n(*small, *huge));
                 *expected.entry(code(*c)).or_default() += n(*small, *huge);
             }
-            let both = a.combine(b).unwrap();
+            let both = a.combine(b, LIGHT_EVENTS).unwrap();
             let mut got = std::collections::BTreeMap::<u16, u64>::new();
             for (s, n) in both.statuses() {
                 proptest::prop_assert!(got.insert(s, n).is_none(), "code {} listed twice", s);

@@ -855,12 +855,13 @@ impl Aggregator {
         if !seen.hits.is_empty() {
             return Taken::NeedsRecord;
         }
-        let event = event_4xx(record);
+        let (event, most) = (event_4xx(record), self.limits.light_events);
         if let Some(shared) = &self.shared_light {
-            return observe_light_shared(shared, &mut self.summary, key, record, event);
+            let count = |l: &mut Light| count_light(l, record, event, most);
+            return observe_light_shared(shared, &mut self.summary, key, count);
         }
         let l = self.light_entry(key);
-        count_light(l, record, event)
+        count_light(l, record, event, most)
     }
 
     /// The light entry of `key`, created (and the table kept within its limit) if new.
@@ -981,7 +982,7 @@ impl Aggregator {
             None => {
                 self.light.insert(key, l);
             }
-            Some(mine) => match mine.combine(l) {
+            Some(mine) => match mine.combine(l, self.limits.light_events) {
                 Ok(both) => {
                     self.light.insert(key, both);
                 }
@@ -1086,6 +1087,9 @@ impl Aggregator {
     pub fn merge(&mut self, mut other: Aggregator) {
         self.settle();
         other.settle();
+        // The stricter bound on compact entries' events holds: a scan's reduction starts
+        // from an empty aggregator with the default.
+        self.limits.light_events = self.limits.light_events.min(other.limits.light_events);
         // Into the larger tables: the reduction starts from an empty aggregator, and
         // re-inserting a whole worker's tables into it held both copies at once (the peak
         // of a scan). Merging commutes, so which side holds the result does not matter.
@@ -1200,11 +1204,10 @@ fn observe_light_shared(
     shared: &SharedLights,
     summary: &mut Summary,
     key: ClientKey,
-    record: &Record<'_>,
-    event: LightEvent,
+    count: impl Fn(&mut Light) -> Taken,
 ) -> Taken {
     let mut taken = Taken::NeedsRecord;
-    update_shared(shared, summary, key, |l| taken = count_light(l, record, event));
+    update_shared(shared, summary, key, |l| taken = count(l));
     taken
 }
 
@@ -1245,10 +1248,10 @@ enum Taken {
     NeedsRecord,
 }
 
-/// Counts `record` in `l` with `event`, its evidence, unless `l` has no room for one
-/// more event.
-fn count_light(l: &mut Light, record: &Record<'_>, event: LightEvent) -> Taken {
-    match l.take_evidence(record.status, event) {
+/// Counts `record` in `l` with `event`, its evidence, unless `l` holds `most` events
+/// already (see [`Light::take_evidence`]).
+fn count_light(l: &mut Light, record: &Record<'_>, event: LightEvent, most: usize) -> Taken {
+    match l.take_evidence(record.status, event, most) {
         true => Taken::Light,
         false => Taken::NeedsRecord,
     }
@@ -1376,7 +1379,7 @@ mod tests {
     /// An aggregator limited to 64 units fed [`feed_probes`], checked to hold no more
     /// than its budget, counted afresh from every record.
     fn probed_within_budget(clients: u8, lines: i64, path_bytes: usize) -> Aggregator {
-        let limits = Limits { clients: 64, light: 64, accounts: 64 };
+        let limits = Limits { clients: 64, light: 64, accounts: 64, light_events: bounded::LIGHT_EVENTS };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         feed_probes(&mut agg, clients, lines, path_bytes);
         let (held, budget) =
@@ -1410,7 +1413,8 @@ mod tests {
         // each record's client set and series grow far past the 4 KiB of an estimate.
         let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
         let failed = rules.find("backend-auth-failed").unwrap();
-        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64 };
+        let limits =
+            Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, light_events: bounded::LIGHT_EVENTS };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         for t in 0..1_500u32 {
             for account in 0..12u32 {
@@ -1562,6 +1566,23 @@ mod tests {
         a.absorb_lights(&shared);
         let c = a.clients.get_mut(&key).unwrap();
         assert_eq!((c.requests, c.status_4xx, c.times_4xx.busiest(600).0), (1_007, 7, 7));
+    }
+
+    #[test]
+    fn merged_compact_entries_keep_the_stricter_bound_on_events() {
+        let rules = RuleSet::builtin().unwrap();
+        let limits = Limits { light_events: 2, ..Limits::default() };
+        let client = [203, 0, 113, 9];
+        let mut merged = Aggregator::default();
+        for _ in 0..2 {
+            let mut part = Aggregator { limits, ..Aggregator::default() };
+            (0..2).for_each(|t| line(&mut part, &rules, client, t, 404, "/p", &[]));
+            assert!(part.clients.is_empty(), "two 404s stay compact");
+            // As a scan's reduction does: into an aggregator with the default bound.
+            merged.merge(part);
+        }
+        assert!(merged.light.is_empty(), "four events together are past the bound of two");
+        assert_eq!(merged.clients[&key_of(client)].status_4xx, 4);
     }
 
     #[test]
