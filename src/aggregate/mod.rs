@@ -830,15 +830,12 @@ impl Aggregator {
             self.fold_clients();
         }
         let (light, shared, summary) = (&mut self.light, &self.shared_light, &mut self.summary);
-        self.clients.entry(key).or_insert_with(|| match shared {
-            Some(shared) => Box::new(ClientStats::from_light(hand_shared_to_record(shared, summary, key))),
-            None => match light.remove(&key) {
-                Some(l) => Box::new(ClientStats::from_light(l)),
-                None => Box::new(ClientStats {
-                    folded_evidence: folded_before(summary, key),
-                    ..Default::default()
-                }),
-            },
+        self.clients.entry(key).or_insert_with(|| {
+            let taken = match shared {
+                Some(shared) => hand_shared_to_record(shared, summary, key),
+                None => light.remove(&key).unwrap_or_else(|| new_light(summary, key)),
+            };
+            Box::new(ClientStats::from_light(taken))
         })
     }
 
@@ -1379,7 +1376,7 @@ mod tests {
     /// An aggregator limited to 64 units fed [`feed_probes`], checked to hold no more
     /// than its budget, counted afresh from every record.
     fn probed_within_budget(clients: u8, lines: i64, path_bytes: usize) -> Aggregator {
-        let limits = Limits { clients: 64, light: 64, accounts: 64, light_events: bounded::LIGHT_EVENTS };
+        let limits = Limits { clients: 64, light: 64, accounts: 64, ..Limits::default() };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         feed_probes(&mut agg, clients, lines, path_bytes);
         let (held, budget) =
@@ -1413,8 +1410,7 @@ mod tests {
         // each record's client set and series grow far past the 4 KiB of an estimate.
         let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
         let failed = rules.find("backend-auth-failed").unwrap();
-        let limits =
-            Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, light_events: bounded::LIGHT_EVENTS };
+        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         for t in 0..1_500u32 {
             for account in 0..12u32 {
