@@ -197,10 +197,66 @@ impl RecordField {
 /// agents and request lines repeat, and a hash and a compare cost far less than searching
 /// them again. Direct-mapped; the whole value is compared, so the answer is always exact.
 pub struct PrefilterMemo {
+    /// Values of up to [`ShortSlot::VALUE`] bytes (methods, most paths), each remembered
+    /// with its answer in one cache line: a copy on the heap was a cache miss of its own,
+    /// after the slot's, on most lines (perf: `memcmp` 6% of a one-thread scan, now 3%).
+    short: Vec<ShortSlot>,
+    /// Longer values (user agents, long paths), up to [`PrefilterMemo::MAX_VALUE`] bytes.
     slots: Vec<MemoSlot>,
     /// The candidate list of the line being checked, kept for the next line: a fresh
     /// vector per line cost an allocation on every line with any candidate.
     candidates: Vec<RuleId>,
+}
+
+/// A remembered short value and its rules, in one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct ShortSlot {
+    hash: u64,
+    /// Which field's prefilter answered, or [`ShortSlot::EMPTY`].
+    field: u8,
+    len: u8,
+    rules_len: u8,
+    rules: [RuleId; ShortSlot::RULES],
+    value: [u8; ShortSlot::VALUE],
+}
+
+const _: () = assert!(std::mem::size_of::<ShortSlot>() == 64);
+
+impl ShortSlot {
+    const EMPTY: u8 = u8::MAX;
+    /// A value with more candidate rules than this is searched every time.
+    const RULES: usize = 4;
+    /// What is left of the cache line for the value.
+    const VALUE: usize = 64 - 8 - 3 - 1 - 2 * ShortSlot::RULES;
+    const UNUSED: ShortSlot = ShortSlot {
+        hash: 0,
+        field: Self::EMPTY,
+        len: 0,
+        rules_len: 0,
+        rules: [0; Self::RULES],
+        value: [0; Self::VALUE],
+    };
+
+    fn holds(&self, hash: u64, field: u8, value: &[u8]) -> bool {
+        self.hash == hash && self.field == field && self.value[..self.len as usize] == *value
+    }
+
+    fn rules(&self) -> &[RuleId] {
+        &self.rules[..self.rules_len as usize]
+    }
+
+    /// Remembers `value`'s `rules`, or empties the slot when they do not fit.
+    fn fill(&mut self, hash: u64, field: u8, value: &[u8], rules: &[RuleId]) {
+        if rules.len() > Self::RULES {
+            self.field = Self::EMPTY;
+            return;
+        }
+        (self.hash, self.field, self.len, self.rules_len) =
+            (hash, field, value.len() as u8, rules.len() as u8);
+        self.value[..value.len()].copy_from_slice(value);
+        self.rules[..rules.len()].copy_from_slice(rules);
+    }
 }
 
 #[derive(Default)]
@@ -219,6 +275,7 @@ impl PrefilterMemo {
 
     pub fn new() -> PrefilterMemo {
         PrefilterMemo {
+            short: vec![ShortSlot::UNUSED; Self::SLOTS],
             slots: (0..Self::SLOTS).map(|_| MemoSlot::default()).collect(),
             candidates: Vec::new(),
         }
@@ -230,7 +287,11 @@ impl PrefilterMemo {
             return prefilter.candidates(value, out);
         }
         let (hash, field) = (crate::aggregate::stable_hash(value), field as u8);
-        let slot = &mut self.slots[(hash as usize).wrapping_add(field as usize) % Self::SLOTS];
+        let at = (hash as usize).wrapping_add(field as usize) % Self::SLOTS;
+        if value.len() <= ShortSlot::VALUE {
+            return self.short_candidates(at, (hash, field), prefilter, value, out);
+        }
+        let slot = &mut self.slots[at];
         if slot.hash != hash || slot.field != field || slot.value != value {
             (slot.hash, slot.field) = (hash, field);
             slot.value.clear();
@@ -239,6 +300,24 @@ impl PrefilterMemo {
             prefilter.candidates(value, &mut slot.rules);
         }
         out.extend_from_slice(&slot.rules);
+    }
+
+    /// [`PrefilterMemo::candidates`] of a value that fits a [`ShortSlot`], at slot `at`.
+    fn short_candidates(
+        &mut self,
+        at: usize,
+        (hash, field): (u64, u8),
+        prefilter: &Prefilter,
+        value: &[u8],
+        out: &mut Vec<RuleId>,
+    ) {
+        let slot = &mut self.short[at];
+        if slot.holds(hash, field, value) {
+            return out.extend_from_slice(slot.rules());
+        }
+        let before = out.len();
+        prefilter.candidates(value, out);
+        slot.fill(hash, field, value, &out[before..]);
     }
 }
 
@@ -617,6 +696,80 @@ mod tests {
         let line = br#"{"event":"login","msg":"ok","note":"failed over"}"#;
         assert!(!set.candidates_for(line, &record("ok")).contains(&id));
         assert!(set.candidates_for(b"x", &record("Login failed")).contains(&id));
+    }
+
+    /// Six rules with a literal each (`l0`..`l5`), so one value can have any number of
+    /// candidates, more than a [`ShortSlot`] keeps.
+    fn six_literal_prefilter() -> Prefilter {
+        let rules: Vec<Rule> = (0..6)
+            .map(|i| {
+                let text = format!(
+                    "[[rule]]\nid = \"r{i}\"\ndescription = \"d\"\ninputs = [\"access\"]\nliterals = [\"l{i}\"]\nwhen = {{ path = 'l{i}' }}\nexamples = [\"l{i}\"]\ncounterexamples = [\"ok\"]\n"
+                );
+                rules::compile_file("f.toml", &text).unwrap().remove(0)
+            })
+            .collect();
+        Prefilter::build(rules.iter().enumerate().map(|(i, r)| (i as RuleId, r))).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Whatever the values, their lengths (either side of a short slot's room and of
+        /// the longest value remembered), their number of candidates and the slots they
+        /// share, the memo answers what a search of the value answers.
+        #[test]
+        fn the_memo_answers_what_a_search_answers(
+            pool in proptest::collection::vec(
+                (proptest::collection::vec(0usize..8, 0..70), proptest::prop_oneof![0usize..50, 500usize..520]),
+                1..40,
+            ),
+            asks in proptest::collection::vec((0usize..40, 0usize..3), 1..400),
+        ) {
+            let prefilter = six_literal_prefilter();
+            let values: Vec<Vec<u8>> = pool
+                .iter()
+                .map(|(words, pad)| {
+                    let mut v: Vec<u8> = words.iter().flat_map(|&w| if w < 6 { format!("l{w}") } else { "x".into() }.into_bytes()).collect();
+                    v.resize(v.len() + pad % 64 * (pad / 500 * 8 + 1), b'-');
+                    v
+                })
+                .collect();
+            let mut memo = PrefilterMemo::new();
+            for (which, field) in asks {
+                let value = &values[which % values.len()];
+                let (mut remembered, mut searched) = (vec![99], vec![99]);
+                memo.candidates(RecordField::ALL[field], &prefilter, value, &mut remembered);
+                prefilter.candidates(value, &mut searched);
+                proptest::prop_assert_eq!(remembered, searched);
+            }
+        }
+    }
+
+    /// A short value's answer is kept beside it; one with more candidates than a slot
+    /// holds is searched every time and leaves its slot empty.
+    #[test]
+    fn short_values_are_remembered_unless_their_answer_does_not_fit() {
+        let prefilter = six_literal_prefilter();
+        let slot_of = |memo: &PrefilterMemo, value: &[u8]| {
+            let hash = crate::aggregate::stable_hash(value);
+            memo.short[(hash as usize).wrapping_add(RecordField::Path as usize) % PrefilterMemo::SLOTS]
+        };
+        let mut memo = PrefilterMemo::new();
+        let (few, many) = (b"/l1/l2".as_slice(), b"/l0/l1/l2/l3/l4".as_slice());
+        let mut out = Vec::new();
+        memo.candidates(RecordField::Path, &prefilter, few, &mut out);
+        assert_eq!(out, [1, 2]);
+        assert!(slot_of(&memo, few).holds(crate::aggregate::stable_hash(few), RecordField::Path as u8, few));
+        out.clear();
+        memo.candidates(RecordField::Path, &prefilter, many, &mut out);
+        assert_eq!(out, [0, 1, 2, 3, 4]);
+        assert_eq!(slot_of(&memo, many).field, ShortSlot::EMPTY);
+        let exact = vec![b'l'; ShortSlot::VALUE];
+        memo.candidates(RecordField::Path, &prefilter, &exact, &mut Vec::new());
+        assert!(slot_of(&memo, &exact).holds(
+            crate::aggregate::stable_hash(&exact),
+            RecordField::Path as u8,
+            &exact
+        ));
     }
 
     #[test]
