@@ -65,11 +65,14 @@ impl BufferPool {
         BufferPool { returned: Arc::new(std::sync::Mutex::new(Vec::new())) }
     }
 
+    /// A buffer with room for `capacity` bytes. A reused one keeps its old bytes: the
+    /// framer tracks how much of it holds input and reads over the rest, so a chunk's
+    /// memory is not zeroed again before each fill (1 MiB a chunk, a write of every byte
+    /// the reader thread would otherwise do on top of the read).
     fn take(&self, capacity: usize) -> Vec<u8> {
         let reused = self.returned.lock().ok().and_then(|mut v| v.pop());
         let mut buf = reused.unwrap_or_default();
-        buf.clear();
-        buf.reserve(capacity);
+        buf.reserve(capacity.saturating_sub(buf.len()));
         buf
     }
 
@@ -100,9 +103,9 @@ pub fn frame_source(
     out: &SyncSender<Frame>,
 ) -> Result<u64, Abandoned> {
     let mut state = Framer { source, config, next_line: 1, bytes: 0 };
-    let mut buf = pool.take(config.chunk_bytes);
+    let (mut buf, mut carried) = (pool.take(config.chunk_bytes), 0);
     loop {
-        let eof = match state.fill(&mut reader, &mut buf) {
+        let eof = match state.fill(&mut reader, &mut buf, carried) {
             Ok(eof) => eof,
             Err(e) => {
                 state.flush_tail(std::mem::take(&mut buf), out)?;
@@ -115,7 +118,7 @@ pub fn frame_source(
             state.flush_tail(buf, out)?;
             return Ok(state.bytes);
         }
-        buf = state.cut(buf, pool, &mut reader, out)?;
+        (buf, carried) = state.cut(buf, pool, &mut reader, out)?;
     }
 }
 
@@ -131,19 +134,25 @@ struct Framer {
 }
 
 impl Framer {
-    /// Reads until `buf` holds at least a chunk's worth, or end of input (`Ok(true)`).
-    fn fill(&mut self, reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
+    /// Reads after the first `carried` bytes of `buf` (input carried over; anything after
+    /// them is stale) until it holds at least a chunk's worth, or end of input
+    /// (`Ok(true)`). On return `buf` holds exactly the input read, carried bytes first.
+    fn fill(&mut self, reader: &mut impl Read, buf: &mut Vec<u8>, carried: usize) -> io::Result<bool> {
         // A carried tail as large as a chunk is one long line: grow in steps until its
         // end (or the line limit) is reached.
-        let target = if buf.len() < self.config.chunk_bytes {
+        let target = if carried < self.config.chunk_bytes {
             self.config.chunk_bytes
         } else {
-            buf.len() + self.config.chunk_bytes.clamp(4096, 64 * 1024)
+            carried + self.config.chunk_bytes.clamp(4096, 64 * 1024)
         };
-        // Zeroed once per fill: a pipe returns 64 KiB per read, and zeroing the rest of
-        // the chunk before each read would cost more than the reads.
-        let mut filled = buf.len();
-        buf.resize(target, 0);
+        // Only bytes the buffer never held are zeroed (a reused chunk's are read over),
+        // and once per fill: a pipe returns 64 KiB per read.
+        let mut filled = carried;
+        if buf.len() < target {
+            buf.resize(target, 0);
+        } else {
+            buf.truncate(target);
+        }
         while filled < target {
             let n = match reader.read(&mut buf[filled..]) {
                 Ok(n) => n,
@@ -168,25 +177,38 @@ impl Framer {
         Ok(false)
     }
 
-    /// Sends the whole lines of `buf` and returns a fresh buffer holding the carried tail.
+    /// Sends the whole lines of `buf` and returns the buffer to fill next, with how
+    /// many bytes at its start are input carried over (the unfinished tail).
     fn cut(
         &mut self,
         mut buf: Vec<u8>,
         pool: &BufferPool,
         reader: &mut impl Read,
         out: &SyncSender<Frame>,
-    ) -> Result<Vec<u8>, Abandoned> {
+    ) -> Result<(Vec<u8>, usize), Abandoned> {
         match cut_point(&buf) {
             Some(end) => {
                 let mut next = pool.take(self.config.chunk_bytes);
-                next.extend_from_slice(&buf[end..]);
+                let tail = &buf[end..];
+                if next.len() < tail.len() {
+                    next.resize(tail.len(), 0);
+                }
+                next[..tail.len()].copy_from_slice(tail);
+                let carried = tail.len();
                 buf.truncate(end);
                 self.send_lines(buf, out)?;
-                Ok(next)
+                Ok((next, carried))
             }
-            None if buf.len() > self.config.max_line_bytes => self.skip_oversized(buf, reader, out),
+            None if buf.len() > self.config.max_line_bytes => {
+                let rest = self.skip_oversized(buf, reader, out)?;
+                let carried = rest.len();
+                Ok((rest, carried))
+            }
             // The line continues: keep filling the same buffer.
-            None => Ok(buf),
+            None => {
+                let carried = buf.len();
+                Ok((buf, carried))
+            }
         }
     }
 
@@ -213,7 +235,8 @@ impl Framer {
             };
             self.next_line += newlines(&buf[..keep]);
             buf.drain(..keep);
-            let eof = self.fill(reader, &mut buf).unwrap_or(true);
+            let carried = buf.len();
+            let eof = self.fill(reader, &mut buf, carried).unwrap_or(true);
             if eof && first_logical_end(&buf).is_none() {
                 // The stream ended inside the oversized line.
                 self.next_line += newlines(&buf);
@@ -456,6 +479,60 @@ mod tests {
                     assert!(c.data.ends_with(b"second-half\n"), "chunk {chunk} cut inside a partial line");
                 }
             }
+        }
+    }
+
+    /// What a frame says, its buffer aside: for comparing frame streams.
+    fn described(frame: &Frame) -> String {
+        match frame {
+            Frame::Lines(c) => format!("lines {} {:?}", c.first_line, String::from_utf8_lossy(&c.data)),
+            Frame::Oversized { line, .. } => format!("oversized {line}"),
+            Frame::ReadError { message, .. } => format!("error {message}"),
+        }
+    }
+
+    /// Frames `input` the way a scan does, every buffer given back to the pool as soon as
+    /// its lines are taken, into a pool first stocked with buffers full of junk.
+    fn framed_with_reused_buffers(input: &[u8], config: FramingConfig, junk: &[usize]) -> Vec<String> {
+        let pool = BufferPool::new();
+        junk.iter().for_each(|&n| pool.give(vec![b'#'; n]));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let recycler = pool.clone();
+        let taker = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for frame in rx {
+                seen.push(described(&frame));
+                if let Frame::Lines(c) = frame {
+                    recycler.give(c.data);
+                }
+            }
+            seen
+        });
+        let _ = frame_source("t".into(), Trickle { data: input, reads: 0 }, config, &pool, &tx);
+        drop(tx);
+        taker.join().unwrap()
+    }
+
+    proptest::proptest! {
+        /// Reused buffers keep their old bytes (they are read over, not zeroed): whatever
+        /// they held, the frames are those of buffers never used before.
+        #[test]
+        fn reused_buffers_frame_what_fresh_ones_do(
+            lines in proptest::collection::vec((0usize..40, proptest::prelude::any::<bool>()), 0..60),
+            chunk in 1usize..48,
+            junk in proptest::collection::vec(0usize..200, 0..4),
+        ) {
+            let mut input = Vec::new();
+            for (i, (len, newline)) in lines.iter().enumerate() {
+                input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, *len));
+                if *newline || i + 1 < lines.len() {
+                    input.push(b'\n');
+                }
+            }
+            let config = small(chunk, 30);
+            let fresh: Vec<String> =
+                frame_all("t", Trickle { data: &input, reads: 0 }, config).iter().map(described).collect();
+            proptest::prop_assert_eq!(framed_with_reused_buffers(&input, config, &junk), fresh);
         }
     }
 }
