@@ -355,37 +355,40 @@ impl ClientStats {
         self.status_4xx + self.auth_failures + self.rules.values().sum::<u64>()
     }
 
-    /// Counts one request; returns whether it is evidence (a 4xx).
-    fn observe_request(&mut self, record: &Record<'_>) -> bool {
-        self.count_request(record.status);
+    /// Counts one request; returns whether it is evidence (a 4xx), and whether a list
+    /// or map of this record took a new value (see [`ClientStats::observe`]).
+    fn observe_request(&mut self, record: &Record<'_>) -> (bool, bool) {
+        let mut grew = self.count_request(record.status);
         let path = record.path.as_deref().map(endpoint);
         if let Some(p) = path {
-            self.paths.add(p);
+            grew |= self.paths.add(p);
         }
         if let Some(ua) = &record.user_agent {
-            self.user_agents.add(ua);
+            grew |= self.user_agents.add(ua);
         }
         if !record.status.is_some_and(is_4xx) {
-            return false;
+            return (false, grew);
         }
         self.count_4xx(record.time, Some(path_hash(path)));
-        true
+        (true, grew)
     }
 
-    /// Counts a request answered with `status`, as [`Light::request`] does.
-    fn count_request(&mut self, status: Option<u16>) {
+    /// Counts a request answered with `status`, as [`Light::request`] does; returns
+    /// whether the status is new to this record.
+    fn count_request(&mut self, status: Option<u16>) -> bool {
         self.requests += 1;
-        let Some(status) = status else { return };
+        let Some(status) = status else { return false };
+        let known = self.statuses.len();
         *self.statuses.entry(status).or_default() += 1;
         self.status_5xx += u64::from(status >= 500);
+        self.statuses.len() != known
     }
 
-    /// Counts a line that is no evidence, as a light entry counts it (no top lists).
-    fn count_quiet(&mut self, q: &QuietLine) {
+    /// Counts a line that is no evidence, as a light entry counts it (no top lists);
+    /// returns whether the record may hold more bytes (a new status).
+    fn count_quiet(&mut self, q: &QuietLine) -> bool {
         merge_seen(&mut self.first_seen, &mut self.last_seen, q.time, q.time);
-        if q.access {
-            self.count_request(q.status);
-        }
+        q.access && self.count_request(q.status)
     }
 
     /// Counts a 4xx answer at `time` for the path hashed `path` (see [`path_hash`]).
@@ -415,14 +418,19 @@ impl ClientStats {
         bounded::recharge(&mut self.charged, bytes)
     }
 
-    /// Counts one line of this client's.
-    fn observe(&mut self, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
+    /// Counts one line of this client's. Returns whether the record may hold more bytes
+    /// than it was charged for: only evidence or a new value in a list or map can add
+    /// any ([`ClientStats::bytes`] counts capacities), so the table need not weigh it
+    /// again after each quiet line, which read a dozen of its fields (most lines of a
+    /// busy client are quiet).
+    fn observe(&mut self, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) -> bool {
         let record = seen.record;
         let time = record.time;
         merge_seen(&mut self.first_seen, &mut self.last_seen, time, time);
-        let mut evidence = !seen.hits.is_empty();
+        let (mut evidence, mut grew) = (!seen.hits.is_empty(), false);
         if record.kind == Some(RecordKind::Access) {
-            evidence |= self.observe_request(record);
+            let (is_4xx, new_value) = self.observe_request(record);
+            (evidence, grew) = (evidence | is_4xx, new_value);
         }
         let mut auth = false;
         for hit in seen.hits {
@@ -439,6 +447,7 @@ impl ClientStats {
         if evidence {
             offer_sample(&mut self.samples, SAMPLES, seen.at, time, seen.raw);
         }
+        evidence || grew
     }
 
     fn observe_auth_failure(&mut self, time: Option<i64>, user: Option<&str>) {
@@ -893,10 +902,11 @@ impl Aggregator {
     /// Counts `q` in its client's full record, if there is one.
     fn count_quiet_in_record(&mut self, q: &QuietLine) -> bool {
         let Some(c) = self.clients.get_mut(&q.key) else { return false };
-        c.count_quiet(q);
-        let grown = c.recharge();
-        if grew_past(&mut self.client_units, grown, self.limits.clients) {
-            self.fold_clients();
+        if c.count_quiet(q) {
+            let grown = c.recharge();
+            if grew_past(&mut self.client_units, grown, self.limits.clients) {
+                self.fold_clients();
+            }
         }
         true
     }
@@ -999,10 +1009,11 @@ impl Aggregator {
                 Taken::NeedsRecord => self.client(key),
             },
         };
-        c.observe(seen, user, rules);
-        let grown = c.recharge();
-        if grew_past(&mut self.client_units, grown, self.limits.clients) {
-            self.fold_clients();
+        if c.observe(seen, user, rules) {
+            let grown = c.recharge();
+            if grew_past(&mut self.client_units, grown, self.limits.clients) {
+                self.fold_clients();
+            }
         }
     }
 
@@ -1435,6 +1446,45 @@ mod tests {
         let kept = agg.accounts.values().flat_map(|u| u.values());
         assert!(kept.clone().any(|a| a.auth_failures == 1_500), "no account kept its history");
         assert_eq!(agg.account_units, kept.map(|a| a.charged).sum::<usize>());
+    }
+
+    proptest::proptest! {
+        /// A record is weighed again only when a line may have grown it (evidence, or a
+        /// new value in a list or map), and that is exact: after every line its charge is
+        /// what weighing it would give, and the table's total is the sum of the charges.
+        #[test]
+        fn a_record_is_charged_what_it_holds_after_every_line(
+            lines in proptest::collection::vec((0usize..60, 0usize..6, 0usize..5), 1..300),
+        ) {
+            static RULES: std::sync::OnceLock<RuleSet> = std::sync::OnceLock::new();
+            let rules = RULES.get_or_init(|| RuleSet::builtin().unwrap());
+            let mut agg = Aggregator::default();
+            let paths: Vec<String> = (0..60).map(|i| format!("/{i}/{}", "p".repeat(40 + 4 * i))).collect();
+            let agents: Vec<String> = (0..6).map(|i| format!("agent-{i}-{}", "a".repeat(30 * i))).collect();
+            let statuses = [200, 301, 404, 500, 503];
+            // Five 404s first, so the client has a full record from then on.
+            let opening = (0..5).map(|_| (0, 0, 2));
+            for (t, (path, agent, status)) in opening.chain(lines).enumerate() {
+                let record = Record {
+                    kind: Some(RecordKind::Access),
+                    time: Some(1_700_000_000 + t as i64),
+                    remote_addr: Some(std::net::IpAddr::from([198, 18, 0, 9])),
+                    status: Some(statuses[status]),
+                    path: Some(paths[path].as_str().into()),
+                    user_agent: Some(agents[agent].as_str().into()),
+                    ..Record::default()
+                };
+                let at = LineRef { source: "s", line: t as u64 };
+                let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
+                agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
+                agg.settle();
+                for c in agg.clients.values() {
+                    proptest::prop_assert_eq!(c.charged, bounded::units(c.bytes()));
+                }
+                proptest::prop_assert_eq!(agg.client_units, agg.clients.values().map(|c| c.charged).sum::<usize>());
+            }
+            proptest::prop_assert_eq!(agg.clients.len(), 1);
+        }
     }
 
     /// One line from `ip` at `t`: `status` for `path`, with `hits`.

@@ -54,15 +54,18 @@ impl TopK {
     }
 
     /// Counts one occurrence of `value`.
-    pub fn add(&mut self, value: &str) {
-        self.add_n(value, 1);
+    /// Returns whether it was not held (then the list's bytes may have changed).
+    pub fn add(&mut self, value: &str) -> bool {
+        self.add_n(value, 1)
     }
 
-    fn add_n(&mut self, value: &str, n: u64) {
+    fn add_n(&mut self, value: &str, n: u64) -> bool {
         let key = stable_hash(value.as_bytes());
-        if !self.count_held(key, n) {
+        let held = self.count_held(key, n);
+        if !held {
             self.insert(key, stored(value), n);
         }
+        !held
     }
 
     /// Adds `n` to the entry of `key`; false when there is none.
@@ -233,7 +236,9 @@ mod tests {
             };
             let values: Vec<String> = picks.iter().map(value).collect();
             let mut t = TopK::new(capacity);
-            values.iter().for_each(|v| t.add(v));
+            values.iter().for_each(|v| {
+                t.add(v);
+            });
             proptest::prop_assert_eq!(t.top(capacity), reference(capacity, &values));
         }
     }
@@ -281,7 +286,9 @@ mod tests {
         assert!(t.heap_bytes() <= 16 * (entry + 2 + VALUE_BYTES + 8), "{}", t.heap_bytes());
         assert!(t.heap_bytes() >= 16 * VALUE_BYTES, "the stored values are counted");
         let mut short = TopK::new(16);
-        (0..1000).for_each(|i| short.add(&i.to_string()));
+        (0..1000).for_each(|i| {
+            short.add(&i.to_string());
+        });
         assert!(short.heap_bytes() <= 16 * (entry + 2), "short values live in their entries");
     }
 
