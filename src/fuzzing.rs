@@ -179,16 +179,33 @@ pub fn rules(data: &[u8]) {
 }
 
 /// Quotes the input as an SQL literal: reading the literal back the way PostgreSQL does
-/// (with standard_conforming_strings on) gives the input, so nothing can break out.
+/// (a plain literal with standard_conforming_strings on, or an escape string) gives the
+/// input, so nothing can break out; and no control character is left in it.
 pub fn sql_literal(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Ok(quoted) = crate::remedy::sql::quote_literal(&text) else { return };
-    let inner = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')).expect("quoted");
+    assert!(!quoted.chars().any(char::is_control), "a control character in the literal");
+    let (escape_string, rest) = match quoted.strip_prefix("E'") {
+        Some(rest) => (true, rest),
+        None => (false, quoted.strip_prefix('\'').expect("quoted")),
+    };
+    let inner = rest.strip_suffix('\'').expect("quoted");
     let mut back = String::new();
-    let mut chars = inner.chars().peekable();
+    let mut chars = inner.chars();
     while let Some(c) = chars.next() {
-        if c == '\'' {
-            assert_eq!(chars.next(), Some('\''), "a lone quote would end the literal");
+        match c {
+            '\'' => assert_eq!(chars.next(), Some('\''), "a lone quote would end the literal"),
+            '\\' if escape_string => match chars.next() {
+                Some('\\') => {}
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let code = u32::from_str_radix(&hex, 16).expect("four hex digits after \\u");
+                    back.push(char::from_u32(code).expect("a character"));
+                    continue;
+                }
+                other => panic!("an escape PostgreSQL reads differently: \\{other:?}"),
+            },
+            _ => {}
         }
         back.push(c);
     }

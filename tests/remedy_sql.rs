@@ -21,6 +21,7 @@ fn hostile_names() -> Vec<String> {
         "emoji 🦀 ünïcödé".into(),
         format!("\\! touch {PWNED}"),
         "line1\nline2; \\! touch /tmp/x".into(),
+        "tab\there\rhidden\u{1b}[2J\u{7}\u{85}'\\".into(),
         "semi;colon".into(),
         ":psqlvar :'v' :\"v\"".into(),
         "$$dollar$$".into(),

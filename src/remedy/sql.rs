@@ -69,7 +69,8 @@ pub fn quote_identifier(name: &str, what: &str) -> Result<String, String> {
 }
 
 /// A standard SQL string literal: quotes doubled, nothing else special (with
-/// `standard_conforming_strings = on`). `None` for text PostgreSQL cannot hold.
+/// `standard_conforming_strings = on`); an escape string for a name with control
+/// characters ([`escaped_literal`]). `Err` for text PostgreSQL cannot hold.
 pub fn quote_literal(value: &str) -> Result<String, String> {
     if value.contains('\0') {
         return Err("contains a NUL byte, which PostgreSQL text cannot hold".into());
@@ -82,7 +83,31 @@ pub fn quote_literal(value: &str) -> Result<String, String> {
     if value.len() > MAX_NAME_BYTES {
         return Err(format!("is longer than {MAX_NAME_BYTES} bytes"));
     }
+    if value.chars().any(char::is_control) {
+        return Ok(escaped_literal(value));
+    }
     Ok(format!("'{}'", value.replace('\'', "''")))
+}
+
+/// A literal for a name with control characters (a tab, a carriage return, an escape):
+/// exact, like a plain literal, but written as an escape string with each of them as a
+/// `\uXXXX` escape, so that the script a person reviews shows them instead of letting
+/// them move the cursor or hide text. Escape strings read backslashes the same whatever
+/// `standard_conforming_strings` says; a `\u` above U+007F needs a UTF8 database, and
+/// anywhere else the script stops with an error rather than lock a different name.
+fn escaped_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The lock and unlock scripts for `names`, and the names that could not be written.
@@ -225,6 +250,16 @@ COMMIT;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name with control characters is written without any (they would move the
+    /// cursor or hide text in the script a person reviews), as an escape string.
+    #[test]
+    fn control_characters_are_written_as_escapes() {
+        let lit = quote_literal("a\tb\rc\u{1b}[2J\u{85}'\\").unwrap();
+        assert_eq!(lit, "E'a\\u0009b\\u000Dc\\u001B[2J\\u0085''\\\\'");
+        assert!(!lit.chars().any(char::is_control));
+        assert_eq!(quote_literal("plain\\name").unwrap(), "'plain\\name'");
+    }
 
     #[test]
     fn literals_double_quotes_and_nothing_else() {
