@@ -287,7 +287,7 @@ impl PrefilterMemo {
             return prefilter.candidates(value, out);
         }
         let (hash, field) = (crate::aggregate::stable_hash(value), field as u8);
-        let at = (hash as usize).wrapping_add(field as usize) % Self::SLOTS;
+        let at = Self::slot_at(hash, field);
         if value.len() <= ShortSlot::VALUE {
             return self.short_candidates(at, (hash, field), prefilter, value, out);
         }
@@ -300,6 +300,11 @@ impl PrefilterMemo {
             prefilter.candidates(value, &mut slot.rules);
         }
         out.extend_from_slice(&slot.rules);
+    }
+
+    /// The slot (in either tier) of a value hashed `hash` in field `field`.
+    fn slot_at(hash: u64, field: u8) -> usize {
+        (hash as usize).wrapping_add(field as usize) % Self::SLOTS
     }
 
     /// [`PrefilterMemo::candidates`] of a value that fits a [`ShortSlot`], at slot `at`.
@@ -719,7 +724,7 @@ mod tests {
         #[test]
         fn the_memo_answers_what_a_search_answers(
             pool in proptest::collection::vec(
-                (proptest::collection::vec(0usize..8, 0..70), proptest::prop_oneof![0usize..50, 500usize..520]),
+                (proptest::collection::vec(0usize..8, 0..70), proptest::prop_oneof![0usize..50, 460usize..560]),
                 1..40,
             ),
             asks in proptest::collection::vec((0usize..40, 0usize..3), 1..400),
@@ -729,7 +734,7 @@ mod tests {
                 .iter()
                 .map(|(words, pad)| {
                     let mut v: Vec<u8> = words.iter().flat_map(|&w| if w < 6 { format!("l{w}") } else { "x".into() }.into_bytes()).collect();
-                    v.resize(v.len() + pad % 64 * (pad / 500 * 8 + 1), b'-');
+                    v.resize(v.len() + pad, b'-');
                     v
                 })
                 .collect();
@@ -751,7 +756,7 @@ mod tests {
         let prefilter = six_literal_prefilter();
         let slot_of = |memo: &PrefilterMemo, value: &[u8]| {
             let hash = crate::aggregate::stable_hash(value);
-            memo.short[(hash as usize).wrapping_add(RecordField::Path as usize) % PrefilterMemo::SLOTS]
+            memo.short[PrefilterMemo::slot_at(hash, RecordField::Path as u8)]
         };
         let mut memo = PrefilterMemo::new();
         let (few, many) = (b"/l1/l2".as_slice(), b"/l0/l1/l2/l3/l4".as_slice());
