@@ -6,18 +6,33 @@
 
 /// Parses nginx's `$time_local`: `10/Oct/2000:13:55:36 -0700`.
 pub fn parse_time_local(s: &[u8]) -> Option<i64> {
+    use std::cell::Cell;
     // Consecutive lines of a busy log mostly share their second: remember the last one
-    // this thread read.
+    // this thread read. As integers, each read back in the width it was written: a copy
+    // of a whole `([u8; 26], Option<i64>)` was read in other widths than it was stored
+    // in, which the processor cannot forward from its store buffer (perf: this compare
+    // was the hottest spot of a `combined` line's parsing, 9% of it).
     thread_local! {
-        static LAST: std::cell::Cell<([u8; 26], Option<i64>)> = const { std::cell::Cell::new(([0; 26], None)) };
+        static HEAD: Cell<u128> = const { Cell::new(0) };
+        static TAIL: Cell<(u64, u16)> = const { Cell::new((0, 0)) };
+        /// The value of the remembered time; [`NOT_REMEMBERED`] when there is none.
+        static VALUE: Cell<i64> = const { Cell::new(NOT_REMEMBERED) };
     }
+    const NOT_REMEMBERED: i64 = i64::MIN;
     let Ok(key) = <[u8; 26]>::try_from(s) else { return read_time_local(s) };
-    let (last, value) = LAST.get();
-    if last == key && value.is_some() {
-        return value;
+    let head = u128::from_le_bytes(key[..16].try_into().expect("16 of 26 bytes"));
+    let tail = (
+        u64::from_le_bytes(key[16..24].try_into().expect("8 of 26 bytes")),
+        u16::from_le_bytes([key[24], key[25]]),
+    );
+    let value = VALUE.get();
+    if value != NOT_REMEMBERED && HEAD.get() == head && TAIL.get() == tail {
+        return Some(value);
     }
     let value = read_time_local(s);
-    LAST.set((key, value));
+    HEAD.set(head);
+    TAIL.set(tail);
+    VALUE.set(value.filter(|v| *v != NOT_REMEMBERED).unwrap_or(NOT_REMEMBERED));
     value
 }
 
@@ -192,6 +207,28 @@ mod tests {
     fn time_local_with_offset() {
         // 2000-10-10T20:55:36Z
         assert_eq!(parse_time_local(b"10/Oct/2000:13:55:36 -0700"), Some(971211336));
+    }
+
+    proptest::proptest! {
+        /// The remembered last time never answers for another: runs of times that differ
+        /// in any part of the key (day, year, second, offset) or do not parse at all read
+        /// as they do without it.
+        #[test]
+        fn the_remembered_time_answers_only_for_itself(picks in proptest::collection::vec(0usize..8, 1..40)) {
+            let times: [&[u8]; 8] = [
+                b"10/Oct/2000:13:55:36 -0700",
+                b"11/Oct/2000:13:55:36 -0700",
+                b"10/Oct/2001:13:55:36 -0700",
+                b"10/Oct/2000:13:55:37 -0700",
+                b"10/Oct/2000:13:55:36 -0701",
+                b"10/Oct/2000:13:55:36 +0700",
+                b"10/Foo/2000:13:55:36 -0700",
+                b"10/Oct/2000:13:55:36",
+            ];
+            for i in picks {
+                proptest::prop_assert_eq!(parse_time_local(times[i]), read_time_local(times[i]), "{}", i);
+            }
+        }
     }
 
     #[test]
