@@ -24,14 +24,14 @@ pub struct TopK {
     /// 8-byte hashes and no text (user agents are long, and a busy client repeats its
     /// own). A plain vector, scanned: a client's lists hold at most 32, and a hash table
     /// for them took twice the room (every client with evidence has three). Apart from
-    /// the counts and values, so that the scan reads 8 bytes an entry instead of 40.
+    /// the values and counts, so that the scan reads 8 bytes an entry instead of 40.
     /// Two values with one 64-bit keyed hash would share a count; the key is secret and
     /// per process, so that cannot be aimed at.
     keys: Vec<u64>,
-    /// The count of the value at the same index of `keys`.
-    counts: Vec<u64>,
-    /// The value at the same index of `keys`, as stored (short ones inline).
-    values: Vec<CompactString>,
+    /// The value at the same index of `keys`, as stored (short ones inline), and its
+    /// count. One vector for both: each is an allocation of its own per list, and a
+    /// scan's many records each hold three lists.
+    entries: Vec<(CompactString, u64)>,
     /// The entries tied at the smallest count `least`, in eviction order (the next victim
     /// last), so that a spray of distinct values does not compare every tied value's
     /// text for each eviction. Counts only grow and a newcomer starts above `least`, so
@@ -51,8 +51,7 @@ impl TopK {
         TopK {
             capacity,
             keys: Vec::new(),
-            counts: Vec::new(),
-            values: Vec::new(),
+            entries: Vec::new(),
             victims: Vec::new(),
             least: 0,
             value_bytes: 0,
@@ -78,7 +77,7 @@ impl TopK {
     /// Adds `n` to the entry of `key`; false when there is none.
     fn count_held(&mut self, key: u64, n: u64) -> bool {
         let held = self.position(key);
-        held.map(|i| self.counts[i] += n).is_some()
+        held.map(|i| self.entries[i].1 += n).is_some()
     }
 
     /// Where `key` is held. Every key is compared, without stopping at the one found:
@@ -96,22 +95,21 @@ impl TopK {
         self.value_bytes += outside_bytes(&value);
         if self.keys.len() < self.capacity {
             self.keys.push(key);
-            self.counts.push(n);
-            self.values.push(value);
+            self.entries.push((value, n));
             return;
         }
         self.approximate = true;
         let min = self.victim();
         self.keys[min] = key;
-        self.counts[min] += n;
-        let evicted = std::mem::replace(&mut self.values[min], value);
+        self.entries[min].1 += n;
+        let evicted = std::mem::replace(&mut self.entries[min].0, value);
         self.value_bytes -= outside_bytes(&evicted);
     }
 
     /// Bytes the list holds outside itself: its entries and the values stored apart.
     pub fn heap_bytes(&self) -> usize {
-        let entries = (self.keys.capacity() + self.counts.capacity()) * 8
-            + self.values.capacity() * std::mem::size_of::<CompactString>();
+        let entries =
+            self.keys.capacity() * 8 + self.entries.capacity() * std::mem::size_of::<(CompactString, u64)>();
         entries + self.victims.capacity() * 2 + self.value_bytes
     }
 
@@ -119,7 +117,7 @@ impl TopK {
     /// greatest goes first) so the choice does not depend on where values sit.
     fn victim(&mut self) -> usize {
         while let Some(i) = self.victims.pop().map(usize::from) {
-            if self.counts[i] == self.least {
+            if self.entries[i].1 == self.least {
                 return i;
             }
         }
@@ -129,12 +127,11 @@ impl TopK {
 
     /// Finds the smallest count and orders the entries holding it for eviction.
     fn rank_victims(&mut self) {
-        self.least = *self.counts.iter().min().expect("full counter is not empty");
-        let tied = self.counts.iter().enumerate().filter(|(_, n)| **n == self.least);
+        self.least = self.entries.iter().map(|e| e.1).min().expect("full counter is not empty");
+        let tied = self.entries.iter().enumerate().filter(|(_, e)| e.1 == self.least);
         // `new` bounds the capacity, so every index fits.
-        let mut keyed: Vec<(u128, u16)> =
-            tied.map(|(i, _)| (order_prefix(&self.values[i]), i as u16)).collect();
-        let text = |i: u16| self.values[usize::from(i)].as_str();
+        let mut keyed: Vec<(u128, u16)> = tied.map(|(i, e)| (order_prefix(&e.0), i as u16)).collect();
+        let text = |i: u16| self.entries[usize::from(i)].0.as_str();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| text(a.1).cmp(text(b.1))));
         self.victims.extend(keyed.into_iter().map(|(_, i)| i));
     }
@@ -154,8 +151,7 @@ impl TopK {
 
     /// The `n` heaviest values, heaviest first, ties by value.
     pub fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut all: Vec<_> =
-            self.values.iter().zip(&self.counts).map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut all: Vec<_> = self.entries.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -173,8 +169,7 @@ impl TopK {
 
     /// The entries, taken apart: `(key, value, count)`.
     fn entries(self) -> impl Iterator<Item = (u64, CompactString, u64)> {
-        let values = self.keys.into_iter().zip(self.values);
-        values.zip(self.counts).map(|((key, value), n)| (key, value, n))
+        self.keys.into_iter().zip(self.entries).map(|(key, (value, n))| (key, value, n))
     }
 }
 
