@@ -139,7 +139,7 @@ impl TopK {
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: TopK) {
         self.approximate |= other.approximate;
-        let mut entries: Vec<_> = other.entries().collect();
+        let mut entries: Vec<_> = other.into_entries().collect();
         entries.sort_unstable_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
         // The keys are hashes of the whole values, which the stored ones may be cut from.
         for (key, value, n) in entries {
@@ -168,7 +168,7 @@ impl TopK {
     }
 
     /// The entries, taken apart: `(key, value, count)`.
-    fn entries(self) -> impl Iterator<Item = (u64, CompactString, u64)> {
+    fn into_entries(self) -> impl Iterator<Item = (u64, CompactString, u64)> {
         self.keys.into_iter().zip(self.entries).map(|(key, (value, n))| (key, value, n))
     }
 }
