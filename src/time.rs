@@ -32,7 +32,7 @@ pub fn parse_time_local(s: &[u8]) -> Option<i64> {
     let value = read_time_local(s);
     HEAD.set(head);
     TAIL.set(tail);
-    VALUE.set(value.filter(|v| *v != NOT_REMEMBERED).unwrap_or(NOT_REMEMBERED));
+    VALUE.set(value.unwrap_or(NOT_REMEMBERED));
     value
 }
 
