@@ -6,10 +6,14 @@
 #
 #   benches/compare.sh [SIZE_MB]        (default 1000; the corpus is cached in target/)
 #   PGO=1 benches/compare.sh [SIZE_MB]  also the profile-guided build of benches/pgo.sh
+#   RUNS=N benches/compare.sh ...       N rounds (default 3); each time is the median
 #
 # Tools that are not installed (ripgrep, GoAccess, fail2ban-regex: Debian packages) are
-# listed as skipped. Timings are wall-clock with a warm page cache; peak RSS comes from
-# GNU time. Never used as a test assertion.
+# listed as skipped. Timings are wall-clock with a warm page cache; peak RSS (the largest
+# of the rounds) comes from GNU time. Every command runs once per round, all of them in
+# turn, so that a slow phase of the machine weighs on every row alike rather than on
+# whichever command it fell on; single runs on a 2-core VM moved ratios by 20-40%.
+# Never used as a test assertion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1000}
@@ -30,14 +34,12 @@ bytes=$(stat -c %s "$corpus")
 lines=$(python3 -c "import json;print(json.load(open('$truth'))['lines'])")
 cat "$corpus" > /dev/null   # warm the page cache
 
-results=()
-# run NAME COMMAND...: times a shell command, records seconds, peak RSS (KB) and output.
+names=()
+commands=()
+# run NAME COMMAND...: adds a shell command to the rounds below.
 run() {
-    local name=$1; shift
-    local out=target/compare/out.$$.${#results[@]} tfile=target/compare/time.$$
-    /usr/bin/time -f "%e %M" -o "$tfile" bash -c "$*" > "$out" 2>/dev/null || true
-    read -r secs rss < "$tfile"
-    results+=("$name"$'\x1f'"$secs"$'\x1f'"$rss"$'\x1f'"$out")
+    names+=("$1"); shift
+    commands+=("$*")
 }
 
 run "cat > /dev/null" "cat '$corpus' > /dev/null"
@@ -60,6 +62,24 @@ if [ -n "$pgo" ]; then
     run "logwarden PGO build (all threads)" "$pgo scan --output json '$corpus'"
     run "logwarden PGO build, stdin" "cat '$corpus' | $pgo scan --output json"
 fi
+
+# Each round runs every command once; per command, one line per round: seconds, peak RSS
+# (KB). The output kept is the last round's.
+runs=${RUNS:-3}
+for round in $(seq "$runs"); do
+    echo "round $round of $runs ..." >&2
+    for i in "${!commands[@]}"; do
+        tfile=target/compare/time.$$
+        /usr/bin/time -f "%e %M" -o "$tfile" bash -c "${commands[$i]}" > "target/compare/out.$$.$i" 2>/dev/null || true
+        cat "$tfile" >> "target/compare/times.$$.$i"
+    done
+done
+# median SECONDS-AND-RSS-FILE: the median seconds and the largest peak RSS of the rounds.
+median() {
+    python3 -c 'import sys,statistics as st
+rows=[l.split() for l in open(sys.argv[1]) if l.strip()]
+print(st.median(float(r[0]) for r in rows), max(int(r[1]) for r in rows))' "$1"
+}
 
 # Does the answer give each planted attacker's 4xx count exactly?
 check() {
@@ -87,14 +107,14 @@ PY
 }
 
 lw_secs=
-for r in "${results[@]}"; do
-    IFS=$'\x1f' read -r n s m o <<<"$r"
-    if [ "$n" = "logwarden (all threads)" ]; then lw_secs=$s; fi
+for i in "${!names[@]}"; do
+    if [ "${names[$i]}" = "logwarden (all threads)" ]; then read -r lw_secs _ <<<"$(median "target/compare/times.$$.$i")"; fi
 done
-printf '\ncorpus: %s (%d MB, %d lines, %s)\n\n' "$corpus" $((bytes / 1000000)) "$lines" "$(nproc) cores"
+printf '\ncorpus: %s (%d MB, %d lines, %s; median of %d rounds)\n\n' "$corpus" $((bytes / 1000000)) "$lines" "$(nproc) cores" "$runs"
 printf '| command | MB/s | lines/s | peak RSS MB | time vs logwarden | exact 4xx per planted client |\n|---|---:|---:|---:|---:|---|\n'
-for r in "${results[@]}"; do
-    IFS=$'\x1f' read -r name secs rss out <<<"$r"
+for i in "${!names[@]}"; do
+    name=${names[$i]} out=target/compare/out.$$.$i
+    read -r secs rss <<<"$(median "target/compare/times.$$.$i")"
     python3 - "$name" "$secs" "$rss" "$bytes" "$lines" "$lw_secs" "$(check "$name" "$out")" <<'PY'
 import sys
 name, secs, rss, size, lines, lw, ok = sys.argv[1:]
@@ -102,6 +122,6 @@ secs = max(float(secs), 0.001)
 name = name.replace("|", "\\|")
 print(f"| `{name}` | {int(size) / 1e6 / secs:,.0f} | {int(lines) / secs:,.0f} | {int(rss) / 1024:,.0f} | {secs / float(lw):.2f}x | {ok} |")
 PY
-    rm -f "$out"
+    rm -f "$out" "target/compare/times.$$.$i"
 done
 rm -f target/compare/time.$$
