@@ -6,12 +6,13 @@
 #
 #   benches/compare.sh [SIZE_MB]        (default 1000; the corpus is cached in target/)
 #   PGO=1 benches/compare.sh [SIZE_MB]  also the profile-guided build of benches/pgo.sh
+#   PGO_BIN=PATH benches/compare.sh ... a PGO build made before, instead of building one
 #   RUNS=N benches/compare.sh ...       N rounds (default 3); each time is the median
 #
 # Tools that are not installed (ripgrep, GoAccess, fail2ban-regex: Debian packages) are
 # listed as skipped. Timings are wall-clock with a warm page cache; peak RSS (the largest
-# of the rounds) comes from GNU time. Every command runs once per round, all of them in
-# turn, so that a slow phase of the machine weighs on every row alike rather than on
+# of the rounds) comes from GNU time. Every command runs once per round, in an order
+# shuffled for each round, so that a slow phase of the machine weighs on every row alike rather than on
 # whichever command it fell on; single runs on a 2-core VM moved ratios by 20-40%.
 # Never used as a test assertion.
 set -euo pipefail
@@ -26,8 +27,8 @@ if [ ! -s "$corpus" ]; then
 fi
 cargo build --release --quiet
 lw=target/release/logwarden
-pgo=
-if [ "${PGO:-0}" = 1 ]; then
+pgo=${PGO_BIN:-}
+if [ -z "$pgo" ] && [ "${PGO:-0}" = 1 ]; then
     pgo=$(bash benches/pgo.sh | tail -1)
 fi
 bytes=$(stat -c %s "$corpus")
@@ -63,12 +64,16 @@ if [ -n "$pgo" ]; then
     run "logwarden PGO build, stdin" "cat '$corpus' | $pgo scan --output json"
 fi
 
-# Each round runs every command once; per command, one line per round: seconds, peak RSS
-# (KB). The output kept is the last round's.
+# Each round runs every command once, in an order of its own (shuffled with the round as
+# the seed): in a fixed order, the same command followed the long GoAccess and fail2ban
+# runs every round, and logwarden's file scan came out slower than its own stdin scan in
+# two runs of five rounds. Per command, one line per round: seconds, peak RSS (KB). The
+# output kept is the last round's.
 runs=${RUNS:-3}
 for round in $(seq "$runs"); do
     echo "round $round of $runs ..." >&2
-    for i in "${!commands[@]}"; do
+    order=$(python3 -c 'import random,sys; l=list(range(int(sys.argv[1]))); random.Random(int(sys.argv[2])).shuffle(l); print(*l)' "${#commands[@]}" "$round")
+    for i in $order; do
         tfile=target/compare/time.$$
         /usr/bin/time -f "%e %M" -o "$tfile" bash -c "${commands[$i]}" > "target/compare/out.$$.$i" 2>/dev/null || true
         cat "$tfile" >> "target/compare/times.$$.$i"
