@@ -12,9 +12,9 @@
 # Tools that are not installed (ripgrep, GoAccess, fail2ban-regex: Debian packages) are
 # listed as skipped. Timings are wall-clock with a warm page cache; peak RSS (the largest
 # of the rounds) comes from GNU time. Every command runs once per round, in an order
-# shuffled for each round, so that a slow phase of the machine weighs on every row alike rather than on
-# whichever command it fell on; single runs on a 2-core VM moved ratios by 20-40%.
-# Never used as a test assertion.
+# shuffled for each round, so that a slow phase of the machine weighs on every row alike
+# rather than on whichever command it fell on; single runs on a 2-core VM moved ratios by
+# 20-40%. Never used as a test assertion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1000}
