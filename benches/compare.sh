@@ -67,8 +67,8 @@ fi
 # Each round runs every command once, in an order of its own (shuffled with the round as
 # the seed): in a fixed order, the same command followed the long GoAccess and fail2ban
 # runs every round, and logwarden's file scan came out slower than its own stdin scan in
-# two runs of five rounds. Per command, one line per round: seconds, peak RSS (KB). The
-# output kept is the last round's.
+# a run of three rounds and one of five. Per command, one line per round: seconds, peak
+# RSS (KB). The output kept is the last round's.
 runs=${RUNS:-3}
 for round in $(seq "$runs"); do
     echo "round $round of $runs ..." >&2
