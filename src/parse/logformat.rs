@@ -139,6 +139,33 @@ enum Quotes {
 /// to 24 variables (ingress-nginx logs 17), so matching a line allocates nothing.
 pub type Captures<'a> = smallvec::SmallVec<[(Var, &'a [u8]); 24]>;
 
+/// What [`LogFormat::capture_into`] found in a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched<'a> {
+    /// The line does not have the format's shape.
+    No,
+    /// It does; every value is in the captures.
+    Items,
+    /// It does; the values of [`COMBINED_HEAD`] are here, the rest in the captures.
+    Head(CombinedHead<'a>),
+}
+
+/// The raw values of the first seven variables of `combined` (and of every format that
+/// begins like it): `$remote_addr`, `$remote_user`, `$time_local`, `$request`, `$status`,
+/// `$body_bytes_sent`, `$http_referer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CombinedHead<'a> {
+    /// In [`COMBINED_HEAD`]'s order.
+    pub values: [&'a [u8]; COMBINED_HEAD.len()],
+}
+
+impl<'a> CombinedHead<'a> {
+    /// Each value with its variable, as the item loop would capture them.
+    pub fn captures(&self) -> impl Iterator<Item = (Var, &'a [u8])> + '_ {
+        COMBINED_HEAD.iter().zip(self.values).map(|(&(_, _, var), value)| (var, value))
+    }
+}
+
 /// nginx's built-in `combined` format.
 pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
 /// The `main` format of nginx's stock nginx.conf and the official Docker image.
@@ -182,24 +209,36 @@ impl LogFormat {
     /// Matches a whole line; `None` when the line does not have this format's shape.
     pub fn captures<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
         let mut caps = Captures::new();
-        self.capture_into(line, &mut caps).then_some(caps)
+        match self.capture_into(line, &mut caps) {
+            Matched::No => None,
+            Matched::Items => Some(caps),
+            Matched::Head(head) => {
+                caps.insert_many(0, head.captures());
+                Some(caps)
+            }
+        }
     }
 
-    /// [`LogFormat::captures`] into `caps` (cleared first); false when the line does not
-    /// have this format's shape. The hot path: the captures are not moved around.
-    pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> bool {
+    /// [`LogFormat::captures`] into `caps` (cleared first). The hot path: when the
+    /// combined head's shortcut matched, its values come back apart ([`Matched::Head`])
+    /// and `caps` holds only the values after it, so neither is pushed and then looked
+    /// up by variable again.
+    pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> Matched<'a> {
         caps.clear();
         let quote_free = match self.quotes(line) {
-            Quotes::Impossible => return false,
+            Quotes::Impossible => return Matched::No,
             quotes => quotes == Quotes::OnlyLiterals,
         };
         if quote_free && self.combined_head {
-            if let Some(pos) = match_combined_head(line, caps) {
-                return self.match_items_from(line, caps, true, pos, HEAD_ITEMS).is_some();
+            if let Some((head, pos)) = match_combined_head(line) {
+                let rest = self.match_items_from(line, caps, true, pos, HEAD_ITEMS);
+                return if rest.is_some() { Matched::Head(head) } else { Matched::No };
             }
-            caps.clear();
         }
-        self.match_items(line, caps, quote_free).is_some()
+        match self.match_items(line, caps, quote_free) {
+            Some(()) => Matched::Items,
+            None => Matched::No,
+        }
     }
 
     /// [`LogFormat::captures`] by the item loop alone, never the combined head's
@@ -353,36 +392,34 @@ impl LogFormat {
 }
 
 /// Matches [`COMBINED_HEAD`] at the start of a line whose only quotes are the format's
-/// own, and returns where the user agent starts. Each separator is looked for once, at
-/// its first candidate: `None` means "not decided here", never "no match", and the item
-/// loop then decides. Where it answers, the answer is the item loop's (property-tested).
-fn match_combined_head<'a>(line: &'a [u8], caps: &mut Captures<'a>) -> Option<usize> {
+/// own, and returns its values and where the user agent starts. Each separator is looked
+/// for once, at its first candidate: `None` means "not decided here", never "no match",
+/// and the item loop then decides. Where it answers, the answer is the item loop's
+/// (property-tested).
+fn match_combined_head(line: &[u8]) -> Option<(CombinedHead<'_>, usize)> {
     // Written out item by item: each call then compares a separator of known length,
     // unrolled, instead of looping over the bytes of one that could be any length.
     let mut at = 0;
-    head_item(line, &mut at, COMBINED_HEAD[0], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[1], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[2], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[3], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[4], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[5], caps)?;
-    head_item(line, &mut at, COMBINED_HEAD[6], caps)?;
-    Some(at)
+    let values = [
+        head_item(line, &mut at, COMBINED_HEAD[0])?,
+        head_item(line, &mut at, COMBINED_HEAD[1])?,
+        head_item(line, &mut at, COMBINED_HEAD[2])?,
+        head_item(line, &mut at, COMBINED_HEAD[3])?,
+        head_item(line, &mut at, COMBINED_HEAD[4])?,
+        head_item(line, &mut at, COMBINED_HEAD[5])?,
+        head_item(line, &mut at, COMBINED_HEAD[6])?,
+    ];
+    Some((CombinedHead { values }, at))
 }
 
-/// One variable of [`COMBINED_HEAD`] and the separator after it, from `at` on.
+/// One variable's value in [`COMBINED_HEAD`] and the separator after it, from `at` on.
 #[inline(always)]
-fn head_item<'a>(
-    line: &'a [u8],
-    at: &mut usize,
-    item: (&[u8], usize, Var),
-    caps: &mut Captures<'a>,
-) -> Option<()> {
-    let (separator, key, var) = item;
+fn head_item<'a>(line: &'a [u8], at: &mut usize, item: (&[u8], usize, Var)) -> Option<&'a [u8]> {
+    let (separator, key, _) = item;
     let start = first_candidate(line, *at, separator, key)?;
-    caps.push((var, &line[*at..start]));
+    let value = &line[*at..start];
     *at = start + separator.len();
-    Some(())
+    Some(value)
 }
 
 /// Where `separator` first occurs at or after `from`, if at the first place its byte
