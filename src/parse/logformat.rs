@@ -229,11 +229,12 @@ impl LogFormat {
             Quotes::Impossible => return Matched::No,
             quotes => quotes == Quotes::OnlyLiterals,
         };
-        if quote_free && self.combined_head {
-            if let Some((head, pos)) = match_combined_head(line) {
-                let rest = self.match_items_from(line, caps, true, pos, HEAD_ITEMS);
-                return if rest.is_some() { Matched::Head(head) } else { Matched::No };
-            }
+        if quote_free
+            && self.combined_head
+            && let Some((head, pos)) = match_combined_head(line)
+        {
+            let rest = self.match_items_from(line, caps, true, pos, HEAD_ITEMS);
+            return if rest.is_some() { Matched::Head(head) } else { Matched::No };
         }
         match self.match_items(line, caps, quote_free) {
             Some(()) => Matched::Items,
