@@ -136,6 +136,8 @@ fn the_cronjobs_command_scans_loki_and_writes_a_bundle_and_the_state() {
         .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
         .envs(&env)
         .env("LOGWARDEN_LOKI_URL", &loki.url)
+        // `readOnlyRootFilesystem: true`: no temporary file may go anywhere but the volumes.
+        .env("TMPDIR", root.path().join("read-only-root"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
