@@ -33,10 +33,8 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
     let mut uri: Option<&[u8]> = None;
     let mut args: Option<&[u8]> = None;
     for &(var, raw) in &caps {
-        if is_empty(raw) {
-            continue;
-        }
         match var {
+            Var::Uri | Var::Args if is_empty(raw) => {}
             Var::Uri => uri = Some(raw),
             Var::Args => args = Some(raw),
             _ => apply(record, var, raw, &line, format.escape)?,
@@ -57,23 +55,11 @@ fn apply_head<'a>(
     escape: Escape,
 ) -> Option<()> {
     let [addr, user, time, request, status, _, _] = head.values;
-    apply_value(record, Var::RemoteAddr, addr, line, escape)?;
-    apply_value(record, Var::RemoteUser, user, line, escape)?;
-    apply_value(record, Var::TimeLocal, time, line, escape)?;
-    apply_value(record, Var::Request, request, line, escape)?;
-    apply_value(record, Var::Status, status, line, escape)
-}
-
-/// [`apply`] unless nginx logged the value as empty.
-#[inline(always)]
-fn apply_value<'a>(
-    record: &mut Record<'a>,
-    var: Var,
-    raw: &'a [u8],
-    line: &LineText<'a>,
-    escape: Escape,
-) -> Option<()> {
-    if is_empty(raw) { Some(()) } else { apply(record, var, raw, line, escape) }
+    apply(record, Var::RemoteAddr, addr, line, escape)?;
+    apply(record, Var::RemoteUser, user, line, escape)?;
+    apply(record, Var::TimeLocal, time, line, escape)?;
+    apply(record, Var::Request, request, line, escape)?;
+    apply(record, Var::Status, status, line, escape)
 }
 
 /// nginx logs `-` for an empty value.
@@ -81,7 +67,8 @@ fn is_empty(raw: &[u8]) -> bool {
     raw.is_empty() || raw == b"-"
 }
 
-/// Stores one variable's value; `None` when a value that must be valid is not.
+/// Stores one variable's value, unless nginx logged it as empty; `None` when a value that
+/// must be valid is not.
 #[inline(always)]
 fn apply<'a>(
     record: &mut Record<'a>,
@@ -90,6 +77,9 @@ fn apply<'a>(
     line: &LineText<'a>,
     escape: Escape,
 ) -> Option<()> {
+    if is_empty(raw) {
+        return Some(());
+    }
     let decoded = || line.decode(raw, escape);
     match var {
         Var::RemoteAddr => record.remote_addr = Some(parse_ip(raw)?),
