@@ -22,6 +22,9 @@ pub enum Error {
     /// Writing the result failed.
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),
+    /// A review bundle could not be written (nothing of it was left in its place).
+    #[error("review bundle {path}: {message}")]
+    Bundle { path: PathBuf, message: String },
 }
 
 impl Error {

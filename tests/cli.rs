@@ -169,3 +169,74 @@ fn a_client_proposed_at_a_low_4xx_threshold_comes_with_its_lines() {
         assert!(!client["samples"].as_array().unwrap().is_empty(), "{threads} threads: {client}");
     }
 }
+
+fn scan_into(out: &Path, extra: &[&str]) -> std::process::Output {
+    logwarden()
+        .args(["scan", "--output", "json", "--namespace", "web", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A bundle written again to the same `--out` is the new bundle alone: the first run's
+/// ConfigMap patch and its apply script (made with `--current`) must not be left beside a
+/// report that proposes no patch, where a reviewer would run them.
+#[test]
+fn a_bundle_written_over_another_keeps_none_of_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let first = scan_into(
+        &out,
+        &["--current", "fixtures/remedy/nginx-config.json", INCIDENT[0], INCIDENT[1], INCIDENT[2]],
+    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(out.join("apply-blocklist.sh").exists());
+    let second = scan_into(&out, &[INCIDENT[1]]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    for stale in [
+        "apply-blocklist.sh",
+        "blocklist.patch.json",
+        "rollback-blocklist.sh",
+        "blocklist-rollback.nginx.conf",
+    ] {
+        assert!(!out.join(stale).exists(), "{stale} of the first bundle is still there");
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["stats"]["lines"],
+        serde_json::from_slice::<Value>(&second.stdout).unwrap()["stats"]["lines"]
+    );
+    assert!(readme.contains("no ConfigMap patch"), "{readme}");
+    // Nothing is left of the staging or of the bundle moved aside.
+    assert_eq!(names_in(dir.path()), ["bundle"]);
+}
+
+/// `--out` naming a directory that holds anything but bundle files is refused before a
+/// byte is written: the bundle replaces an earlier one whole, and must never remove a
+/// file it did not write.
+#[test]
+fn a_bundle_is_never_written_over_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notes");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("todo.txt"), "keep me\n").unwrap();
+    std::fs::write(out.join("report.md"), "mine\n").unwrap();
+    let run = scan_into(&out, &[INCIDENT[0]]);
+    assert_eq!(run.status.code(), Some(2), "{}", String::from_utf8_lossy(&run.stderr));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("todo.txt") && err.contains("--out"), "{err}");
+    assert_eq!(names_in(&out), ["report.md", "todo.txt"]);
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), "mine\n");
+    assert_eq!(names_in(dir.path()), ["notes"]);
+}

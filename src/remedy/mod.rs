@@ -310,14 +310,114 @@ fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
     s
 }
 
+/// Writes the bundle's files into `dir` as a whole. They go into a new directory beside it
+/// first, synced, which is then renamed into place: a reader never finds a bundle half
+/// written, or mixed with an earlier bundle's files (a stale `apply-blocklist.sh` beside a
+/// report that proposes no patch). An existing `dir` is replaced only when it is empty or
+/// holds nothing but bundle files, so no other file is ever removed.
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
-    let io = |source| Error::Input { path: dir.to_path_buf(), source };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let fail = |message: String| Error::Bundle { path: dir.to_path_buf(), message };
+    let replaced = replaceable(dir).map_err(fail)?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".logwarden-bundle-")
+        .tempdir_in(parent)
+        .map_err(|e| fail(format!("creating a directory in {}: {e}", parent.display())))?;
     for (name, content) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, content).map_err(|source| Error::Input { path: path.clone(), source })?;
+        write_synced(&staging.path().join(name), content)
+            .map_err(|e| fail(format!("writing {name}: {e}")))?;
+    }
+    // Written in full: from here the staging directory must outlive this function.
+    let staged = staging.keep();
+    put_in_place(&staged, dir, replaced, parent).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged);
+        fail(e)
+    })
+}
+
+/// The files a bundle may hold; a directory holding anything else is not one.
+const BUNDLE_FILES: [&str; 13] = [
+    "report.json",
+    "report.md",
+    "README.md",
+    "blocklist.patch.json",
+    "blocklist.guard.json",
+    "apply-blocklist.sh",
+    "rollback-blocklist.patch.json",
+    "rollback-blocklist.guard.json",
+    "rollback-blocklist.sh",
+    "blocklist.nginx.conf",
+    "blocklist-rollback.nginx.conf",
+    "account-lock.sql",
+    "account-unlock.sql",
+];
+
+/// Whether `dir` exists (and so is to be replaced); an error when it holds anything that
+/// is not a bundle file.
+fn replaceable(dir: &Path) -> std::result::Result<bool, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("{e} (--out names the directory to write the bundle to)")),
+        Ok(entries) => entries,
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !BUNDLE_FILES.iter().any(|f| name == *f) {
+            return Err(format!(
+                "exists and holds {name:?}, which is not a bundle file; nothing was written (choose a new --out, \
+                 or empty this directory)"
+            ));
+        }
+    }
+    Ok(true)
+}
+
+fn write_synced(path: &Path, content: &str) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut file, content.as_bytes())?;
+    file.sync_all()
+}
+
+/// Renames the written bundle `staged` to `dir`, moving an earlier bundle there aside
+/// first and removing it once the new one is in place.
+fn put_in_place(staged: &Path, dir: &Path, replaced: bool, parent: &Path) -> std::result::Result<(), String> {
+    let aside = if replaced {
+        let aside = tempfile::Builder::new()
+            .prefix(".logwarden-bundle-old-")
+            .tempdir_in(parent)
+            .map_err(|e| format!("making room for the earlier bundle: {e}"))?
+            .keep();
+        // Renaming a directory onto an empty one replaces it.
+        std::fs::rename(dir, &aside).map_err(|e| format!("moving the earlier bundle aside: {e}"))?;
+        Some(aside)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(staged, dir) {
+        if let Some(aside) = &aside {
+            let _ = std::fs::rename(aside, dir);
+        }
+        return Err(format!("moving the new bundle into place: {e}"));
+    }
+    sync_dir(parent);
+    if let Some(aside) = aside {
+        let _ = std::fs::remove_dir_all(aside);
     }
     Ok(())
+}
+
+/// Makes a rename in `dir` durable, where the platform allows (best effort: the bundle is
+/// complete either way, only whether it survives a crash of the machine is at stake).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// FNV-1a: a stable id for the bundle, derived from its report.
