@@ -220,6 +220,12 @@ fn a_bundle_written_over_another_keeps_none_of_its_files() {
     assert!(readme.contains("no ConfigMap patch"), "{readme}");
     // Nothing is left of the staging or of the bundle moved aside.
     assert_eq!(names_in(dir.path()), ["bundle"]);
+    // Made as `mkdir` makes a directory (the umask decides), not private like a temporary one.
+    let made = dir.path().join("made");
+    std::fs::create_dir(&made).unwrap();
+    let mode =
+        |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    assert_eq!(mode(&out), mode(&made));
 }
 
 /// `--out` naming a directory that holds anything but bundle files is refused before a

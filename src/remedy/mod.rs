@@ -323,8 +323,7 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".logwarden-bundle-")
+    let staging = staging_builder(".logwarden-bundle-")
         .tempdir_in(parent)
         .map_err(|e| fail(format!("creating a directory in {}: {e}", parent.display())))?;
     for (name, content) in files {
@@ -388,14 +387,12 @@ fn write_synced(path: &Path, content: &str) -> std::io::Result<()> {
 /// first and removing it once the new one is in place.
 fn put_in_place(staged: &Path, dir: &Path, replaced: bool, parent: &Path) -> std::result::Result<(), String> {
     let aside = if replaced {
-        let aside = tempfile::Builder::new()
-            .prefix(".logwarden-bundle-old-")
+        let aside = staging_builder(".logwarden-bundle-old-")
             .tempdir_in(parent)
-            .map_err(|e| format!("making room for the earlier bundle: {e}"))?
-            .keep();
+            .map_err(|e| format!("making room for the earlier bundle: {e}"))?;
         // Renaming a directory onto an empty one replaces it.
-        std::fs::rename(dir, &aside).map_err(|e| format!("moving the earlier bundle aside: {e}"))?;
-        Some(aside)
+        std::fs::rename(dir, aside.path()).map_err(|e| format!("moving the earlier bundle aside: {e}"))?;
+        Some(aside.keep())
     } else {
         None
     };
@@ -410,6 +407,16 @@ fn put_in_place(staged: &Path, dir: &Path, replaced: bool, parent: &Path) -> std
         let _ = std::fs::remove_dir_all(aside);
     }
     Ok(())
+}
+
+/// A directory beside the bundle's, made as `mkdir` would make it (the umask decides, as
+/// for a directory created in place; a temporary directory is otherwise private).
+fn staging_builder(prefix: &str) -> tempfile::Builder<'_, '_> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    builder
 }
 
 /// Makes a rename in `dir` durable, where the platform allows (best effort: the bundle is
