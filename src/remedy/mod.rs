@@ -338,7 +338,9 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
     })
 }
 
-/// The files a bundle may hold; a directory holding anything else is not one.
+/// The files a bundle may hold; a directory holding anything else is not one. A file
+/// added to bundles must be added here, or a bundle could not be written over one that
+/// has it (tests/cli.rs writes a bundle with every file over another).
 const BUNDLE_FILES: [&str; 13] = [
     "report.json",
     "report.md",
@@ -377,6 +379,7 @@ fn replaceable(dir: &Path) -> std::result::Result<bool, String> {
     Ok(true)
 }
 
+/// Writes `content` to a new file at `path` and waits until it is on disk.
 fn write_synced(path: &Path, content: &str) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     std::io::Write::write_all(&mut file, content.as_bytes())?;
