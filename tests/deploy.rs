@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::fake_loki::{FakeLoki, FakeStream};
-use support::{INCIDENT, kubectl};
+use support::kubectl;
 
 /// Every object of `deploy/cronjob.yaml`, as kubectl decodes it.
 fn manifest_objects() -> Vec<Value> {
@@ -89,18 +89,7 @@ fn volumes_as_dirs(container: &Value, root: &Path) -> Vec<(String, PathBuf)> {
 fn web_streams() -> Vec<FakeStream> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     let start = now - 600 * 1_000_000_000;
-    let labels = [("nginx", INCIDENT[0]), ("nginx", INCIDENT[1]), ("backend", INCIDENT[2])];
-    labels
-        .into_iter()
-        .map(|(container, path)| {
-            let mut stream = FakeStream::new(&[("namespace", "web"), ("container", container)]);
-            let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
-            for (i, line) in text.lines().enumerate() {
-                stream.push(start + i as i64 * 1_000_000, line);
-            }
-            stream
-        })
-        .collect()
+    support::incident_streams(&[("namespace", "web")], |i| start + i as i64 * 1_000_000)
 }
 
 #[test]

@@ -171,19 +171,8 @@ fn a_slow_answer_times_out_and_is_retried() {
 }
 
 fn streams_of_incident() -> Vec<FakeStream> {
-    let mut access = FakeStream::new(&[("container", "nginx"), ("stream", "stdout")]);
-    let mut error = FakeStream::new(&[("container", "nginx"), ("stream", "stderr")]);
-    let mut backend = FakeStream::new(&[("container", "backend"), ("stream", "stdout")]);
-    for (stream, path) in [(&mut access, INCIDENT[0]), (&mut error, INCIDENT[1]), (&mut backend, INCIDENT[2])]
-    {
-        let text =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
-        for (i, line) in text.lines().enumerate() {
-            // Shippers stamp at ingestion; a few lines share each nanosecond.
-            stream.push(BASE + (i as i64 / 4) * 1_000, line);
-        }
-    }
-    vec![access, error, backend]
+    // Shippers stamp at ingestion; a few lines share each nanosecond.
+    support::incident_streams(&[], |i| BASE + (i as i64 / 4) * 1_000)
 }
 
 fn scan_loki(loki: &FakeLoki, extra: &[&str]) -> Output {

@@ -18,6 +18,32 @@ pub const INCIDENT: [&str; 3] = [
     "fixtures/incident/backend.log",
 ];
 
+/// The bundled incident as Loki streams: the nginx access log on `container="nginx"`
+/// stdout, its error log on stderr, the backend's log on `container="backend"` stdout,
+/// each with the `extra` labels too; the `i`th line of a file is stamped `stamp(i)` (ns).
+pub fn incident_streams(extra: &[(&str, &str)], stamp: impl Fn(usize) -> i64) -> Vec<fake_loki::FakeStream> {
+    let streams = [
+        ("nginx", "stdout", INCIDENT[0]),
+        ("nginx", "stderr", INCIDENT[1]),
+        ("backend", "stdout", INCIDENT[2]),
+    ];
+    streams
+        .into_iter()
+        .map(|(container, output, path)| {
+            let labels: Vec<(&str, &str)> = [("container", container), ("stream", output)]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            let mut stream = fake_loki::FakeStream::new(&labels);
+            let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                stream.push(stamp(i), line);
+            }
+            stream
+        })
+        .collect()
+}
+
 /// Runs logwarden from the repository root.
 pub fn logwarden() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logwarden"));
