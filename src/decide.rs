@@ -63,10 +63,11 @@ pub struct ClientReport {
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spared: Option<String>,
-    /// Top accounts, paths and user agents count the client's requests from the piece of
-    /// evidence that gave it a full record on (its fifth 4xx, or its first failed login or
-    /// rule hit): a client with less is counted in compact form, without them (see
-    /// [`crate::aggregate::bounded`]); so are its samples.
+    /// Top paths and user agents count the client's requests from the piece of evidence
+    /// that gave it a full record on (its fifth 4xx answer or failed login, or its first
+    /// other rule hit): a client with less is counted in compact form, without them (see
+    /// [`crate::aggregate::bounded`]); so are its samples. Accounts count every failed
+    /// login, the compact entry's included.
     pub accounts: Vec<(String, u64)>,
     pub top_paths: Vec<(String, u64)>,
     pub top_user_agents: Vec<(String, u64)>,
@@ -198,9 +199,9 @@ pub fn decide(
     rules: &RuleSet,
 ) -> ScanReport {
     agg.settle();
-    // Light entries hold at most a few events (`LIGHT_EVENTS`, fewer than the 4xx
-    // threshold when a scan sets its limits with `Limits::below_4xx_threshold`): judged
-    // only when a threshold is that low. The rest (most clients: they never sent any
+    // Light entries hold at most a few events (`LIGHT_EVENTS`, fewer than the 4xx and
+    // failed-login thresholds when a scan sets its limits with `Limits::below_threshold`):
+    // judged only when a threshold is that low. The rest (most clients: they never sent any
     // evidence) can cross no threshold; only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
@@ -274,11 +275,11 @@ fn drop_elsewhere<T: Send + 'static>(garbage: T) {
     let _ = std::thread::Builder::new().name("drop".into()).spawn(move || drop(garbage));
 }
 
-/// The 4xx answers in the busiest window of `l`'s events, as its record would count them
-/// ([`client_verdict`]'s `window_4xx`).
-fn light_window_4xx(l: &Light, window: i64) -> u64 {
+/// The busiest window of `l`'s failed logins (`failed: true`) or 4xx answers, as its
+/// record would count them ([`client_verdict`]'s `window_auth_failures`, `window_4xx`).
+fn light_window(l: &Light, window: i64, failed: bool) -> u64 {
     let mut times = crate::aggregate::window::EventTimes::default();
-    l.events().iter().for_each(|e| times.add(e.time()));
+    l.events().iter().filter(|e| e.rule().is_some() == failed).for_each(|e| times.add(e.time()));
     times.busiest(window).0
 }
 
@@ -288,11 +289,11 @@ fn most_notable_quiet(quiet: Vec<(ClientKey, Light)>, t: &Thresholds) -> Vec<(Cl
     if quiet.len() <= REPORT_CLIENTS {
         return quiet;
     }
-    // A light entry holds no failed logins, rule hits or top lists: of its verdict only
-    // the busiest window of its 4xx answers can be other than zero. Counted from its
-    // events alone: a record and a verdict built for each of tens of thousands of quiet
-    // clients were most of a scan's serial tail.
-    let rank = |l: &Light| (0, light_window_4xx(l, t.window), l.requests);
+    // A light entry holds no other rule hits or top lists: of its verdict only the busiest
+    // windows of its failed logins and 4xx answers can be other than zero. Counted from
+    // its events alone: a record and a verdict built for each of tens of thousands of
+    // quiet clients were most of a scan's serial tail.
+    let rank = |l: &Light| (light_window(l, t.window, true), light_window(l, t.window, false), l.requests);
     let mut ranked: Vec<((u64, u64, u64), ClientKey, Light)> =
         quiet.into_iter().map(|(k, l)| (rank(&l), k, l)).collect();
     ranked.select_nth_unstable_by(REPORT_CLIENTS, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -650,16 +651,22 @@ mod quiet_rank_tests {
     proptest::proptest! {
         /// The quiet list's rank counts a light entry's busiest window as its record would.
         #[test]
-        fn a_light_entry_is_ranked_by_the_window_its_record_would_report(
-            times in proptest::collection::vec(proptest::option::weighted(0.9, 0i64..2_000), 0..=4),
+        fn a_light_entry_is_ranked_by_the_windows_its_record_would_report(
+            events in proptest::collection::vec(
+                (proptest::option::weighted(0.9, 0i64..2_000), proptest::bool::ANY), 0..=4),
             window in 1i64..1_200,
         ) {
-            let events = times.iter().map(|t| LightEvent::new(*t, Some(7)));
-            let l = Light::with_events(times.len() as u64, [(404, times.len() as u64)], (None, None), events, 0);
+            let failed = RULES.find("backend-auth-failed").unwrap();
+            let answers = events.iter().filter(|(_, login)| !login).count() as u64;
+            let events = events.iter().map(|&(t, login)| match login {
+                true => LightEvent::failed_login(failed, t, None),
+                false => LightEvent::new(t, Some(7)),
+            });
+            let l = Light::with_events(answers, [(404, answers)], (None, None), events, 0);
             let t = Thresholds { window, ..Thresholds::default() };
             let v = client_verdict(&mut ClientStats::from_light(l.clone()), &t, &RULES);
-            proptest::prop_assert_eq!(light_window_4xx(&l, window), v.window_4xx);
-            proptest::prop_assert_eq!(v.window_auth_failures, 0);
+            proptest::prop_assert_eq!(light_window(&l, window, false), v.window_4xx);
+            proptest::prop_assert_eq!(light_window(&l, window, true), v.window_auth_failures);
         }
     }
 }

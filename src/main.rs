@@ -383,7 +383,8 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     };
     let spare = spare_policy(&args)?;
     let mut config = scan_config(&args.input)?;
-    config.limits = config.limits.below_4xx_threshold(thresholds.client_4xx);
+    // A compact entry's events are 4xx answers and failed logins, so the lower bar caps them.
+    config.limits = config.limits.below_threshold(thresholds.client_4xx.min(thresholds.client_auth_failures));
     let reads_stdin = args.input.paths.is_empty() || args.input.paths.iter().any(|p| p.as_os_str() == "-");
     if reads_stdin && args.remedy.current.as_deref().is_some_and(|p| p.as_os_str() == "-") {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");

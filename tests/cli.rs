@@ -170,6 +170,36 @@ fn a_client_proposed_at_a_low_4xx_threshold_comes_with_its_lines() {
     }
 }
 
+#[test]
+fn a_client_proposed_at_a_low_failed_login_threshold_comes_with_its_lines() {
+    // Compact entries keep a client's first failed logins without their lines too; the
+    // lower of the 4xx and failed-login thresholds caps them.
+    let mut log = String::new();
+    for i in 0..300 {
+        let line = |ip: &str, event| {
+            format!(
+                "{{\"ts\":\"2023-11-14T22:13:{:02}Z\",\"event\":\"{event}\",\"user\":\"u{i}\",\"client_ip\":\"{ip}\"}}\n",
+                i % 60
+            )
+        };
+        log.push_str(&line(&format!("198.51.100.{}", i % 200), "auth.succeeded"));
+        if i % 100 == 0 {
+            log.push_str(&line("203.0.113.9", "auth.failed"));
+        }
+    }
+    for threads in ["1", "2"] {
+        let doc = scan_json(&["--max-auth-failures", "3", "--threads", threads], Some(log.clone().into()));
+        assert_eq!(doc["blocklist"], serde_json::json!(["203.0.113.9"]), "{threads} threads");
+        let client = &doc["ips"][0];
+        let failed = client["window_auth_failures"].as_u64();
+        assert_eq!((client["ip"].as_str(), failed), (Some("203.0.113.9"), Some(3)));
+        assert!(!client["samples"].as_array().unwrap().is_empty(), "{threads} threads: {client}");
+        let tried: Vec<&str> =
+            client["accounts"].as_array().unwrap().iter().map(|a| a[0].as_str().unwrap()).collect();
+        assert_eq!(tried.len(), 3, "the compact entry's accounts are listed too: {client}");
+    }
+}
+
 fn scan_into(out: &Path, extra: &[&str]) -> std::process::Output {
     logwarden()
         .args(["scan", "--output", "json", "--namespace", "web", "--out"])

@@ -5,11 +5,14 @@
 //! folded into an approximate summary (a count-min sketch of their evidence) until the
 //! table is back to three quarters full.
 //!
-//! Every client starts as a [`Light`] entry, which also keeps its first [`LIGHT_EVENTS`] 4xx
-//! answers exactly (time and path); it gets a full record with the next piece of evidence
-//! or its first rule hit. Most clients of ordinary traffic draw a stray 404 or two (a
-//! favicon, a stale link): giving each a full record at its first made that record, its
-//! top lists and their cache misses most of a scan's time. A full record thus always holds
+//! Every client starts as a [`Light`] entry, which also keeps its first [`LIGHT_EVENTS`]
+//! pieces of evidence exactly: 4xx answers (time and path) and failed logins (time, rule
+//! and account); it gets a full record with the next piece of evidence or its first other
+//! rule hit. Most clients of ordinary traffic draw a stray 404 or two (a favicon, a stale
+//! link): giving each a full record at its first made that record, its top lists and their
+//! cache misses most of a scan's time. A botnet spraying passwords sends one or two failed
+//! logins per address: a full record each, made and then folded, cost ~12,000 instructions
+//! a line. A full record thus always holds
 //! more than a light entry can, and a folded one goes to the sketch; light entries are
 //! folded into it too when their own table is full. Keeping a client's first events
 //! exactly means a sprayed stream can interleave an attacker's requests with hundreds of
@@ -28,7 +31,10 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+
+use crate::detect::RuleId;
 
 /// Units of [`BYTES_PER_ENTRY`] kept exactly, per table (light entries: entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +43,8 @@ pub struct Limits {
     /// Clients without a full record, in compact form.
     pub light: usize,
     pub accounts: usize,
-    /// 4xx answers a compact entry keeps as events, at most [`LIGHT_EVENTS`]: fewer when
-    /// the 4xx threshold is that low ([`Limits::below_4xx_threshold`]).
+    /// Pieces of evidence a compact entry keeps as events, at most [`LIGHT_EVENTS`]: fewer
+    /// when a threshold is that low ([`Limits::below_threshold`]).
     pub light_events: usize,
 }
 
@@ -46,10 +52,12 @@ pub struct Limits {
 /// under the default memory bound, two sent about 10,000 clients with three 4xx answers into
 /// the approximate sketch.
 pub const LIGHT_EVENTS: usize = 4;
-/// Estimated bytes of one light entry in its map: 80 with its key, the map's spare room
-/// and the copy made while it grows; kept high so that folding, not the allocator, is
-/// what a spray of addresses runs into.
-pub const BYTES_PER_LIGHT: usize = 256;
+/// Estimated bytes of one light entry that holds evidence: 80 in its map with its key, the
+/// map's spare room and the copy made while it grows, and 208 behind its pointer (the
+/// events, and the names of failed logins). Sprays of one-off addresses peaked at ~650
+/// bytes an entry (RSS over entries, one event each), and 256 let such a spray take more
+/// than twice the light quarter of `--max-memory`. A quiet entry holds far less.
+pub const BYTES_PER_LIGHT: usize = 512;
 
 /// The unit a full record is charged in, and the least it is charged: an ordinary record,
 /// map overhead and allocator included, measured on this machine at about 1.7 KB for a
@@ -77,11 +85,11 @@ impl Limits {
         }
     }
 
-    /// These limits, with compact entries keeping fewer 4xx answers than `threshold`: the
-    /// answer that crosses it then lands in a full record, which keeps its line as a
-    /// sample (a compact entry keeps no lines), so no client is proposed without evidence
-    /// to show.
-    pub fn below_4xx_threshold(self, threshold: u64) -> Limits {
+    /// These limits, with compact entries keeping fewer events than `threshold` (the
+    /// lower of the 4xx and failed-login thresholds): the event that crosses it then lands
+    /// in a full record, which keeps its line as a sample (a compact entry keeps no
+    /// lines), so no client is proposed without evidence to show.
+    pub fn below_threshold(self, threshold: u64) -> Limits {
         let below = usize::try_from(threshold.saturating_sub(1)).unwrap_or(usize::MAX);
         Limits { light_events: self.light_events.min(below), ..self }
     }
@@ -298,8 +306,9 @@ pub fn recharge(charged: &mut usize, bytes: usize) -> isize {
 
 /// A client in compact form: its counts, and each evidence event exactly. Every client
 /// starts as one, and only gets a full record (top lists, samples, windows) with its
-/// fifth 4xx answer or first rule hit: most clients never send that much, and counting
-/// their requests this way costs one small entry instead of a full record.
+/// fifth piece of evidence (4xx answers and failed logins together) or first other rule
+/// hit: most clients never send that much, and counting their requests this way costs one
+/// small entry instead of a full record.
 ///
 /// There is one per distinct client, so its size is the scan's memory: 56 bytes, with
 /// room inline for the first four status codes a client is answered with (an ordinary
@@ -327,6 +336,10 @@ const NO_TIME: i64 = i64::MIN;
 struct Rare {
     statuses: Vec<(u16, u64)>,
     events: LightEvents,
+    /// The accounts of the failed logins among `events` that named one, in their order:
+    /// a full record made from this entry lists them among the accounts tried. The first
+    /// inline (a sprayed address fails once), and a name of up to 24 bytes in place.
+    users: smallvec::SmallVec<[CompactString; 1]>,
     /// The sketch's bound on evidence folded before (see `ClientStats::folded_evidence`).
     folded: u64,
     /// A worker of the scan holds a full record of this client (see
@@ -346,11 +359,14 @@ struct Mark {
 /// that has any.
 pub type LightEvents = smallvec::SmallVec<[LightEvent; LIGHT_EVENTS]>;
 
-/// One evidence event of a light entry, a 4xx answer: 24 bytes (with `Option`s, 40), as a
-/// light entry holds up to [`LIGHT_EVENTS`] of them. Failed logins and rule hits give a
-/// client a full record at once, so they are never light events.
+/// One evidence event of a light entry: a 4xx answer with its path's hash, or a failed
+/// login with its rule and its account's hash. 24 bytes (with `Option`s for both, 40), as
+/// a light entry holds up to [`LIGHT_EVENTS`] of them. Other rule hits give a client a full
+/// record at once, so they are never light events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LightEvent {
+    /// The rule that found a failed login; `None` for a 4xx answer.
+    rule: Option<RuleId>,
     has_value: bool,
     /// [`NO_TIME`] when the line had no time.
     time: i64,
@@ -361,14 +377,24 @@ impl LightEvent {
     /// A 4xx answer at `time` with the hash of its path.
     pub fn new(time: Option<i64>, value: Option<u64>) -> LightEvent {
         let time = time.unwrap_or(NO_TIME);
-        LightEvent { has_value: value.is_some(), time, value: value.unwrap_or(0) }
+        LightEvent { rule: None, has_value: value.is_some(), time, value: value.unwrap_or(0) }
+    }
+
+    /// A failed login found by `rule` at `time`, with the hash of its account's name.
+    pub fn failed_login(rule: RuleId, time: Option<i64>, account: Option<u64>) -> LightEvent {
+        LightEvent { rule: Some(rule), ..LightEvent::new(time, account) }
+    }
+
+    /// The rule of a failed login; `None` for a 4xx answer.
+    pub fn rule(&self) -> Option<RuleId> {
+        self.rule
     }
 
     pub fn time(&self) -> Option<i64> {
         (self.time != NO_TIME).then_some(self.time)
     }
 
-    /// The path's hash, when there was one.
+    /// The path's hash (a 4xx answer) or the account's (a failed login), when there was one.
     pub fn value(&self) -> Option<u64> {
         self.has_value.then_some(self.value)
     }
@@ -497,13 +523,38 @@ impl Light {
     /// with nothing counted, when this entry holds `most` events already (at most
     /// [`LIGHT_EVENTS`]) or is a mark: the client then needs a full record.
     pub fn take_evidence(&mut self, status: Option<u16>, event: LightEvent, most: usize) -> bool {
-        if self.events().len() >= most.min(LIGHT_EVENTS) || self.is_recorded() {
+        if !self.has_room(most) {
             return false;
         }
         self.seen(event.time());
         self.request(status);
         self.rare_mut().events.push(event);
         true
+    }
+
+    /// Counts a failed login (`event`, on a line that is no request) against `user`, as
+    /// [`Light::take_evidence`] counts a 4xx answer: false, with nothing counted, when
+    /// there is no room for it.
+    pub fn take_failed_login(&mut self, event: LightEvent, user: Option<&str>, most: usize) -> bool {
+        if !self.has_room(most) {
+            return false;
+        }
+        self.seen(event.time());
+        let rare = self.rare_mut();
+        rare.events.push(event);
+        rare.users.extend(user.map(CompactString::from));
+        true
+    }
+
+    /// Whether this entry can take another event: it holds fewer than `most` (at most
+    /// [`LIGHT_EVENTS`]) and is no mark.
+    fn has_room(&self, most: usize) -> bool {
+        self.events().len() < most.min(LIGHT_EVENTS) && !self.is_recorded()
+    }
+
+    /// The accounts of the failed logins among [`Light::events`] that named one, in order.
+    pub fn failed_login_users(&self) -> &[CompactString] {
+        self.rare.as_ref().map_or(&[], |r| &r.users)
     }
 
     /// Counts one request answered with `status` (which is not evidence).
@@ -550,6 +601,7 @@ impl Light {
         if let Some(theirs) = o.rare {
             let mine = self.rare_mut();
             mine.events.extend(theirs.events);
+            mine.users.extend(theirs.users);
             mine.folded = mine.folded.max(theirs.folded);
         }
         Ok(self)
@@ -736,7 +788,8 @@ mod tests {
     #[test]
     fn memory_limits_scale() {
         let l = Limits::for_memory(200 << 20);
-        assert!(l.clients > 20_000 && l.clients < 100_000 && l.light > 100_000, "{l:?}");
+        // The default bound keeps the ~60,000 clients of the 1 GB benchmark corpus light.
+        assert!(l.clients > 20_000 && l.clients < 100_000 && l.light > 75_000, "{l:?}");
         assert_eq!(l.share(2).clients, l.clients / 2);
     }
 }

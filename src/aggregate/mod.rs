@@ -483,8 +483,17 @@ impl ClientStats {
         }
         self.folded_evidence = self.folded_evidence.max(l.folded());
         merge_seen(&mut self.first_seen, &mut self.last_seen, l.first_seen(), l.last_seen());
+        let mut users = l.failed_login_users().iter();
         for e in l.events() {
-            self.count_4xx(e.time(), e.value());
+            match e.rule() {
+                None => self.count_4xx(e.time(), e.value()),
+                Some(rule) => {
+                    // Only events that named an account have one in `users`, in order.
+                    let user = e.value().and_then(|_| users.next()).map(|u| u.as_str());
+                    *self.rules.entry(rule).or_default() += 1;
+                    self.observe_auth_failure(e.time(), user);
+                }
+            }
         }
     }
 
@@ -850,24 +859,27 @@ impl Aggregator {
 
     /// Counts a line from a client without a full record in its light entry, when that
     /// holds all the line changes: a line that is no evidence (held back, see
-    /// [`QuietLine`]), or one of the first [`bounded::LIGHT_EVENTS`] 4xx answers. A rule
-    /// hit, or evidence beyond those, needs a record.
-    fn observe_light(&mut self, key: ClientKey, seen: &Seen<'_, '_>) -> Taken {
+    /// [`QuietLine`]), or one of the first [`bounded::LIGHT_EVENTS`] 4xx answers and
+    /// failed logins. Another rule hit, or evidence beyond those, needs a record.
+    fn observe_light(
+        &mut self,
+        key: ClientKey,
+        seen: &Seen<'_, '_>,
+        user: Option<&str>,
+        rules: &RuleSet,
+    ) -> Taken {
         let record = seen.record;
         if !is_evidence(seen) {
             self.hold_quiet(QuietLine::of(key, record));
             return Taken::Light;
         }
-        if !seen.hits.is_empty() {
-            return Taken::NeedsRecord;
-        }
-        let (event, most) = (event_4xx(record), self.limits.light_events);
+        let Some(evidence) = LightEvidence::of(seen, user, rules) else { return Taken::NeedsRecord };
+        let most = self.limits.light_events;
         if let Some(shared) = &self.shared_light {
-            let count = |l: &mut Light| count_light(l, record, event, most);
+            let count = |l: &mut Light| evidence.count(l, most);
             return observe_light_shared(shared, &mut self.summary, key, count);
         }
-        let l = self.light_entry(key);
-        count_light(l, record, event, most)
+        evidence.count(self.light_entry(key), most)
     }
 
     /// The light entry of `key`, created (and the table kept within its limit) if new.
@@ -936,8 +948,8 @@ impl Aggregator {
         let entries = self.clients.iter().map(|(k, c)| (c.evidence(), c.charged, (k, c.last_seen)));
         let plan = bounded::FoldPlan::weighted(entries, |(k, seen)| age(k, *seen), self.client_units, target);
         let (summary, units) = (&mut self.summary, &mut self.client_units);
-        // A full record holds more than a light entry can (a fifth 4xx or a rule hit: see
-        // `observe_light`), so a folded one goes to the sketch. Only its own evidence:
+        // A full record holds more than a light entry can (a fifth 4xx or failed login, or
+        // another rule hit: see `observe_light`), so a folded one goes to the sketch. Only its own evidence:
         // what it had before it was folded last is in the sketch already.
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
@@ -1004,7 +1016,7 @@ impl Aggregator {
         // One hash lookup for a client with a full record, the common case on a busy one.
         let c = match self.clients.get_mut(&key) {
             Some(c) => c,
-            None => match self.observe_light(key, seen) {
+            None => match self.observe_light(key, seen, user, rules) {
                 Taken::Light => return,
                 Taken::NeedsRecord => self.client(key),
             },
@@ -1256,13 +1268,51 @@ enum Taken {
     NeedsRecord,
 }
 
-/// Counts `record` in `l` with `event`, its evidence, unless `l` holds `most` events
-/// already (see [`Light::take_evidence`]).
-fn count_light(l: &mut Light, record: &Record<'_>, event: LightEvent, most: usize) -> Taken {
-    match l.take_evidence(record.status, event, most) {
-        true => Taken::Light,
-        false => Taken::NeedsRecord,
+/// The evidence of a line that a light entry can hold.
+#[derive(Clone, Copy)]
+enum LightEvidence<'u> {
+    /// A 4xx answer, with its status.
+    Answer4xx(LightEvent, Option<u16>),
+    /// A failed login on a line that is no request, with the account it named.
+    FailedLogin(LightEvent, Option<&'u str>),
+}
+
+impl<'u> LightEvidence<'u> {
+    /// The evidence of `seen` (an evidence line) as a light event, when it is one: a 4xx
+    /// answer with no rule hit, or the one hit of a [`light_failed_login`] rule on a line
+    /// that is no request. Anything else needs a full record.
+    fn of(seen: &Seen<'_, '_>, user: Option<&'u str>, rules: &RuleSet) -> Option<LightEvidence<'u>> {
+        let record = seen.record;
+        match seen.hits {
+            [] => Some(LightEvidence::Answer4xx(event_4xx(record), record.status)),
+            [hit] if record.kind != Some(RecordKind::Access) && light_failed_login(rules.rule(hit.rule)) => {
+                let account = user.map(|u| stable_hash(u.as_bytes()));
+                Some(LightEvidence::FailedLogin(
+                    LightEvent::failed_login(hit.rule, record.time, account),
+                    user,
+                ))
+            }
+            _ => None,
+        }
     }
+
+    /// Counts this in `l`, unless `l` holds `most` events already.
+    fn count(self, l: &mut Light, most: usize) -> Taken {
+        let taken = match self {
+            LightEvidence::Answer4xx(event, status) => l.take_evidence(status, event, most),
+            LightEvidence::FailedLogin(event, user) => l.take_failed_login(event, user, most),
+        };
+        if taken { Taken::Light } else { Taken::NeedsRecord }
+    }
+}
+
+/// A rule whose hits a light entry can hold: a failed login counted against the client,
+/// judged only by the scan's failed-login window (no threshold or aggregate of its own,
+/// which would need the record's per-rule series), as a full record counts it
+/// (`ClientStats::observe`).
+fn light_failed_login(rule: &crate::detect::Rule) -> bool {
+    let counted = matches!(rule.counts, Counts::Client | Counts::Both);
+    rule.auth_failure && counted && rule.threshold.is_none() && rule.aggregate.is_none()
 }
 
 /// The evidence event of a 4xx answer, as a full record counts it (`observe_request`).
@@ -1533,10 +1583,55 @@ mod tests {
                 s.drain_into(|_, _| handed += 1);
                 assert_eq!(handed, 0, "a mark that holds no lines hands nothing on");
             }
-            // A rule hit needs a record at once: a light entry keeps no rule events.
+            // Any other rule hit needs a record at once: a light entry keeps no such events.
             let hit = Hit { rule: rules.find("sql-injection").unwrap(), user: None, ip: None };
             line(&mut agg, &rules, b, 0, 200, "/?id=1' or 1=1", &[hit]);
             assert_eq!(agg.clients.len(), 2);
+        }
+    }
+
+    /// A failed login from `ip` at `t` against `user`, on an application's line, as
+    /// `backend-auth-failed` finds it.
+    fn failed_login(agg: &mut Aggregator, rules: &RuleSet, ip: [u8; 4], t: i64, user: &str) {
+        let record = Record {
+            kind: Some(RecordKind::Backend),
+            time: Some(1_700_000_000 + t),
+            remote_addr: Some(std::net::IpAddr::from(ip)),
+            user: Some(user.to_string().into()),
+            ..Record::default()
+        };
+        let hit = Hit { rule: rules.find("backend-auth-failed").unwrap(), user: None, ip: None };
+        let at = LineRef { source: "app", line: t as u64 };
+        let seen =
+            Seen { source: "app", at, format: "backend-json", raw: b"x", record: &record, hits: &[hit] };
+        agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
+    }
+
+    #[test]
+    fn failed_logins_wait_in_a_light_entry_and_reach_the_record_whole() {
+        let rules = RuleSet::builtin().unwrap();
+        let rule = rules.find("backend-auth-failed").unwrap();
+        let shared = Arc::new(SharedLights::new(1 << 20));
+        for shared in [None, Some(shared)] {
+            let mut agg = Aggregator { shared_light: shared.clone(), ..Aggregator::default() };
+            let a = [198, 18, 0, 1];
+            line(&mut agg, &rules, a, 0, 404, "/login", &[]);
+            (1..=3).for_each(|t| failed_login(&mut agg, &rules, a, t, if t == 2 { "root" } else { "admin" }));
+            assert!(agg.clients.is_empty(), "a 404 and three failed logins are a light entry's events");
+            failed_login(&mut agg, &rules, a, 4, "admin");
+            agg.settle();
+            let key = crate::client::ClientPolicy::default().key(std::net::IpAddr::from(a));
+            let c = agg.clients.get_mut(&key).expect("the fifth piece of evidence makes a record");
+            assert_eq!((c.requests, c.status_4xx, c.auth_failures, c.rules[&rule]), (1, 1, 4, 4));
+            assert_eq!(c.times_auth.busiest(600).0, 4, "the light events' times count");
+            assert_eq!(c.auth_accounts.most_distinct(600).0, 2, "and their accounts");
+            assert_eq!(c.accounts.top(5), vec![("admin".to_string(), 3), ("root".to_string(), 1)]);
+            assert_eq!((c.first_seen, c.last_seen), (Some(1_700_000_000), Some(1_700_000_004)));
+            assert_eq!(
+                c.samples.iter().map(|s| s.line).collect::<Vec<_>>(),
+                vec![4],
+                "the record's own line"
+            );
         }
     }
 
