@@ -166,14 +166,34 @@ fn scanner_corpus() -> Vec<u8> {
     out
 }
 
+/// A password spray: 100,000 addresses, one failed login each, all on one account (the
+/// application's JSON lines). Every address is a new client with evidence.
+fn password_spray_corpus() -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0u32..100_000 {
+        let [_, a, b, c] = i.to_be_bytes();
+        let (min, sec) = (i / 60 % 60, i % 60);
+        let line = format!(
+            "{{\"ts\":\"2024-01-15T10:{min:02}:{sec:02}Z\",\"event\":\"auth.failed\",\"user\":\"admin\",\"client_ip\":\"198.{a}.{b}.{c}\"}}\n"
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
 /// Aggregation alone: parsed and detected records into per-client and per-account
-/// evidence, for the incident corpus and for one scanning client.
+/// evidence, for the incident corpus, one scanning client and a password spray.
 fn aggregation(c: &mut Criterion) {
     let set = RuleSet::builtin().unwrap();
     let policy = ClientPolicy::default();
     let mut g = c.benchmark_group("aggregation");
     g.sample_size(10);
-    for (name, data) in [("observe", corpus()), ("one-scanner", scanner_corpus())] {
+    let cases = [
+        ("observe", corpus()),
+        ("one-scanner", scanner_corpus()),
+        ("password-spray", password_spray_corpus()),
+    ];
+    for (name, data) in cases {
         let records = detected_lines(&data, &set);
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(name, |b| b.iter(|| black_box(observe_all(&records, &set, &policy))));

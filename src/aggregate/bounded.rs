@@ -10,14 +10,14 @@
 //! and account); it gets a full record with the next piece of evidence or its first other
 //! rule hit. Most clients of ordinary traffic draw a stray 404 or two (a favicon, a stale
 //! link): giving each a full record at its first made that record, its top lists and their
-//! cache misses most of a scan's time. A botnet spraying passwords sends one or two failed
-//! logins per address: a full record each, made and then folded, cost ~12,000 instructions
-//! a line. A full record thus always holds
-//! more than a light entry can, and a folded one goes to the sketch; light entries are
-//! folded into it too when their own table is full. Keeping a client's first events
-//! exactly means a sprayed stream can interleave an attacker's requests with hundreds of
-//! thousands of one-off addresses and the attacker's count still comes out exact: the
-//! one-offs hold one event each and go first.
+//! cache misses most of a scan's time; so did a full record for each address of a botnet
+//! spraying passwords, one or two failed logins each (three times the time per line: see
+//! the performance log). A full record thus always holds more than a light entry can, and
+//! a folded one goes to the sketch; light entries are folded into it too when their own
+//! table is full. Keeping a client's first events exactly means a sprayed stream can
+//! interleave an attacker's requests with hundreds of thousands of one-off addresses and
+//! the attacker's count still comes out exact: the one-offs hold one event each and go
+//! first.
 //!
 //! Evidence decides who stays: a client with no 4xx, failed login or rule hit carries
 //! nothing a decision needs and goes first, so ordinary traffic never changes a proposal.
