@@ -148,27 +148,30 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
         blocklist_note: match &patch {
             Ok(()) => format!(
                 "{} written: {} new entr(y/ies) merged into the live value",
-                "blocklist.patch.json",
+                file::PATCH,
                 merged.added.len()
             ),
             Err(why) => why.clone(),
         },
         files: Vec::new(),
     };
-    let mut files: Vec<(&str, String)> = vec![("report.json", report_json)];
+    let mut files: Vec<(&str, String)> = vec![(file::REPORT_JSON, report_json)];
     if patch.is_ok() {
         files.extend(configmap_files(cfg, &merged, &bundle_id));
     }
-    files.push(("blocklist.nginx.conf", blocklist::nginx_include(&merged.value)));
+    files.push((file::NGINX_INCLUDE, blocklist::nginx_include(&merged.value)));
     if cfg.current.is_some() {
-        files.push(("blocklist-rollback.nginx.conf", blocklist::nginx_include(current_value.unwrap_or(""))));
+        files.push((file::NGINX_ROLLBACK, blocklist::nginx_include(current_value.unwrap_or(""))));
     }
-    files.push(("account-lock.sql", scripts.lock));
-    files.push(("account-unlock.sql", scripts.unlock));
-    plan.files =
-        files.iter().map(|(n, _)| n.to_string()).chain(["report.md".into(), "README.md".into()]).collect();
-    files.push(("report.md", markdown::render(report, &plan)));
-    files.push(("README.md", bundle_readme(cfg, &plan, patch.is_ok())));
+    files.push((file::LOCK_SQL, scripts.lock));
+    files.push((file::UNLOCK_SQL, scripts.unlock));
+    plan.files = files
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain([file::REPORT_MD.into(), file::README.into()])
+        .collect();
+    files.push((file::REPORT_MD, markdown::render(report, &plan)));
+    files.push((file::README, bundle_readme(cfg, &plan, patch.is_ok())));
     write_files(dir, &files)?;
     Ok(plan)
 }
@@ -221,25 +224,22 @@ fn configmap_files(
         |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialise") + "\n";
     let guarded = cfg.current.is_some();
     let mut files = vec![
-        ("blocklist.patch.json", pretty(&blocklist::merge_patch(key, Some(&merged.value)))),
-        ("rollback-blocklist.patch.json", pretty(&blocklist::merge_patch(key, merged.previous.as_deref()))),
-        ("rollback-blocklist.guard.json", pretty(&blocklist::guarded_rollback(key, merged))),
+        (file::PATCH, pretty(&blocklist::merge_patch(key, Some(&merged.value)))),
+        (file::ROLLBACK_PATCH, pretty(&blocklist::merge_patch(key, merged.previous.as_deref()))),
+        (file::ROLLBACK_GUARD, pretty(&blocklist::guarded_rollback(key, merged))),
     ];
     if guarded {
-        files.push((
-            "blocklist.guard.json",
-            pretty(&blocklist::guarded_patch(key, cfg.current.as_ref(), &merged.value)),
-        ));
+        files
+            .push((file::GUARD, pretty(&blocklist::guarded_patch(key, cfg.current.as_ref(), &merged.value))));
     }
-    let apply_patch = if guarded {
-        "--type json --patch-file blocklist.guard.json"
-    } else {
-        "--type merge --patch-file blocklist.patch.json"
+    let apply_patch = match guarded {
+        true => format!("--type json --patch-file {}", file::GUARD),
+        false => format!("--type merge --patch-file {}", file::PATCH),
     };
-    files.push(("apply-blocklist.sh", script(cfg, bundle_id, apply_patch, guarded)));
+    files.push((file::APPLY, script(cfg, bundle_id, &apply_patch, guarded)));
     files.push((
-        "rollback-blocklist.sh",
-        script(cfg, bundle_id, "--type json --patch-file rollback-blocklist.guard.json", true),
+        file::ROLLBACK,
+        script(cfg, bundle_id, &format!("--type json --patch-file {}", file::ROLLBACK_GUARD), true),
     ));
     files
 }
@@ -338,23 +338,41 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
     })
 }
 
+/// The names of a bundle's files, written by one place and recognised by another
+/// ([`BUNDLE_FILES`]).
+mod file {
+    pub const REPORT_JSON: &str = "report.json";
+    pub const REPORT_MD: &str = "report.md";
+    pub const README: &str = "README.md";
+    pub const PATCH: &str = "blocklist.patch.json";
+    pub const GUARD: &str = "blocklist.guard.json";
+    pub const APPLY: &str = "apply-blocklist.sh";
+    pub const ROLLBACK_PATCH: &str = "rollback-blocklist.patch.json";
+    pub const ROLLBACK_GUARD: &str = "rollback-blocklist.guard.json";
+    pub const ROLLBACK: &str = "rollback-blocklist.sh";
+    pub const NGINX_INCLUDE: &str = "blocklist.nginx.conf";
+    pub const NGINX_ROLLBACK: &str = "blocklist-rollback.nginx.conf";
+    pub const LOCK_SQL: &str = "account-lock.sql";
+    pub const UNLOCK_SQL: &str = "account-unlock.sql";
+}
+
 /// The files a bundle may hold; a directory holding anything else is not one. A file
-/// added to bundles must be added here, or a bundle could not be written over one that
+/// added to bundles must be named in [`file`] and listed here, or a bundle could not be written over one that
 /// has it (tests/cli.rs writes a bundle with every file over another).
 const BUNDLE_FILES: [&str; 13] = [
-    "report.json",
-    "report.md",
-    "README.md",
-    "blocklist.patch.json",
-    "blocklist.guard.json",
-    "apply-blocklist.sh",
-    "rollback-blocklist.patch.json",
-    "rollback-blocklist.guard.json",
-    "rollback-blocklist.sh",
-    "blocklist.nginx.conf",
-    "blocklist-rollback.nginx.conf",
-    "account-lock.sql",
-    "account-unlock.sql",
+    file::REPORT_JSON,
+    file::REPORT_MD,
+    file::README,
+    file::PATCH,
+    file::GUARD,
+    file::APPLY,
+    file::ROLLBACK_PATCH,
+    file::ROLLBACK_GUARD,
+    file::ROLLBACK,
+    file::NGINX_INCLUDE,
+    file::NGINX_ROLLBACK,
+    file::LOCK_SQL,
+    file::UNLOCK_SQL,
 ];
 
 /// Whether `dir` exists (and so is to be replaced); an error when it holds anything that
