@@ -110,6 +110,10 @@ pub struct AccountReport {
     pub lock: bool,
     pub reasons: Vec<String>,
     pub samples: Vec<Sample>,
+    /// Failed logins this account had before it was folded into the memory summary and
+    /// came back (an upper bound): its exact counts may miss up to this many.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded_evidence: u64,
 }
 
 /// An address that crossed a threshold but will not be blocked.
@@ -514,6 +518,7 @@ fn account_report(
         lock,
         reasons,
         samples: a.samples,
+        folded_evidence: a.folded_evidence,
     }
 }
 

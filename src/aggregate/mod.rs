@@ -534,11 +534,24 @@ pub struct AccountStats {
     /// Clients failing on it, with times (distributed brute force).
     pub client_times: DistinctTimes,
     pub samples: Vec<Sample>,
+    /// Failed logins this account had when it was folded into the summary before (an
+    /// upper bound; 0 when never folded), as [`ClientStats::folded_evidence`].
+    pub folded_evidence: u64,
     /// The table's units this record was last charged (see [`bounded::units`]).
     charged: usize,
 }
 
 impl AccountStats {
+    /// Where this account stands when its table is folded: its failed logins, and one
+    /// more if it was folded before. An account attacked less often than a spray of
+    /// one-off names turns the table over comes back, and so outranks the one-offs and
+    /// stays (see `bounded::FoldedNames`). One level, not its estimate: ranked by their
+    /// estimated totals, accounts under equal attack unseated each other in turn and none
+    /// kept its history exactly.
+    fn fold_rank(&self) -> u64 {
+        self.auth_failures + u64::from(self.folded_evidence > 0)
+    }
+
     /// Bytes this record holds in its table under `name`, as [`ClientStats::bytes`].
     pub fn bytes(&self, name: &str) -> usize {
         let series = self.times.heap_bytes() + self.client_times.heap_bytes();
@@ -570,6 +583,7 @@ impl AccountStats {
         self.times.merge(o.times);
         self.client_times.merge(o.client_times);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
+        self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
     }
 }
 
@@ -1039,7 +1053,8 @@ impl Aggregator {
         }
         let users = self.accounts.get_mut(realm).expect("inserted above");
         if !users.contains_key(user) {
-            users.insert(user.to_string(), AccountStats::default());
+            let folded_evidence = self.summary.account_estimate(account_hash(realm, user));
+            users.insert(user.to_string(), AccountStats { folded_evidence, ..AccountStats::default() });
         }
         let a = users.get_mut(user).expect("inserted above");
         a.auth_failures += 1;
@@ -1087,13 +1102,14 @@ impl Aggregator {
         // As for clients: least evidence first, and at the boundary the oldest, so an
         // account attacked now and then survives a spray of one-off names.
         let records = self.accounts.values().flat_map(|users| users.iter());
-        let entries = records.map(|(n, a)| (a.auth_failures, a.charged, (n, a)));
+        let entries = records.map(|(n, a)| (a.fold_rank(), a.charged, (n, a)));
         let plan =
             bounded::FoldPlan::weighted(entries, |(n, a)| account_age(n, a), self.account_units, target);
         let (summary, units) = (&mut self.summary, &mut self.account_units);
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
-                let keep = !plan.folds_by(a.auth_failures, || account_age(user, a));
+                // Only its own failures go to the sketch: earlier ones are there already.
+                let keep = !plan.folds_by(a.fold_rank(), || account_age(user, a));
                 if !keep {
                     *units -= a.charged;
                     summary.fold_account(account_hash(realm, user), a.auth_failures);
@@ -1496,6 +1512,35 @@ mod tests {
         let kept = agg.accounts.values().flat_map(|u| u.values());
         assert!(kept.clone().any(|a| a.auth_failures == 1_500), "no account kept its history");
         assert_eq!(agg.account_units, kept.map(|a| a.charged).sum::<usize>());
+    }
+
+    #[test]
+    fn an_account_attacked_less_often_than_the_table_turns_over_comes_back_and_stays() {
+        // 64 accounts kept, folded 16 at a time; one failure on `victim` every 150 lines of
+        // one-off names, so each of its failures was folded before the next came.
+        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
+        let failed = rules.find("backend-auth-failed").unwrap();
+        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
+        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        for n in 0..15_000u32 {
+            let user = if n % 150 == 0 { "victim".to_string() } else { format!("u{n}") };
+            let record = Record {
+                kind: Some(RecordKind::Backend),
+                time: Some(1_700_000_000 + i64::from(n)),
+                remote_addr: Some(std::net::IpAddr::from(n.to_be_bytes())),
+                user: Some(user.into()),
+                ..Record::default()
+            };
+            let hits = [crate::detect::Hit { rule: failed, user: None, ip: None }];
+            let at = LineRef { source: "s", line: u64::from(n) };
+            let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &hits };
+            agg.observe(&seen, &rules, &policy);
+        }
+        assert!(agg.summary.accounts.entries > 10_000, "the one-off names were folded");
+        let victim = &agg.accounts[crate::detect::APP_REALM]["victim"];
+        // Its first failure was folded; back with it in `folded_evidence`, it outranked
+        // the one-offs at every fold after that.
+        assert_eq!((victim.auth_failures, victim.folded_evidence), (99, 1));
     }
 
     proptest::proptest! {
