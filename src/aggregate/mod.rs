@@ -1485,24 +1485,13 @@ mod tests {
     fn accounts_under_distributed_attack_are_charged_what_they_hold() {
         // 12 accounts, each failed on by a new address every second for 1,500 seconds:
         // each record's client set and series grow far past the 4 KiB of an estimate.
-        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
-        let failed = rules.find("backend-auth-failed").unwrap();
+        let rules = RuleSet::builtin().unwrap();
         let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         for t in 0..1_500u32 {
             for account in 0..12u32 {
-                let n = t * 12 + account;
-                let record = Record {
-                    kind: Some(RecordKind::Backend),
-                    time: Some(1_700_000_000 + i64::from(t)),
-                    remote_addr: Some(std::net::IpAddr::from(n.to_be_bytes())),
-                    user: Some(format!("user{account}").into()),
-                    ..Record::default()
-                };
-                let hits = [crate::detect::Hit { rule: failed, user: None, ip: None }];
-                let at = LineRef { source: "s", line: 1 };
-                let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &hits };
-                agg.observe(&seen, &rules, &policy);
+                let ip = (t * 12 + account).to_be_bytes();
+                failed_login(&mut agg, &rules, ip, i64::from(t), &format!("user{account}"));
             }
         }
         let held: usize = agg.accounts.values().flat_map(|u| u.iter()).map(|(n, a)| a.bytes(n)).sum();
@@ -1518,23 +1507,12 @@ mod tests {
     fn an_account_attacked_less_often_than_the_table_turns_over_comes_back_and_stays() {
         // 64 accounts kept, folded 16 at a time; one failure on `victim` every 150 lines of
         // one-off names, so each of its failures was folded before the next came.
-        let (rules, policy) = (RuleSet::builtin().unwrap(), crate::client::ClientPolicy::default());
-        let failed = rules.find("backend-auth-failed").unwrap();
+        let rules = RuleSet::builtin().unwrap();
         let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
         let mut agg = Aggregator { limits, ..Aggregator::default() };
         for n in 0..15_000u32 {
             let user = if n % 150 == 0 { "victim".to_string() } else { format!("u{n}") };
-            let record = Record {
-                kind: Some(RecordKind::Backend),
-                time: Some(1_700_000_000 + i64::from(n)),
-                remote_addr: Some(std::net::IpAddr::from(n.to_be_bytes())),
-                user: Some(user.into()),
-                ..Record::default()
-            };
-            let hits = [crate::detect::Hit { rule: failed, user: None, ip: None }];
-            let at = LineRef { source: "s", line: u64::from(n) };
-            let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &hits };
-            agg.observe(&seen, &rules, &policy);
+            failed_login(&mut agg, &rules, n.to_be_bytes(), i64::from(n), &user);
         }
         assert!(agg.summary.accounts.entries > 10_000, "the one-off names were folded");
         let victim = &agg.accounts[crate::detect::APP_REALM]["victim"];
