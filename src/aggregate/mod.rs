@@ -963,8 +963,8 @@ impl Aggregator {
         let plan = bounded::FoldPlan::weighted(entries, |(k, seen)| age(k, *seen), self.client_units, target);
         let (summary, units) = (&mut self.summary, &mut self.client_units);
         // A full record holds more than a light entry can (a fifth 4xx or failed login, or
-        // another rule hit: see `observe_light`), so a folded one goes to the sketch. Only its own evidence:
-        // what it had before it was folded last is in the sketch already.
+        // another rule hit: see `observe_light`), so a folded one goes to the sketch. Only
+        // its own evidence: what it had before it was folded last is in the sketch already.
         self.clients.retain(|key, c| {
             let evidence = c.evidence();
             let keep = !plan.folds_by(evidence, || age(key, c.last_seen));
@@ -1108,10 +1108,10 @@ impl Aggregator {
         let (summary, units) = (&mut self.summary, &mut self.account_units);
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
-                // Only its own failures go to the sketch: earlier ones are there already.
                 let keep = !plan.folds_by(a.fold_rank(), || account_age(user, a));
                 if !keep {
                     *units -= a.charged;
+                    // Only its own failures: earlier ones are in the sketch already.
                     summary.fold_account(account_hash(realm, user), a.auth_failures);
                 }
                 keep
