@@ -161,13 +161,21 @@ fn a_client_proposed_at_a_low_4xx_threshold_comes_with_its_lines() {
             log.push_str(&line("203.0.113.9", 404));
         }
     }
-    for threads in ["1", "2"] {
-        let doc = scan_json(&["--max-4xx", "3", "--threads", threads], Some(log.clone().into()));
+    proposed_with_lines(&log, "--max-4xx", "window_4xx");
+}
+
+/// Scans `log` on one and two threads with `threshold` at 3, and checks that 203.0.113.9
+/// alone is proposed, with 3 in its busiest `window` and lines to show; its report, per run.
+fn proposed_with_lines(log: &str, threshold: &str, window: &str) -> Vec<Value> {
+    let run = |threads| {
+        let doc = scan_json(&[threshold, "3", "--threads", threads], Some(log.to_string().into()));
         assert_eq!(doc["blocklist"], serde_json::json!(["203.0.113.9"]), "{threads} threads");
-        let client = &doc["ips"][0];
-        assert_eq!((client["ip"].as_str(), client["window_4xx"].as_u64()), (Some("203.0.113.9"), Some(3)));
+        let client = doc["ips"][0].clone();
+        assert_eq!((client["ip"].as_str(), client[window].as_u64()), (Some("203.0.113.9"), Some(3)));
         assert!(!client["samples"].as_array().unwrap().is_empty(), "{threads} threads: {client}");
-    }
+        client
+    };
+    ["1", "2"].into_iter().map(run).collect()
 }
 
 #[test]
@@ -187,13 +195,7 @@ fn a_client_proposed_at_a_low_failed_login_threshold_comes_with_its_lines() {
             log.push_str(&line("203.0.113.9", "auth.failed"));
         }
     }
-    for threads in ["1", "2"] {
-        let doc = scan_json(&["--max-auth-failures", "3", "--threads", threads], Some(log.clone().into()));
-        assert_eq!(doc["blocklist"], serde_json::json!(["203.0.113.9"]), "{threads} threads");
-        let client = &doc["ips"][0];
-        let failed = client["window_auth_failures"].as_u64();
-        assert_eq!((client["ip"].as_str(), failed), (Some("203.0.113.9"), Some(3)));
-        assert!(!client["samples"].as_array().unwrap().is_empty(), "{threads} threads: {client}");
+    for client in proposed_with_lines(&log, "--max-auth-failures", "window_auth_failures") {
         let tried: Vec<&str> =
             client["accounts"].as_array().unwrap().iter().map(|a| a[0].as_str().unwrap()).collect();
         assert_eq!(tried.len(), 3, "the compact entry's accounts are listed too: {client}");

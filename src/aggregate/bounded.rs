@@ -164,6 +164,11 @@ impl Summary {
         if self.folded_accounts.contains(key_hash) { self.sketch.estimate(key_hash) } else { 0 }
     }
 
+    /// Whether any worker of the scan has folded an account with failures yet.
+    pub fn folds_accounts(&self) -> bool {
+        self.folded_accounts.filter.get().is_some()
+    }
+
     /// An upper bound of the evidence folded for `key_hash` (0 when never folded with any).
     pub fn estimate(&self, key_hash: u64) -> u64 {
         self.sketch.estimate(key_hash)

@@ -120,6 +120,11 @@ fn folded_before(summary: &Summary, key: ClientKey) -> u64 {
     if summary.clients.max_evidence > 0 { summary.estimate(client_hash(key)) } else { 0 }
 }
 
+/// [`folded_before`] for an account: hashed only once some account was folded.
+fn account_folded_before(summary: &Summary, realm: &str, user: &str) -> u64 {
+    if summary.folds_accounts() { summary.account_estimate(account_hash(realm, user)) } else { 0 }
+}
+
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
 fn is_evidence(seen: &Seen<'_, '_>) -> bool {
     let r = seen.record;
@@ -1053,7 +1058,7 @@ impl Aggregator {
         }
         let users = self.accounts.get_mut(realm).expect("inserted above");
         if !users.contains_key(user) {
-            let folded_evidence = self.summary.account_estimate(account_hash(realm, user));
+            let folded_evidence = account_folded_before(&self.summary, realm, user);
             users.insert(user.to_string(), AccountStats { folded_evidence, ..AccountStats::default() });
         }
         let a = users.get_mut(user).expect("inserted above");
@@ -1485,9 +1490,7 @@ mod tests {
     fn accounts_under_distributed_attack_are_charged_what_they_hold() {
         // 12 accounts, each failed on by a new address every second for 1,500 seconds:
         // each record's client set and series grow far past the 4 KiB of an estimate.
-        let rules = RuleSet::builtin().unwrap();
-        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
-        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        let (rules, mut agg) = (RuleSet::builtin().unwrap(), with_64_accounts());
         for t in 0..1_500u32 {
             for account in 0..12u32 {
                 let ip = (t * 12 + account).to_be_bytes();
@@ -1495,7 +1498,7 @@ mod tests {
             }
         }
         let held: usize = agg.accounts.values().flat_map(|u| u.iter()).map(|(n, a)| a.bytes(n)).sum();
-        let budget = limits.accounts * bounded::BYTES_PER_ENTRY;
+        let budget = agg.limits.accounts * bounded::BYTES_PER_ENTRY;
         assert!(held <= budget, "{held} bytes held for a budget of {budget}");
         assert!(agg.summary.accounts.entries > 0);
         let kept = agg.accounts.values().flat_map(|u| u.values());
@@ -1503,13 +1506,17 @@ mod tests {
         assert_eq!(agg.account_units, kept.map(|a| a.charged).sum::<usize>());
     }
 
+    /// An aggregator that keeps 64 units of accounts, and clients without bound.
+    fn with_64_accounts() -> Aggregator {
+        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
+        Aggregator { limits, ..Aggregator::default() }
+    }
+
     #[test]
     fn an_account_attacked_less_often_than_the_table_turns_over_comes_back_and_stays() {
         // 64 accounts kept, folded 16 at a time; one failure on `victim` every 150 lines of
         // one-off names, so each of its failures was folded before the next came.
-        let rules = RuleSet::builtin().unwrap();
-        let limits = Limits { clients: 1 << 20, light: 1 << 20, accounts: 64, ..Limits::default() };
-        let mut agg = Aggregator { limits, ..Aggregator::default() };
+        let (rules, mut agg) = (RuleSet::builtin().unwrap(), with_64_accounts());
         for n in 0..15_000u32 {
             let user = if n % 150 == 0 { "victim".to_string() } else { format!("u{n}") };
             failed_login(&mut agg, &rules, n.to_be_bytes(), i64::from(n), &user);

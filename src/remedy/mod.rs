@@ -318,10 +318,7 @@ fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
     let fail = |message: String| Error::Bundle { path: dir.to_path_buf(), message };
     let replaced = replaceable(dir).map_err(fail)?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
     let staging = staging_builder(".logwarden-bundle-")
         .tempdir_in(parent)
@@ -357,8 +354,8 @@ mod file {
 }
 
 /// The files a bundle may hold; a directory holding anything else is not one. A file
-/// added to bundles must be named in [`file`] and listed here, or a bundle could not be written over one that
-/// has it (tests/cli.rs writes a bundle with every file over another).
+/// added to bundles must be named in [`file`] and listed here, or a bundle could not be
+/// written over one that has it (tests/cli.rs writes a bundle with every file over another).
 const BUNDLE_FILES: [&str; 13] = [
     file::REPORT_JSON,
     file::REPORT_MD,
