@@ -998,11 +998,12 @@ impl Aggregator {
     /// Folds the light entries with the least evidence into the sketch, down to 3/4.
     fn fold_light(&mut self) {
         let target = self.limits.light / 4 * 3;
-        let entries = self.light.iter().map(|(k, l)| (l.evidence(), age(k, l.last_seen())));
-        let plan = bounded::FoldPlan::new(entries, self.light.len(), target);
+        // The rank is in the entry itself: the passes read no entry's `rare`.
+        let entries = self.light.iter().map(|(k, l)| (l.fold_rank(), (k, l.last_seen())));
+        let plan = bounded::FoldPlan::new(entries, |(k, seen)| age(k, *seen), self.light.len(), target);
         let summary = &mut self.summary;
         self.light.retain(|key, l| {
-            let keep = !plan.folds(l.evidence(), age(key, l.last_seen()));
+            let keep = !plan.folds_by(l.fold_rank(), || age(key, l.last_seen()));
             if !keep {
                 summary.fold_client(client_hash(*key), l.evidence());
             }
@@ -1020,12 +1021,12 @@ impl Aggregator {
             None => {
                 self.light.insert(key, l);
             }
-            Some(mine) => match mine.combine(l, self.limits.light_events) {
-                Ok(both) => {
-                    self.light.insert(key, both);
+            Some(mut mine) => match mine.combine(l, self.limits.light_events) {
+                Ok(()) => {
+                    self.light.insert(key, mine);
                 }
-                Err(both) => {
-                    self.clients.insert(key, ClientStats::from_lights(both));
+                Err(theirs) => {
+                    self.clients.insert(key, ClientStats::from_lights((mine, theirs)));
                 }
             },
         }

@@ -151,17 +151,17 @@ impl SharedLights {
             len += 1;
         });
         let level = bounded::level_of(&histogram, len, target);
-        let (mut below, mut ages) = (0, Vec::new());
-        self.each(|key, l| match l.fold_rank().cmp(&level) {
-            std::cmp::Ordering::Less => below += 1,
-            std::cmp::Ordering::Equal => ages.push(age(key, l.fold_time())),
-            std::cmp::Ordering::Greater => {}
+        let mut ages = Vec::new();
+        self.each(|key, l| {
+            if l.fold_rank() == level {
+                ages.push(age(key, l.fold_time()));
+            }
         });
-        let plan = FoldPlan::at_level(level, below, ages, len, target);
+        let plan = FoldPlan::at_level(level, bounded::below(&histogram, level), ages, len, target);
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|key, l| {
-                let keep = !plan.folds(l.fold_rank(), age(key, l.fold_time()));
+                let keep = !plan.folds_by(l.fold_rank(), || age(key, l.fold_time()));
                 if !keep {
                     folded(*key, l);
                     self.len.fetch_sub(1, Relaxed);
