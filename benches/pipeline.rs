@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+use logwarden::aggregate::bounded::Limits;
 use logwarden::aggregate::{Aggregator, LineRef, Seen};
 use logwarden::client::ClientPolicy;
 use logwarden::detect::RuleSet;
@@ -181,22 +182,43 @@ fn password_spray_corpus() -> Vec<u8> {
     out
 }
 
+/// An address spray: 400,000 lines, each a 404 to a new address, about five times what
+/// the compact table holds under the default `--max-memory`, so the table is folded
+/// again and again as in a real one.
+fn address_spray_corpus() -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0u32..400_000 {
+        let [_, a, b, c] = i.to_be_bytes();
+        let (min, sec) = (i / 60 % 60, i % 60);
+        let line = format!(
+            "100.{a}.{b}.{c} - - [15/Jan/2024:09:{min:02}:{sec:02} +0000] \"GET /p{} HTTP/1.1\" 404 0 \"-\" \"spray\"\n",
+            i % 7
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
 /// Aggregation alone: parsed and detected records into per-client and per-account
-/// evidence, for the incident corpus, one scanning client and a password spray.
+/// evidence, for the incident corpus, one scanning client and a password spray (no
+/// bound), and an address spray under the default memory bound (folding included).
 fn aggregation(c: &mut Criterion) {
     let set = RuleSet::builtin().unwrap();
     let policy = ClientPolicy::default();
     let mut g = c.benchmark_group("aggregation");
     g.sample_size(10);
+    let unbounded = Limits::UNBOUNDED;
+    let bounded = Limits::for_memory(200 << 20);
     let cases = [
-        ("observe", corpus()),
-        ("one-scanner", scanner_corpus()),
-        ("password-spray", password_spray_corpus()),
+        ("observe", corpus(), unbounded),
+        ("one-scanner", scanner_corpus(), unbounded),
+        ("password-spray", password_spray_corpus(), unbounded),
+        ("address-spray-bounded", address_spray_corpus(), bounded),
     ];
-    for (name, data) in cases {
+    for (name, data, limits) in cases {
         let records = detected_lines(&data, &set);
         g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_function(name, |b| b.iter(|| black_box(observe_all(&records, &set, &policy))));
+        g.bench_function(name, |b| b.iter(|| black_box(observe_all(&records, &set, &policy, limits))));
     }
     g.finish();
 }
@@ -212,9 +234,11 @@ fn detected_lines<'a>(data: &'a [u8], set: &RuleSet) -> Vec<Detected<'a>> {
     parsed_lines(data).into_iter().map(detect).collect()
 }
 
-/// Feeds every record to a fresh aggregator; returns how many clients it holds.
-fn observe_all(records: &[Detected<'_>], set: &RuleSet, policy: &ClientPolicy) -> usize {
+/// Feeds every record to a fresh aggregator within `limits`; returns how many clients it
+/// holds.
+fn observe_all(records: &[Detected<'_>], set: &RuleSet, policy: &ClientPolicy, limits: Limits) -> usize {
     let mut agg = Aggregator::default();
+    agg.limits = limits;
     for (n, (raw, record, hits)) in records.iter().enumerate() {
         let at = LineRef { source: "b", line: n as u64 + 1 };
         let seen = Seen { source: "b", at, format: "combined", raw, record, hits };
