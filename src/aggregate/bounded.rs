@@ -238,8 +238,7 @@ impl FoldPlan {
         len: usize,
         target: usize,
     ) -> FoldPlan {
-        let mut histogram = [0; LEVELS];
-        entries.clone().for_each(|e| count_level(&mut histogram, e.0, 1));
+        let histogram = histogram(entries.clone().map(|e| (e.0, 1)));
         let level = level_of(&histogram, len, target);
         let ages: Vec<Age> = entries.filter(|e| at_level(e.0, level)).map(|e| age(&e.1)).collect();
         FoldPlan::at_level(level, below(&histogram, level), ages, len, target)
@@ -263,8 +262,9 @@ impl FoldPlan {
         total: usize,
         target: usize,
     ) -> FoldPlan {
-        let level = fold_level(entries.clone().map(|e| (e.0, e.1)), total, target);
-        let below: usize = entries.clone().filter(|e| e.0 < level).map(|e| e.1).sum();
+        let histogram = histogram(entries.clone().map(|e| (e.0, e.1)));
+        let level = level_of(&histogram, total, target);
+        let below = below(&histogram, level);
         let mut at: Vec<(Age, usize)> =
             entries.filter(|e| at_level(e.0, level)).map(|e| (age(&e.2), e.1)).collect();
         let need = total.saturating_sub(target).saturating_sub(below);
@@ -301,9 +301,14 @@ impl FoldPlan {
 /// brings the entries' total weight, `total`, down to `target` or below. `entries` are
 /// (evidence, weight): a full record weighs its [`units`], a light entry one.
 pub fn fold_level(entries: impl Iterator<Item = (u64, usize)>, total: usize, target: usize) -> u64 {
-    let mut histogram = [0usize; LEVELS];
+    level_of(&histogram(entries), total, target)
+}
+
+/// The total weight of `entries` (evidence, weight) at each evidence level.
+fn histogram(entries: impl Iterator<Item = (u64, usize)>) -> [usize; LEVELS] {
+    let mut histogram = [0; LEVELS];
     entries.for_each(|(s, w)| count_level(&mut histogram, s, w));
-    level_of(&histogram, total, target)
+    histogram
 }
 
 /// Evidence levels told apart when folding; more evidence than this counts as this.
@@ -327,7 +332,7 @@ pub fn level_of(histogram: &[usize; LEVELS], total: usize, target: usize) -> u64
     u64::MAX
 }
 
-/// How many entries of `histogram` have less evidence than `level`.
+/// The weight of the entries of `histogram` with less evidence than `level`.
 pub fn below(histogram: &[usize; LEVELS], level: u64) -> usize {
     histogram.iter().take(usize::try_from(level).unwrap_or(LEVELS)).sum()
 }

@@ -95,9 +95,9 @@ fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
     (last_seen.unwrap_or(i64::MIN), tie_order(key))
 }
 
-/// [`age`] for an account.
-fn account_age(user: &str, a: &AccountStats) -> bounded::Age {
-    (a.last_seen.unwrap_or(i64::MIN), tie_order(user))
+/// [`age`] for an account (its name's [`tie_order`] kept in the record).
+fn account_age(a: &AccountStats) -> bounded::Age {
+    (a.last_seen.unwrap_or(i64::MIN), a.tie)
 }
 
 /// A fixed order of keys for folding's ties. The per-process key of [`stable_hash`] made
@@ -544,9 +544,18 @@ pub struct AccountStats {
     pub folded_evidence: u64,
     /// The table's units this record was last charged (see [`bounded::units`]).
     charged: usize,
+    /// The name's [`tie_order`], taken once: a fold asked it of every account at the
+    /// boundary level, and hashing each name read it from the heap (under a spray of
+    /// one-off names, all ~10,000 accounts, at every fold).
+    tie: u64,
 }
 
 impl AccountStats {
+    /// A new record of the account `user`, with `folded_evidence`.
+    fn new(user: &str, folded_evidence: u64) -> AccountStats {
+        AccountStats { folded_evidence, tie: tie_order(user), ..AccountStats::default() }
+    }
+
     /// Where this account stands when its table is folded: its failed logins, and one
     /// more if it was folded before. An account attacked less often than a spray of
     /// one-off names turns the table over comes back, and so outranks the one-offs and
@@ -1060,7 +1069,7 @@ impl Aggregator {
         let users = self.accounts.get_mut(realm).expect("inserted above");
         if !users.contains_key(user) {
             let folded_evidence = account_folded_before(&self.summary, realm, user);
-            users.insert(user.to_string(), AccountStats { folded_evidence, ..AccountStats::default() });
+            users.insert(user.to_string(), AccountStats::new(user, folded_evidence));
         }
         let a = users.get_mut(user).expect("inserted above");
         a.auth_failures += 1;
@@ -1107,14 +1116,13 @@ impl Aggregator {
         let target = self.limits.accounts / 4 * 3;
         // As for clients: least evidence first, and at the boundary the oldest, so an
         // account attacked now and then survives a spray of one-off names.
-        let records = self.accounts.values().flat_map(|users| users.iter());
-        let entries = records.map(|(n, a)| (a.fold_rank(), a.charged, (n, a)));
-        let plan =
-            bounded::FoldPlan::weighted(entries, |(n, a)| account_age(n, a), self.account_units, target);
+        let records = self.accounts.values().flat_map(|users| users.values());
+        let entries = records.map(|a| (a.fold_rank(), a.charged, a));
+        let plan = bounded::FoldPlan::weighted(entries, |a| account_age(a), self.account_units, target);
         let (summary, units) = (&mut self.summary, &mut self.account_units);
         for (realm, users) in self.accounts.iter_mut() {
             users.retain(|user, a| {
-                let keep = !plan.folds_by(a.fold_rank(), || account_age(user, a));
+                let keep = !plan.folds_by(a.fold_rank(), || account_age(a));
                 if !keep {
                     *units -= a.charged;
                     // Only its own failures: earlier ones are in the sketch already.
