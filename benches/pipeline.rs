@@ -153,50 +153,47 @@ fn formats(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` generated lines, the `i`-th written by `line` from `i`, its last three address
+/// bytes and its minute and second within the hour.
+fn generated(n: u32, line: impl Fn(u32, [u8; 3], (u32, u32)) -> String) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let [_, a, b, c] = i.to_be_bytes();
+        out.extend_from_slice(line(i, [a, b, c], (i / 60 % 60, i % 60)).as_bytes());
+    }
+    out
+}
+
 /// One address probing distinct paths, every answer a 404: the shape of a directory
 /// scanner, whose per-client lists and distinct-path windows fill up and stay full.
 fn scanner_corpus() -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 0..100_000 {
-        let (min, sec) = (i / 60 % 60, i % 60);
-        let line = format!(
+    generated(100_000, |i, _, (min, sec)| {
+        format!(
             "203.0.113.9 - - [15/Jan/2024:09:{min:02}:{sec:02} +0000] \"GET /probe/{i}.php HTTP/1.1\" 404 153 \"-\" \"scanner/1.0\"\n"
-        );
-        out.extend_from_slice(line.as_bytes());
-    }
-    out
+        )
+    })
 }
 
 /// A password spray: 100,000 addresses, one failed login each, all on one account (the
 /// application's JSON lines). Every address is a new client with evidence.
 fn password_spray_corpus() -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 0u32..100_000 {
-        let [_, a, b, c] = i.to_be_bytes();
-        let (min, sec) = (i / 60 % 60, i % 60);
-        let line = format!(
+    generated(100_000, |_, [a, b, c], (min, sec)| {
+        format!(
             "{{\"ts\":\"2024-01-15T10:{min:02}:{sec:02}Z\",\"event\":\"auth.failed\",\"user\":\"admin\",\"client_ip\":\"198.{a}.{b}.{c}\"}}\n"
-        );
-        out.extend_from_slice(line.as_bytes());
-    }
-    out
+        )
+    })
 }
 
 /// An address spray: 400,000 lines, each a 404 to a new address, about five times what
 /// the compact table holds under the default `--max-memory`, so the table is folded
 /// again and again as in a real one.
 fn address_spray_corpus() -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 0u32..400_000 {
-        let [_, a, b, c] = i.to_be_bytes();
-        let (min, sec) = (i / 60 % 60, i % 60);
-        let line = format!(
+    generated(400_000, |i, [a, b, c], (min, sec)| {
+        format!(
             "100.{a}.{b}.{c} - - [15/Jan/2024:09:{min:02}:{sec:02} +0000] \"GET /p{} HTTP/1.1\" 404 0 \"-\" \"spray\"\n",
             i % 7
-        );
-        out.extend_from_slice(line.as_bytes());
-    }
-    out
+        )
+    })
 }
 
 /// Aggregation alone: parsed and detected records into per-client and per-account
