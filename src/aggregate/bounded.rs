@@ -513,7 +513,7 @@ impl Light {
         u64::from(self.rank)
     }
 
-    /// Sets `rank` from `rare`, after a change to the events or the mark.
+    /// Sets `rank` from the events and the mark, after a change to either.
     fn restand(&mut self) {
         let marked = self.rare.as_ref().is_some_and(|r| r.mark.is_some());
         let events = self.events().len();
