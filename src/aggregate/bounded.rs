@@ -169,7 +169,7 @@ impl Summary {
     /// was never folded with any (as far as a filter of folded names tells, which can
     /// say "folded" of a name that was not, never "not folded" of one that was).
     pub fn account_estimate(&self, key_hash: u64) -> u64 {
-        if self.folded_accounts.contains(key_hash) { self.sketch.estimate(key_hash) } else { 0 }
+        self.estimate_if_in(&self.folded_accounts, key_hash)
     }
 
     /// Whether any worker of the scan has folded an account with failures yet.
@@ -181,7 +181,12 @@ impl Summary {
     /// never folded with any (as far as the filter of folded clients tells, as for
     /// accounts).
     pub fn estimate(&self, key_hash: u64) -> u64 {
-        if self.folded_clients.contains(key_hash) { self.sketch.estimate(key_hash) } else { 0 }
+        self.estimate_if_in(&self.folded_clients, key_hash)
+    }
+
+    /// The sketch's estimate for `key_hash` when `folded` holds it, else 0.
+    fn estimate_if_in<const H: u32>(&self, folded: &FoldedNames<H>, key_hash: u64) -> u64 {
+        if folded.contains(key_hash) { self.sketch.estimate(key_hash) } else { 0 }
     }
 
     /// A summary that shares this one's sketch and filters (for another worker of the
@@ -380,8 +385,8 @@ pub struct Light {
     /// outgrows `u32`, moves to `rare`; a code is in one place only.
     codes: [u16; INLINE_STATUSES],
     counts: [u32; INLINE_STATUSES],
-    /// [`Light::fold_rank`], kept in step with `rare` by every change to its events or
-    /// mark ([`Light::restand`]). Folding reads the rank of every entry in two or three
+    /// [`Light::fold_rank`], kept in step with the events and the mark by every change to
+    /// either ([`Light::restand`]). Folding reads the rank of every entry in two or three
     /// passes, and following the pointer for it was a cache miss each time: those passes
     /// were 30% of the time of a scan of a million one-off 404s.
     rank: u8,
@@ -574,9 +579,10 @@ impl Light {
     /// Adds an evidence event: in line when the entry holds no other and nothing behind
     /// `rare`.
     fn push_event(&mut self, event: LightEvent) {
-        match (&mut self.rare, &self.lone) {
-            (None, None) => self.lone = Some(event),
-            _ => self.rare_mut().events.push(event),
+        if self.rare.is_none() && self.lone.is_none() {
+            self.lone = Some(event);
+        } else {
+            self.rare_mut().events.push(event);
         }
     }
 
@@ -723,11 +729,11 @@ fn add_status(statuses: &mut Vec<(u16, u64)>, status: u16, n: u64) {
 /// names turns the account table over every few thousand names, so an account attacked
 /// less often than that was folded at each of its failures and never reached a threshold
 /// (one failure every 15,000 of 1,000,000 sprayed names: 67 failures, 12 within ten
-/// minutes, not locked). The count-min sketch alone cannot
-/// tell it back: a million folded entries leave most of its cells above zero. A name
-/// that comes back ranks one level above its own failures when the table is folded
-/// again, so it outranks the one-offs (a cache's "doorkeeper" against one-hit wonders),
-/// and carries the sketch's estimate as its `folded_evidence`.
+/// minutes, not locked). The count-min sketch alone cannot tell it back: a million
+/// folded entries leave most of its cells above zero. A name that comes back ranks one
+/// level above its own failures when the table is folded again, so it outranks the
+/// one-offs (a cache's "doorkeeper" against one-hit wonders), and carries the sketch's
+/// estimate as its `folded_evidence`.
 ///
 /// `HASHES` bits are set per key: each is an atomic write to a cache line of its own.
 #[derive(Debug, Default)]
