@@ -8,7 +8,7 @@ pub mod shared;
 pub mod topk;
 pub mod window;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Hash maps keyed by attacker-chosen values use foldhash: fast, and seeded per process
@@ -95,8 +95,16 @@ fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
     (last_seen.unwrap_or(i64::MIN), tie_order(key))
 }
 
-/// [`age`] for an account (its name's [`tie_order`] kept in the record).
+/// [`age`] for an account (its name's [`tie_order`] kept in the record). Past the last
+/// level of a fold's histogram, the fewest failed logins go first instead of the oldest:
+/// accounts attacked together are seen in the same second, and which of them was
+/// "older" then depended only on the order of the lines within it, so when more such
+/// accounts outgrew the table than it could keep, each fold unseated another and none
+/// kept its history. Ranked by what they hold, the longest kept stays.
 fn account_age(a: &AccountStats) -> bounded::Age {
+    if a.fold_rank() >= bounded::LEVELS as u64 - 1 {
+        return (i64::try_from(a.auth_failures).unwrap_or(i64::MAX), a.tie);
+    }
     (a.last_seen.unwrap_or(i64::MIN), a.tie)
 }
 
@@ -530,7 +538,7 @@ impl ClientStats {
 pub struct AccountStats {
     pub auth_failures: u64,
     /// Distinct clients that failed on this account (at most [`ACCOUNT_CLIENTS`]).
-    pub clients: BTreeSet<ClientKey>,
+    pub clients: AccountClients,
     /// More distinct clients were seen than are remembered.
     pub clients_overflow: bool,
     pub first_seen: Option<i64>,
@@ -569,7 +577,7 @@ impl AccountStats {
     /// Bytes this record holds in its table under `name`, as [`ClientStats::bytes`].
     pub fn bytes(&self, name: &str) -> usize {
         let series = self.times.heap_bytes() + self.client_times.heap_bytes();
-        let clients = self.clients.len() * MAP_ENTRY_BYTES;
+        let clients = self.clients.heap_bytes();
         ACCOUNT_BYTES + name.len() + series + clients + samples_bytes(&self.samples)
     }
 
@@ -580,9 +588,7 @@ impl AccountStats {
     }
 
     fn add_client(&mut self, key: ClientKey) {
-        if self.clients.len() < ACCOUNT_CLIENTS {
-            self.clients.insert(key);
-        } else if !self.clients.contains(&key) {
+        if !self.clients.insert(key, ACCOUNT_CLIENTS) {
             self.clients_overflow = true;
         }
     }
@@ -598,6 +604,59 @@ impl AccountStats {
         self.client_times.merge(o.client_times);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
         self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
+    }
+}
+
+/// The distinct clients of an account, in order, without bound of their own (the caller
+/// passes one). A sorted vector whose first key is held in place, not a `BTreeSet`: under
+/// a spray of one-off names every failed login makes an account record, and a tree's
+/// node (about 200 bytes) was an allocation and, at the next fold, a free for each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountClients(smallvec::SmallVec<[ClientKey; 1]>);
+
+impl AccountClients {
+    /// Adds `key` if it is new and fewer than `most` are held; false when a new key did
+    /// not fit.
+    pub fn insert(&mut self, key: ClientKey, most: usize) -> bool {
+        match self.0.binary_search(&key) {
+            Ok(_) => true,
+            Err(_) if self.0.len() >= most => false,
+            Err(at) => {
+                self.0.insert(at, key);
+                true
+            }
+        }
+    }
+
+    pub fn contains(&self, key: &ClientKey) -> bool {
+        self.0.binary_search(key).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys in ascending order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ClientKey> {
+        self.0.iter()
+    }
+
+    /// Bytes held outside the record.
+    fn heap_bytes(&self) -> usize {
+        if self.0.spilled() { self.0.capacity() * std::mem::size_of::<ClientKey>() } else { 0 }
+    }
+}
+
+impl IntoIterator for AccountClients {
+    type Item = ClientKey;
+    type IntoIter = smallvec::IntoIter<[ClientKey; 1]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
 
@@ -1573,6 +1632,28 @@ mod tests {
                 proptest::prop_assert_eq!(agg.client_units, agg.clients.values().map(|c| c.charged).sum::<usize>());
             }
             proptest::prop_assert_eq!(agg.clients.len(), 1);
+        }
+
+        /// An account's clients are the set they replaced: the first `most` distinct keys,
+        /// in order, each insert saying whether a new key was turned away.
+        #[test]
+        fn account_clients_keep_the_first_distinct_keys_in_order(
+            keys in proptest::collection::vec(0u8..40, 0..120),
+            most in 0usize..30,
+        ) {
+            let (mut clients, mut model) = (AccountClients::default(), std::collections::BTreeSet::new());
+            for k in keys {
+                let key = key_of([10, 0, 0, k]);
+                let fits = model.contains(&key) || model.len() < most;
+                if fits {
+                    model.insert(key);
+                }
+                proptest::prop_assert_eq!(clients.insert(key, most), fits);
+                proptest::prop_assert!(clients.contains(&key) == fits);
+            }
+            proptest::prop_assert_eq!(clients.len(), model.len());
+            proptest::prop_assert!(clients.iter().eq(model.iter()));
+            proptest::prop_assert!(clients.into_iter().eq(model.into_iter()));
         }
     }
 

@@ -32,16 +32,27 @@ fn reach(window: i64, shift: u32) -> Option<i64> {
     (reach >= 0).then_some(reach)
 }
 
+/// The entries of a series: `(bucket start, value)`. The first is held in place, so a
+/// record with one event (a one-off name in a spray of failed logins, each making an
+/// account record) allocates nothing for it, and a fold frees nothing.
+type Entries<T> = smallvec::SmallVec<[(i64, T); 1]>;
+
+/// Bytes `entries` hold outside themselves.
+fn entries_heap_bytes<T>(entries: &Entries<T>) -> usize {
+    if entries.spilled() { entries.capacity() * std::mem::size_of::<(i64, T)>() } else { 0 }
+}
+
 /// Drops the entries of buckets that end by `cutoff` (a bucket reaching past it stays);
 /// `entries` are sorted. Room left mostly empty is given back: under `--follow` a client
 /// busy hours ago would otherwise hold (and be charged for) its peak for as long as it
 /// stays.
-fn drop_before<T>(entries: &mut Vec<(i64, T)>, shift: u32, cutoff: i64) {
+fn drop_before<T>(entries: &mut Entries<T>, shift: u32, cutoff: i64) {
     let width = 1i64 << shift;
     let keep_from = entries.partition_point(|e| e.0 + width <= cutoff);
     entries.drain(..keep_from);
     if entries.capacity() > 4 * entries.len().max(16) {
-        entries.shrink_to(2 * entries.len());
+        // `grow` to a smaller capacity than held reallocates down (or back in place).
+        entries.grow(2 * entries.len());
     }
 }
 
@@ -49,7 +60,7 @@ fn drop_before<T>(entries: &mut Vec<(i64, T)>, shift: u32, cutoff: i64) {
 #[derive(Clone, Debug, Default)]
 pub struct EventTimes {
     /// `(bucket start, count)`; the first `sorted` entries are sorted and unique.
-    entries: Vec<(i64, u32)>,
+    entries: Entries<u32>,
     sorted: usize,
     /// Each entry covers `1 << shift` seconds (0 until the series outgrew its cap).
     shift: u32,
@@ -132,7 +143,7 @@ impl EventTimes {
 
     /// Bytes the series holds outside itself (at most twice [`EventTimes::CAP`] entries).
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<(i64, u32)>()
+        entries_heap_bytes(&self.entries)
     }
 
     /// The most events in any window of `window` seconds, `[t, t + window)`, plus the
@@ -302,7 +313,7 @@ mod tests {
 /// any sensible threshold). Either way window counts become lower bounds.
 #[derive(Clone, Debug, Default)]
 pub struct DistinctTimes {
-    entries: Vec<(i64, u64)>,
+    entries: Entries<u64>,
     sorted: usize,
     /// Each pair's time is a bucket of `1 << shift` seconds.
     shift: u32,
@@ -397,7 +408,7 @@ impl DistinctTimes {
 
     /// Bytes the set holds outside itself.
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<(i64, u64)>()
+        entries_heap_bytes(&self.entries)
     }
 
     /// The most distinct values inside any window of `window` seconds, and its start.
