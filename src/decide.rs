@@ -233,7 +233,7 @@ pub fn decide(
     let mut accounts: Vec<AccountReport> = agg
         .accounts
         .into_iter()
-        .flat_map(|(realm, users)| users.into_iter().map(move |(user, a)| (realm.clone(), user, a)))
+        .flat_map(|(realm, users)| users.into_iter().map(move |(user, a)| (realm.clone(), user.into(), a)))
         .map(|(realm, user, a)| account_report(&realm, user, a, thresholds, rules))
         .collect();
     accounts.sort_by(|a, b| {

@@ -140,13 +140,13 @@ impl Announcer {
             new.push(announcement("block", key.to_string(), c.last_seen, v));
         }
         for (user, a) in agg.accounts.get_mut(APP_REALM).into_iter().flatten() {
-            if self.accounts.contains(user) {
+            if self.accounts.contains(user.as_str()) {
                 continue;
             }
             let v = account_verdict(a, t, rules);
             if !v.reasons.is_empty() {
-                self.accounts.insert(user.clone());
-                new.push(announcement("lock", user.clone(), a.last_seen, v));
+                self.accounts.insert(user.to_string());
+                new.push(announcement("lock", user.to_string(), a.last_seen, v));
             }
         }
         for a in &new {

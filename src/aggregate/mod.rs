@@ -8,6 +8,7 @@ pub mod shared;
 pub mod topk;
 pub mod window;
 
+use compact_str::CompactString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -128,9 +129,9 @@ fn folded_before(summary: &Summary, key: ClientKey) -> u64 {
     if summary.clients.max_evidence > 0 { summary.estimate(client_hash(key)) } else { 0 }
 }
 
-/// [`folded_before`] for an account: hashed only once some account was folded.
-fn account_folded_before(summary: &Summary, realm: &str, user: &str) -> u64 {
-    if summary.folds_accounts() { summary.account_estimate(account_hash(realm, user)) } else { 0 }
+/// [`folded_before`] for the account of `hash` ([`account_hash`]).
+fn account_folded_before(summary: &Summary, hash: u64) -> u64 {
+    if summary.folds_accounts() { summary.account_estimate(hash) } else { 0 }
 }
 
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
@@ -556,12 +557,16 @@ pub struct AccountStats {
     /// boundary level, and hashing each name read it from the heap (under a spray of
     /// one-off names, all ~10,000 accounts, at every fold).
     tie: u64,
+    /// Its [`account_hash`], the sketch's key, taken once for the same reason: a fold
+    /// hashed every folded name again.
+    hash: u64,
 }
 
 impl AccountStats {
-    /// A new record of the account `user`, with `folded_evidence`.
-    fn new(user: &str, folded_evidence: u64) -> AccountStats {
-        AccountStats { folded_evidence, tie: tie_order(user), ..AccountStats::default() }
+    /// A new record of the account `user`, whose [`account_hash`] is `hash`, with
+    /// `folded_evidence`.
+    fn new(user: &str, hash: u64, folded_evidence: u64) -> AccountStats {
+        AccountStats { folded_evidence, tie: tie_order(user), hash, ..AccountStats::default() }
     }
 
     /// Where this account stands when its table is folded: its failed logins, and one
@@ -775,8 +780,10 @@ pub struct Aggregator {
     /// When set, light entries live there instead of in `light`: one table for all the
     /// workers of a scan (see [`shared`]), handed back by [`Aggregator::absorb_lights`].
     pub shared_light: Option<Arc<shared::SharedLights>>,
-    /// Per realm (see [`crate::detect::Rule::realm`]), per user name.
-    pub accounts: BTreeMap<String, HashMap<String, AccountStats>>,
+    /// Per realm (see [`crate::detect::Rule::realm`]), per user name. Names of up to 24
+    /// bytes are held in place: a spray of one-off names made an allocation of each, and a
+    /// fold freed it, reading the heap for each.
+    pub accounts: BTreeMap<String, HashMap<CompactString, AccountStats>>,
     pub incident: IncidentStats,
     /// How many units of clients and accounts are kept exactly.
     pub limits: Limits,
@@ -1119,18 +1126,10 @@ impl Aggregator {
 
     fn observe_account(&mut self, realm: &str, user: &str, key: Option<ClientKey>, seen: &Seen<'_, '_>) {
         let time = seen.record.time;
-        if !self.accounts.contains_key(realm) {
-            self.accounts.insert(realm.to_string(), HashMap::default());
+        if !self.accounts.get(realm).is_some_and(|users| users.contains_key(user)) {
+            self.new_account(realm, user);
         }
-        if self.account_units >= self.limits.accounts && !self.accounts[realm].contains_key(user) {
-            self.fold_accounts();
-        }
-        let users = self.accounts.get_mut(realm).expect("inserted above");
-        if !users.contains_key(user) {
-            let folded_evidence = account_folded_before(&self.summary, realm, user);
-            users.insert(user.to_string(), AccountStats::new(user, folded_evidence));
-        }
-        let a = users.get_mut(user).expect("inserted above");
+        let a = self.accounts.get_mut(realm).and_then(|users| users.get_mut(user)).expect("made above");
         a.auth_failures += 1;
         a.times.add(time);
         merge_seen(&mut a.first_seen, &mut a.last_seen, time, time);
@@ -1143,6 +1142,19 @@ impl Aggregator {
         if grew_past(&mut self.account_units, grown, self.limits.accounts) {
             self.fold_accounts();
         }
+    }
+
+    /// Makes a record for an account the table lacks, folding the table first when full.
+    fn new_account(&mut self, realm: &str, user: &str) {
+        if self.account_units >= self.limits.accounts {
+            self.fold_accounts();
+        }
+        let hash = account_hash(realm, user);
+        let a = AccountStats::new(user, hash, account_folded_before(&self.summary, hash));
+        match self.accounts.get_mut(realm) {
+            Some(users) => users.insert(user.into(), a),
+            None => self.accounts.entry(realm.to_string()).or_default().insert(user.into(), a),
+        };
     }
 
     /// Charges every client record what it holds now (after records were merged, folded
@@ -1179,13 +1191,13 @@ impl Aggregator {
         let entries = records.map(|a| (a.fold_rank(), a.charged, a));
         let plan = bounded::FoldPlan::weighted(entries, |a| account_age(a), self.account_units, target);
         let (summary, units) = (&mut self.summary, &mut self.account_units);
-        for (realm, users) in self.accounts.iter_mut() {
-            users.retain(|user, a| {
+        for users in self.accounts.values_mut() {
+            users.retain(|_, a| {
                 let keep = !plan.folds_by(a.fold_rank(), || account_age(a));
                 if !keep {
                     *units -= a.charged;
                     // Only its own failures: earlier ones are in the sketch already.
-                    summary.fold_account(account_hash(realm, user), a.auth_failures);
+                    summary.fold_account(a.hash, a.auth_failures);
                 }
                 keep
             });
