@@ -236,8 +236,9 @@ fn detected_lines<'a>(data: &'a [u8], set: &RuleSet) -> Vec<Detected<'a>> {
 fn observe_all(records: &[Detected<'_>], set: &RuleSet, policy: &ClientPolicy, limits: Limits) -> usize {
     let mut agg = Aggregator::default();
     agg.limits = limits;
+    let source: std::sync::Arc<str> = "b".into();
     for (n, (raw, record, hits)) in records.iter().enumerate() {
-        let at = LineRef { source: "b", line: n as u64 + 1 };
+        let at = LineRef { source: &source, line: n as u64 + 1 };
         let seen = Seen { source: "b", at, format: "combined", raw, record, hits };
         agg.observe(&seen, set, policy);
     }

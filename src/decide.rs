@@ -579,7 +579,7 @@ mod tests {
             path: Some(path.into()),
             ..Record::default()
         };
-        let at = LineRef { source: "s", line: t as u64 };
+        let at = LineRef { source: &std::sync::Arc::from("s"), line: t as u64 };
         let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
         agg.observe(&seen, rules, &ClientPolicy::default());
     }

@@ -179,7 +179,7 @@ impl Worker {
         self.agg.settle();
     }
 
-    fn process_line(&mut self, input: &str, line_no: u64, raw: &[u8]) {
+    fn process_line(&mut self, input: &Arc<str>, line_no: u64, raw: &[u8]) {
         let at = LineRef { source: input, line: line_no };
         if raw.is_empty() {
             self.agg.unparsed(input, at, b"(empty line)", UnparsedReason::Empty);

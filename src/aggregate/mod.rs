@@ -148,7 +148,8 @@ fn is_4xx(status: u16) -> bool {
 /// Where a line came from.
 #[derive(Clone, Copy, Debug)]
 pub struct LineRef<'s> {
-    pub source: &'s str,
+    /// Shared with the samples taken from it (see [`Sample::source`]).
+    pub source: &'s Arc<str>,
     pub line: u64,
 }
 
@@ -158,9 +159,9 @@ pub struct Sample {
     /// Event time, when the line had one (sorts first, so the earliest are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<i64>,
-    /// Boxed, not `String`: no spare capacity, and 8 bytes less each; every client with
-    /// evidence keeps three samples.
-    pub source: Box<str>,
+    /// The source's name, shared: under a spray nearly every line is a sample of a new
+    /// client or account, and a copy of the name was an allocation of each.
+    pub source: Arc<str>,
     pub line: u64,
     pub text: Box<str>,
 }
@@ -169,7 +170,7 @@ impl Sample {
     fn new(at: LineRef<'_>, time: Option<i64>, raw: &[u8]) -> Sample {
         // A spray of one-off clients builds a sample for nearly every line.
         let text = crate::parse::line_text(raw);
-        Sample { time, source: at.source.into(), line: at.line, text: shortened(&text) }
+        Sample { time, source: Arc::clone(at.source), line: at.line, text: shortened(&text) }
     }
 }
 
@@ -188,7 +189,7 @@ fn shortened(text: &str) -> Box<str> {
 /// Offers the line at `at` as a sample, building it only when it would be kept (most
 /// evidence lines of a busy client are not).
 fn offer_sample(samples: &mut Vec<Sample>, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
-    let later = |last: &Sample| (last.time, &*last.source, last.line) <= (time, at.source, at.line);
+    let later = |last: &Sample| (last.time, &*last.source, last.line) <= (time, &**at.source, at.line);
     if samples.len() >= n && samples.last().is_some_and(later) {
         return;
     }
@@ -211,7 +212,8 @@ fn keep_sample(samples: &mut Vec<Sample>, n: usize, sample: Sample) {
 /// Bytes a list of kept samples holds outside its owner: [`keep_sample`] reserves the
 /// whole list with the first sample.
 fn samples_bytes(samples: &[Sample]) -> usize {
-    let text = samples.iter().map(|s| s.text.len() + s.source.len()).sum::<usize>();
+    // Not the source's name: it is shared.
+    let text = samples.iter().map(|s| s.text.len()).sum::<usize>();
     let slots = if samples.is_empty() { 0 } else { samples.len().max(SAMPLES) };
     slots * std::mem::size_of::<Sample>() + text
 }
@@ -1455,7 +1457,7 @@ mod tests {
 
     #[test]
     fn samples_are_cut_at_a_number_of_characters_not_bytes() {
-        let at = LineRef { source: "s", line: 1 };
+        let at = LineRef { source: &Arc::from("s"), line: 1 };
         // As many two-byte characters as a sample holds: twice the bytes, nothing cut.
         let whole = "é".repeat(SAMPLE_CHARS);
         assert_eq!(&*Sample::new(at, None, whole.as_bytes()).text, whole);
@@ -1489,7 +1491,7 @@ mod tests {
         let record = Record { kind: Some(RecordKind::Access), status: Some(200), ..Record::default() };
         let feed = |agg: &mut Aggregator, lines: &[(&str, &str)]| {
             for (source, format) in lines {
-                let at = LineRef { source, line: 1 };
+                let at = LineRef { source: &Arc::from(*source), line: 1 };
                 let seen = Seen { source, at, format, raw: b"x", record: &record, hits: &[] };
                 agg.observe(&seen, &rules, &policy);
             }
@@ -1501,7 +1503,7 @@ mod tests {
             &[("p1", "combined"), ("p1", "combined"), ("p2", "combined"), ("p2", "json"), ("p1", "json")],
         );
         feed(&mut b, &[("p2", "json"), ("p2", "json"), ("p1", "combined")]);
-        a.unparsed("p1", LineRef { source: "p1", line: 9 }, b"?", UnparsedReason::Unrecognized);
+        a.unparsed("p1", LineRef { source: &Arc::from("p1"), line: 9 }, b"?", UnparsedReason::Unrecognized);
         // Merging settles both sides; nothing was settled before.
         a.merge(b);
         let counts = |name: &str| {
@@ -1634,7 +1636,7 @@ mod tests {
                     user_agent: Some(agents[agent].as_str().into()),
                     ..Record::default()
                 };
-                let at = LineRef { source: "s", line: t as u64 };
+                let at = LineRef { source: &Arc::from("s"), line: t as u64 };
                 let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
                 agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
                 agg.settle();
@@ -1687,7 +1689,7 @@ mod tests {
             path: Some(path.to_string().into()),
             ..Record::default()
         };
-        let at = LineRef { source: "s", line: t as u64 };
+        let at = LineRef { source: &Arc::from("s"), line: t as u64 };
         let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits };
         agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
     }
@@ -1733,7 +1735,7 @@ mod tests {
             ..Record::default()
         };
         let hit = Hit { rule: rules.find("backend-auth-failed").unwrap(), user: None, ip: None };
-        let at = LineRef { source: "app", line: t as u64 };
+        let at = LineRef { source: &Arc::from("app"), line: t as u64 };
         let seen =
             Seen { source: "app", at, format: "backend-json", raw: b"x", record: &record, hits: &[hit] };
         agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
@@ -1874,7 +1876,7 @@ mod tests {
             remote_addr: Some(std::net::IpAddr::from(client)),
             ..Record::default()
         };
-        let at = LineRef { source: "s", line: 2 };
+        let at = LineRef { source: &Arc::from("s"), line: 2 };
         let seen = Seen { source: "s", at, format: "json", raw: b"x", record: &record, hits: &[] };
         b.observe(&seen, &rules, &crate::client::ClientPolicy::default());
         b.settle();
@@ -1929,7 +1931,7 @@ mod tests {
                 status: Some(404),
                 ..Record::default()
             };
-            let at = LineRef { source: "s", line: 1 };
+            let at = LineRef { source: &Arc::from("s"), line: 1 };
             let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
             agg.observe(&seen, &rules, &policy);
             if minute % 60 == 0 {
