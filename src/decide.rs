@@ -484,7 +484,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         accounts: c.accounts.top(5),
         top_paths: c.paths.top(5),
         top_user_agents: c.user_agents.top(3),
-        samples: c.samples,
+        samples: c.samples.into_vec(),
         folded_evidence: c.folded_evidence,
     }
 }
@@ -517,7 +517,7 @@ fn account_report(
         window_at_least,
         lock,
         reasons,
-        samples: a.samples,
+        samples: a.samples.into_vec(),
         folded_evidence: a.folded_evidence,
     }
 }

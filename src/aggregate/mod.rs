@@ -186,9 +186,54 @@ fn shortened(text: &str) -> Box<str> {
     }
 }
 
+/// A record's samples, the first held in place: under a spray nearly every record is
+/// made for one line and soon folded, and a list of its own was an allocation and a free
+/// of each.
+pub type Samples = smallvec::SmallVec<[Sample; 1]>;
+
+/// A list of kept samples, sorted: a record's, or the scan's unparsed lines'.
+trait SampleList: std::ops::DerefMut<Target = [Sample]> {
+    fn insert(&mut self, at: usize, sample: Sample);
+    fn truncate(&mut self, n: usize);
+    /// Before the list goes to the heap, makes room for all `n` it will keep.
+    fn reserve_all(&mut self, n: usize);
+}
+
+impl SampleList for Vec<Sample> {
+    fn insert(&mut self, at: usize, sample: Sample) {
+        Vec::insert(self, at, sample);
+    }
+
+    fn truncate(&mut self, n: usize) {
+        Vec::truncate(self, n);
+    }
+
+    fn reserve_all(&mut self, n: usize) {
+        if self.capacity() == 0 {
+            self.reserve_exact(n);
+        }
+    }
+}
+
+impl SampleList for Samples {
+    fn insert(&mut self, at: usize, sample: Sample) {
+        smallvec::SmallVec::insert(self, at, sample);
+    }
+
+    fn truncate(&mut self, n: usize) {
+        smallvec::SmallVec::truncate(self, n);
+    }
+
+    fn reserve_all(&mut self, n: usize) {
+        if !self.spilled() && self.len() == self.inline_size() {
+            self.reserve_exact(n.saturating_sub(self.len()));
+        }
+    }
+}
+
 /// Offers the line at `at` as a sample, building it only when it would be kept (most
 /// evidence lines of a busy client are not).
-fn offer_sample(samples: &mut Vec<Sample>, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
+fn offer_sample<L: SampleList>(samples: &mut L, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
     let later = |last: &Sample| (last.time, &*last.source, last.line) <= (time, &**at.source, at.line);
     if samples.len() >= n && samples.last().is_some_and(later) {
         return;
@@ -197,28 +242,26 @@ fn offer_sample(samples: &mut Vec<Sample>, n: usize, at: LineRef<'_>, time: Opti
 }
 
 /// Keeps the `n` smallest samples, so the kept set does not depend on arrival order.
-fn keep_sample(samples: &mut Vec<Sample>, n: usize, sample: Sample) {
+fn keep_sample<L: SampleList>(samples: &mut L, n: usize, sample: Sample) {
     if samples.len() >= n && samples.last().is_some_and(|last| *last <= sample) {
         return;
     }
-    if samples.capacity() == 0 {
-        samples.reserve_exact(n);
-    }
+    samples.reserve_all(n);
     let at = samples.partition_point(|s| *s < sample);
     samples.insert(at, sample);
     samples.truncate(n);
 }
 
-/// Bytes a list of kept samples holds outside its owner: [`keep_sample`] reserves the
-/// whole list with the first sample.
-fn samples_bytes(samples: &[Sample]) -> usize {
+/// Bytes a record's samples hold outside it: [`keep_sample`] reserves the whole list
+/// when it leaves the record.
+fn samples_bytes(samples: &Samples) -> usize {
     // Not the source's name: it is shared.
     let text = samples.iter().map(|s| s.text.len()).sum::<usize>();
-    let slots = if samples.is_empty() { 0 } else { samples.len().max(SAMPLES) };
+    let slots = if samples.spilled() { samples.capacity() } else { 0 };
     slots * std::mem::size_of::<Sample>() + text
 }
 
-fn merge_samples(into: &mut Vec<Sample>, from: Vec<Sample>, n: usize) {
+fn merge_samples<L: SampleList>(into: &mut L, from: impl IntoIterator<Item = Sample>, n: usize) {
     for s in from {
         keep_sample(into, n, s);
     }
@@ -331,7 +374,7 @@ pub struct ClientStats {
     pub auth_accounts: DistinctTimes,
     /// Paths answered 4xx, with times (probing).
     pub paths_4xx: DistinctTimes,
-    pub samples: Vec<Sample>,
+    pub samples: Samples,
     /// Evidence this client had when it was folded into the summary before (an upper
     /// bound; 0 when never folded).
     pub folded_evidence: u64,
@@ -358,7 +401,7 @@ impl Default for ClientStats {
             times_rules: BTreeMap::new(),
             auth_accounts: DistinctTimes::default(),
             paths_4xx: DistinctTimes::default(),
-            samples: Vec::new(),
+            samples: Samples::new(),
             folded_evidence: 0,
             charged: 0,
         }
@@ -549,7 +592,7 @@ pub struct AccountStats {
     pub times: EventTimes,
     /// Clients failing on it, with times (distributed brute force).
     pub client_times: DistinctTimes,
-    pub samples: Vec<Sample>,
+    pub samples: Samples,
     /// Failed logins this account had when it was folded into the summary before (an
     /// upper bound; 0 when never folded), as [`ClientStats::folded_evidence`].
     pub folded_evidence: u64,
