@@ -184,6 +184,17 @@ fn password_spray_corpus() -> Vec<u8> {
     })
 }
 
+/// Credential stuffing: 200,000 failed logins from one address, each on a new name,
+/// about twenty times what the account table holds under the default `--max-memory`:
+/// every line makes an account record, and the table is folded again and again.
+fn credential_stuffing_corpus() -> Vec<u8> {
+    generated(200_000, |i, _, (min, sec)| {
+        format!(
+            "{{\"ts\":\"2024-01-15T10:{min:02}:{sec:02}Z\",\"event\":\"auth.failed\",\"user\":\"u{i:07}\",\"client_ip\":\"203.0.113.9\"}}\n"
+        )
+    })
+}
+
 /// An address spray: 400,000 lines, each a 404 to a new address, about five times what
 /// the compact table holds under the default `--max-memory`, so the table is folded
 /// again and again as in a real one.
@@ -198,7 +209,8 @@ fn address_spray_corpus() -> Vec<u8> {
 
 /// Aggregation alone: parsed and detected records into per-client and per-account
 /// evidence, for the incident corpus, one scanning client and a password spray (no
-/// bound), and an address spray under the default memory bound (folding included).
+/// bound), and an address spray and credential stuffing under the default memory bound
+/// (folding included).
 fn aggregation(c: &mut Criterion) {
     let set = RuleSet::builtin().unwrap();
     let policy = ClientPolicy::default();
@@ -211,6 +223,7 @@ fn aggregation(c: &mut Criterion) {
         ("one-scanner", scanner_corpus(), unbounded),
         ("password-spray", password_spray_corpus(), unbounded),
         ("address-spray-bounded", address_spray_corpus(), bounded),
+        ("credential-stuffing-bounded", credential_stuffing_corpus(), bounded),
     ];
     for (name, data, limits) in cases {
         let records = detected_lines(&data, &set);
