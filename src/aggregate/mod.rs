@@ -843,6 +843,8 @@ pub struct Aggregator {
     /// Quiet lines of clients without a full record, not yet counted (see
     /// [`QuietLine`]).
     pub(crate) quiet: Vec<QuietLine>,
+    /// `quiet` grouped by shard, kept between batches (see [`group_by_shard`]).
+    pub(crate) quiet_by_shard: Vec<QuietLine>,
 }
 
 /// A line that is no evidence, from a client without a full record: it changes only
@@ -859,6 +861,25 @@ pub(crate) struct QuietLine {
     access: bool,
     /// The shard of the table shared by the workers that holds `key`, once sorted by it.
     shard: u8,
+}
+
+/// Copies `quiet` into `out` grouped by shard (their `shard`, set), in shard order and each
+/// shard's lines in their order: a counting sort, two passes over a batch where sorting
+/// it compared each line about eleven times (1.4% of a two-thread scan in perf).
+fn group_by_shard(quiet: &[QuietLine], out: &mut Vec<QuietLine>) {
+    let mut next = [0usize; shared::SHARDS];
+    quiet.iter().for_each(|q| next[usize::from(q.shard)] += 1);
+    let mut start = 0;
+    for slot in next.iter_mut() {
+        (*slot, start) = (start, start + *slot);
+    }
+    out.clear();
+    out.extend_from_slice(quiet);
+    for q in quiet {
+        let at = &mut next[usize::from(q.shard)];
+        out[*at] = *q;
+        *at += 1;
+    }
 }
 
 impl QuietLine {
@@ -1067,8 +1088,15 @@ impl Aggregator {
     fn count_quiet_shared(&mut self, shared: &SharedLights, quiet: &mut [QuietLine]) {
         // The shard once per line, not once per comparison.
         quiet.iter_mut().for_each(|q| q.shard = shared::shard_of(&q.key) as u8);
-        quiet.sort_unstable_by_key(|q| q.shard);
-        let mut rest = &quiet[..];
+        let mut grouped = std::mem::take(&mut self.quiet_by_shard);
+        group_by_shard(quiet, &mut grouped);
+        self.count_grouped(shared, &grouped);
+        self.quiet_by_shard = grouped;
+    }
+
+    /// [`Aggregator::count_quiet_shared`] for lines grouped by shard.
+    fn count_grouped(&mut self, shared: &SharedLights, quiet: &[QuietLine]) {
+        let mut rest = quiet;
         loop {
             let summary = &self.summary;
             let new = |key| new_light(summary, key);
@@ -1818,6 +1846,23 @@ mod tests {
             (Some(c), None) => (c.requests, c.first_seen),
             (None, Some(l)) => (l.requests, l.first_seen()),
             both => panic!("{ip:?}: a record and a light entry at once, or neither: {both:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        /// Grouping keeps every line once, in shard order, each shard's in their order.
+        #[test]
+        fn quiet_lines_group_by_shard_in_order(shards in proptest::collection::vec(0u8..64, 0..300)) {
+            let record = Record::default();
+            let quiet: Vec<QuietLine> = shards.iter().enumerate().map(|(i, &shard)| {
+                QuietLine { shard, time: Some(i as i64), ..QuietLine::of(key_of([10, 0, 0, 1]), &record) }
+            }).collect();
+            let mut grouped = [quiet[0..quiet.len().min(3)].to_vec(), quiet.clone()].concat();
+            group_by_shard(&quiet, &mut grouped);
+            let mut expected = quiet.clone();
+            expected.sort_by_key(|q| (q.shard, q.time));
+            let order = |v: &[QuietLine]| v.iter().map(|q| (q.shard, q.time)).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(order(&grouped), order(&expected));
         }
     }
 

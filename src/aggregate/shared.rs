@@ -20,7 +20,7 @@ use crate::client::ClientKey;
 
 /// Enough shards that two workers rarely want the same one at once (and few enough to
 /// number in a byte).
-const SHARDS: usize = 64;
+pub const SHARDS: usize = 64;
 
 /// The shard that holds `key`: the address's bytes folded together, cheaper than the
 /// keyed hash the shard's map computes next anyway. Addresses chosen to share a shard
