@@ -186,54 +186,19 @@ fn shortened(text: &str) -> Box<str> {
     }
 }
 
-/// A record's samples, the first held in place: under a spray nearly every record is
+/// Kept samples, sorted, the first held in place: under a spray nearly every record is
 /// made for one line and soon folded, and a list of its own was an allocation and a free
 /// of each.
 pub type Samples = smallvec::SmallVec<[Sample; 1]>;
 
-/// A list of kept samples, sorted: a record's, or the scan's unparsed lines'.
-trait SampleList: std::ops::DerefMut<Target = [Sample]> {
-    fn insert(&mut self, at: usize, sample: Sample);
-    fn truncate(&mut self, n: usize);
-    /// Before the list goes to the heap, makes room for all `n` it will keep.
-    fn reserve_all(&mut self, n: usize);
-}
-
-impl SampleList for Vec<Sample> {
-    fn insert(&mut self, at: usize, sample: Sample) {
-        Vec::insert(self, at, sample);
-    }
-
-    fn truncate(&mut self, n: usize) {
-        Vec::truncate(self, n);
-    }
-
-    fn reserve_all(&mut self, n: usize) {
-        if self.capacity() == 0 {
-            self.reserve_exact(n);
-        }
-    }
-}
-
-impl SampleList for Samples {
-    fn insert(&mut self, at: usize, sample: Sample) {
-        smallvec::SmallVec::insert(self, at, sample);
-    }
-
-    fn truncate(&mut self, n: usize) {
-        smallvec::SmallVec::truncate(self, n);
-    }
-
-    fn reserve_all(&mut self, n: usize) {
-        if !self.spilled() && self.len() == self.inline_size() {
-            self.reserve_exact(n.saturating_sub(self.len()));
-        }
-    }
+/// Bytes `v` holds outside itself: none while its items fit in place.
+pub(crate) fn spilled_bytes<A: smallvec::Array>(v: &smallvec::SmallVec<A>) -> usize {
+    if v.spilled() { v.capacity() * std::mem::size_of::<A::Item>() } else { 0 }
 }
 
 /// Offers the line at `at` as a sample, building it only when it would be kept (most
 /// evidence lines of a busy client are not).
-fn offer_sample<L: SampleList>(samples: &mut L, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
+fn offer_sample(samples: &mut Samples, n: usize, at: LineRef<'_>, time: Option<i64>, raw: &[u8]) {
     let later = |last: &Sample| (last.time, &*last.source, last.line) <= (time, &**at.source, at.line);
     if samples.len() >= n && samples.last().is_some_and(later) {
         return;
@@ -242,11 +207,14 @@ fn offer_sample<L: SampleList>(samples: &mut L, n: usize, at: LineRef<'_>, time:
 }
 
 /// Keeps the `n` smallest samples, so the kept set does not depend on arrival order.
-fn keep_sample<L: SampleList>(samples: &mut L, n: usize, sample: Sample) {
+fn keep_sample(samples: &mut Samples, n: usize, sample: Sample) {
     if samples.len() >= n && samples.last().is_some_and(|last| *last <= sample) {
         return;
     }
-    samples.reserve_all(n);
+    if samples.len() == samples.inline_size() && !samples.spilled() {
+        // Leaving the record: room for all `n` at once.
+        samples.reserve_exact(n.saturating_sub(samples.len()));
+    }
     let at = samples.partition_point(|s| *s < sample);
     samples.insert(at, sample);
     samples.truncate(n);
@@ -257,11 +225,10 @@ fn keep_sample<L: SampleList>(samples: &mut L, n: usize, sample: Sample) {
 fn samples_bytes(samples: &Samples) -> usize {
     // Not the source's name: it is shared.
     let text = samples.iter().map(|s| s.text.len()).sum::<usize>();
-    let slots = if samples.spilled() { samples.capacity() } else { 0 };
-    slots * std::mem::size_of::<Sample>() + text
+    spilled_bytes(samples) + text
 }
 
-fn merge_samples<L: SampleList>(into: &mut L, from: impl IntoIterator<Item = Sample>, n: usize) {
+fn merge_samples(into: &mut Samples, from: Samples, n: usize) {
     for s in from {
         keep_sample(into, n, s);
     }
@@ -320,7 +287,7 @@ pub struct Stats {
     /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
     #[serde(default)]
     pub unparsed_by_reason: BTreeMap<String, u64>,
-    pub unparsed_samples: Vec<Sample>,
+    pub unparsed_samples: Samples,
     /// Inputs that could not be read to their end, with the reason.
     pub read_errors: Vec<ReadError>,
     /// Set when clients or accounts were folded into the approximate summary to stay
@@ -697,7 +664,7 @@ impl AccountClients {
 
     /// Bytes held outside the record.
     fn heap_bytes(&self) -> usize {
-        if self.0.spilled() { self.0.capacity() * std::mem::size_of::<ClientKey>() } else { 0 }
+        spilled_bytes(&self.0)
     }
 }
 
@@ -1544,8 +1511,8 @@ mod tests {
     #[test]
     fn samples_keep_the_smallest_regardless_of_order() {
         let mk = |line| Sample { time: Some(10), source: "s".into(), line, text: "".into() };
-        let mut a = Vec::new();
-        let mut b = Vec::new();
+        let mut a = Samples::new();
+        let mut b = Samples::new();
         for l in [5, 1, 9, 3, 7] {
             keep_sample(&mut a, 3, mk(l));
         }

@@ -37,11 +37,6 @@ fn reach(window: i64, shift: u32) -> Option<i64> {
 /// account record) allocates nothing for it, and a fold frees nothing.
 type Entries<T> = smallvec::SmallVec<[(i64, T); 1]>;
 
-/// Bytes `entries` hold outside themselves.
-fn entries_heap_bytes<T>(entries: &Entries<T>) -> usize {
-    if entries.spilled() { entries.capacity() * std::mem::size_of::<(i64, T)>() } else { 0 }
-}
-
 /// Drops the entries of buckets that end by `cutoff` (a bucket reaching past it stays);
 /// `entries` are sorted. Room left mostly empty is given back: under `--follow` a client
 /// busy hours ago would otherwise hold (and be charged for) its peak for as long as it
@@ -143,7 +138,7 @@ impl EventTimes {
 
     /// Bytes the series holds outside itself (at most twice [`EventTimes::CAP`] entries).
     pub fn heap_bytes(&self) -> usize {
-        entries_heap_bytes(&self.entries)
+        super::spilled_bytes(&self.entries)
     }
 
     /// The most events in any window of `window` seconds, `[t, t + window)`, plus the
@@ -408,7 +403,7 @@ impl DistinctTimes {
 
     /// Bytes the set holds outside itself.
     pub fn heap_bytes(&self) -> usize {
-        entries_heap_bytes(&self.entries)
+        super::spilled_bytes(&self.entries)
     }
 
     /// The most distinct values inside any window of `window` seconds, and its start.
