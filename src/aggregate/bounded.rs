@@ -224,16 +224,36 @@ impl Summary {
 }
 
 /// Which entries a fold removes: all with less evidence than `level`, and of those at
-/// `level` the oldest (by last seen, then an arbitrary fixed order) up to the number needed.
-/// Keeping the newest at the boundary is what lets a returning attacker survive a spray.
+/// `level` the oldest (by last seen, then an arbitrary fixed order; see [`rank`]) up to
+/// the number needed. Keeping the newest at the boundary is what lets a returning
+/// attacker survive a spray.
 #[derive(Clone, Copy, Debug)]
 pub struct FoldPlan {
     level: u64,
-    cutoff: (i64, u64),
+    cutoff: Rank,
 }
 
 /// An entry's age for folding: when it was last seen, then a tie-break.
 pub type Age = (i64, u64);
+
+/// An entry's place in a fold at its level: its [`Age`], on the histogram's last level
+/// with the time to the minute (see [`rank`]).
+pub type Rank = Age;
+
+/// The [`Rank`] of an entry with `evidence` and `age`. Heavy attackers in lockstep all
+/// sit on the last level and are seen every second. To the second, which of them was
+/// older depended on where a fold fell within a second's lines, so each fold unseated
+/// records that had kept their whole history. To the minute they tie, and the fixed
+/// order keeps the same ones on every fold and on every worker. (The least evidence
+/// first kept more whole on one thread, but on two none: each worker has part of a
+/// client's lines, so their rankings differed, and a client kept on one was folded on
+/// the other.)
+pub fn rank(evidence: u64, (time, tie): Age) -> Rank {
+    if evidence >= LEVELS as u64 - 1 { (time.div_euclid(60), tie) } else { (time, tie) }
+}
+
+/// The rank above every entry's: a plan that folds all at its level.
+const ALL: Rank = (i64::MAX, u64::MAX);
 
 impl FoldPlan {
     /// Plans a fold of `entries` (evidence, entry) from `len` down to `target`, in two
@@ -246,16 +266,15 @@ impl FoldPlan {
     ) -> FoldPlan {
         let histogram = histogram(entries.clone().map(|e| (e.0, 1)));
         let level = level_of(&histogram, len, target);
-        let ages: Vec<Age> = entries.filter(|e| at_level(e.0, level)).map(|e| age(&e.1)).collect();
-        FoldPlan::at_level(level, below(&histogram, level), ages, len, target)
+        let ranks = entries.filter(|e| at_level(e.0, level)).map(|e| rank(e.0, age(&e.1))).collect();
+        FoldPlan::at_level(level, below(&histogram, level), ranks, len, target)
     }
 
-    /// The plan once the level is known: `below` entries have less evidence, `ages` are
+    /// The plan once the level is known: `below` entries have less evidence, `ranks` are
     /// those of the entries at the level.
-    pub fn at_level(level: u64, below: usize, mut ages: Vec<Age>, len: usize, target: usize) -> FoldPlan {
+    pub fn at_level(level: u64, below: usize, mut ranks: Vec<Rank>, len: usize, target: usize) -> FoldPlan {
         let need = len.saturating_sub(target).saturating_sub(below);
-        let cutoff =
-            if need >= ages.len() { (i64::MAX, u64::MAX) } else { *ages.select_nth_unstable(need).1 };
+        let cutoff = if need >= ranks.len() { ALL } else { *ranks.select_nth_unstable(need).1 };
         FoldPlan { level, cutoff }
     }
 
@@ -271,13 +290,13 @@ impl FoldPlan {
         let histogram = histogram(entries.clone().map(|e| (e.0, e.1)));
         let level = level_of(&histogram, total, target);
         let below = below(&histogram, level);
-        let mut at: Vec<(Age, usize)> =
-            entries.filter(|e| at_level(e.0, level)).map(|e| (age(&e.2), e.1)).collect();
+        let mut at: Vec<(Rank, usize)> =
+            entries.filter(|e| at_level(e.0, level)).map(|e| (rank(e.0, age(&e.2)), e.1)).collect();
         let need = total.saturating_sub(target).saturating_sub(below);
         if at.iter().all(|&(_, w)| w == 1) {
             // The usual case (a spray of one-off records at the level): no sort needed.
-            let ages = at.into_iter().map(|(age, _)| age).collect();
-            return FoldPlan::at_level(level, 0, ages, need, 0);
+            let ranks = at.into_iter().map(|(rank, _)| rank).collect();
+            return FoldPlan::at_level(level, 0, ranks, need, 0);
         }
         at.sort_unstable();
         let mut folded = 0;
@@ -286,7 +305,7 @@ impl FoldPlan {
             folded += w;
             kept
         });
-        let cutoff = first_kept.map_or((i64::MAX, u64::MAX), |i| at[i].0);
+        let cutoff = first_kept.map_or(ALL, |i| at[i].0);
         FoldPlan { level, cutoff }
     }
 
@@ -297,9 +316,9 @@ impl FoldPlan {
 
     /// [`FoldPlan::folds`], asking `age` only when the evidence is at the level.
     pub fn folds_by(&self, evidence: u64, age: impl FnOnce() -> Age) -> bool {
-        // As the histogram counts it: past the last level, evidence ties on age.
-        let evidence = evidence.min(LEVELS as u64 - 1);
-        evidence < self.level || (evidence == self.level && age() < self.cutoff)
+        // As the histogram counts it: past the last level, all is one level.
+        let level = evidence.min(LEVELS as u64 - 1);
+        level < self.level || (level == self.level && rank(evidence, age()) < self.cutoff)
     }
 }
 
@@ -826,18 +845,23 @@ mod tests {
 
     proptest::proptest! {
         /// A weighted plan folds what folding one entry at a time would: least evidence,
-        /// then oldest, until the weight folded reaches what must go.
+        /// then oldest, until the weight folded reaches what must go. Evidence past the
+        /// histogram's last level counts in full, as below it.
         #[test]
         fn weighted_plans_fold_the_least_and_oldest_first(
-            entries in proptest::collection::vec((0u64..4, 1usize..3), 1..60),
+            entries in proptest::collection::vec((0u64..4, proptest::bool::ANY, 1usize..3), 1..60),
             target in 0usize..80,
         ) {
-            let entries: Vec<(u64, Age, usize)> =
-                entries.iter().enumerate().map(|(i, &(e, w))| (e, ((i * 7 % 13) as i64, i as u64), w)).collect();
+            // Each evidence either low or around the last level (253 to 258), and the times
+            // minutes apart or seconds apart.
+            let evidence = |e: u64, heavy: bool| if heavy { LEVELS as u64 - 3 + e } else { e };
+            let entries: Vec<(u64, Age, usize)> = entries.iter().enumerate()
+                .map(|(i, &(e, heavy, w))| (evidence(e, heavy), ((i * 7 % 13) as i64 * 50, i as u64), w))
+                .collect();
             let total = entries.iter().map(|e| e.2).sum::<usize>();
             let plan = FoldPlan::weighted(entries.iter().map(|e| (e.0, e.2, e.1)), |age| *age, total, target);
             let mut order = entries.clone();
-            order.sort_by_key(|e| (e.0, e.1));
+            order.sort_by_key(|e| (e.0.min(LEVELS as u64 - 1), rank(e.0, e.1)));
             let mut folded = 0;
             let expected: Vec<bool> = order.iter().map(|e| {
                 let fold = folded < total.saturating_sub(target);
@@ -847,6 +871,14 @@ mod tests {
             let actual: Vec<bool> = order.iter().map(|e| plan.folds(e.0, e.1)).collect();
             proptest::prop_assert_eq!(actual, expected);
         }
+    }
+
+    #[test]
+    fn on_the_last_level_entries_seen_within_a_minute_tie() {
+        let (last, below) = (LEVELS as u64 - 1, LEVELS as u64 - 2);
+        assert!(rank(below, (61, 9)) < rank(below, (62, 1)), "below it, the second counts");
+        assert!(rank(last, (61, 9)) > rank(last + 100, (62, 1)), "on it, the fixed order decides");
+        assert!(rank(last, (59, 9)) < rank(last, (60, 1)), "a minute earlier is older");
     }
 
     #[test]

@@ -96,16 +96,8 @@ fn age(key: &ClientKey, last_seen: Option<i64>) -> bounded::Age {
     (last_seen.unwrap_or(i64::MIN), tie_order(key))
 }
 
-/// [`age`] for an account (its name's [`tie_order`] kept in the record). Past the last
-/// level of a fold's histogram, the fewest failed logins go first instead of the oldest:
-/// accounts attacked together are seen in the same second, and which of them was
-/// "older" then depended only on the order of the lines within it, so when more such
-/// accounts outgrew the table than it could keep, each fold unseated another and none
-/// kept its history. Ranked by what they hold, the longest kept stays.
+/// [`age`] for an account (its name's [`tie_order`] kept in the record).
 fn account_age(a: &AccountStats) -> bounded::Age {
-    if a.fold_rank() >= bounded::LEVELS as u64 - 1 {
-        return (i64::try_from(a.auth_failures).unwrap_or(i64::MAX), a.tie);
-    }
     (a.last_seen.unwrap_or(i64::MIN), a.tie)
 }
 

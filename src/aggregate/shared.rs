@@ -151,13 +151,13 @@ impl SharedLights {
             len += 1;
         });
         let level = bounded::level_of(&histogram, len, target);
-        let mut ages = Vec::new();
+        let mut ranks = Vec::new();
         self.each(|key, l| {
             if l.fold_rank() == level {
-                ages.push(age(key, l.fold_time()));
+                ranks.push(bounded::rank(level, age(key, l.fold_time())));
             }
         });
-        let plan = FoldPlan::at_level(level, bounded::below(&histogram, level), ages, len, target);
+        let plan = FoldPlan::at_level(level, bounded::below(&histogram, level), ranks, len, target);
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|key, l| {
