@@ -845,8 +845,9 @@ mod tests {
 
     proptest::proptest! {
         /// A weighted plan folds what folding one entry at a time would: least evidence,
-        /// then oldest, until the weight folded reaches what must go. Evidence past the
-        /// histogram's last level counts in full, as below it.
+        /// then oldest, until the weight folded reaches what must go. Past the
+        /// histogram's last level all evidence is one level, and "oldest" is to the
+        /// minute ([`rank`]).
         #[test]
         fn weighted_plans_fold_the_least_and_oldest_first(
             entries in proptest::collection::vec((0u64..4, proptest::bool::ANY, 1usize..3), 1..60),
