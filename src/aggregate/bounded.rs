@@ -52,8 +52,9 @@ pub struct Limits {
 /// under the default memory bound, two sent about 10,000 clients with three 4xx answers into
 /// the approximate sketch.
 pub const LIGHT_EVENTS: usize = 4;
-/// Estimated bytes of one light entry that holds evidence: 112 in its map with its key, the
-/// map's spare room and the copy made while it grows, and 208 behind its pointer (the
+/// Estimated bytes of one light entry that holds evidence: 112 in its table with its key,
+/// 16 in the table's index, the table's spare room and the copy made while it grows
+/// ([`super::dense`]), and 208 behind its pointer (the
 /// events, and the names of failed logins). Sprays of one-off addresses peaked at ~650
 /// bytes an entry (RSS over entries, one event each), and 256 let such a spray take more
 /// than twice the light quarter of `--max-memory`. A quiet entry holds far less, and so

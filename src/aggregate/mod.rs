@@ -4,6 +4,7 @@
 //! input was cut into chunks.
 
 pub mod bounded;
+pub mod dense;
 pub mod shared;
 pub mod topk;
 pub mod window;
@@ -780,7 +781,7 @@ pub struct Aggregator {
     /// moving the whole record.
     pub clients: HashMap<ClientKey, Box<ClientStats>>,
     /// Clients without a full record, in compact form (see [`bounded`]).
-    pub light: HashMap<ClientKey, Light>,
+    pub light: dense::DenseTable<ClientKey, Light>,
     /// When set, light entries live there instead of in `light`: one table for all the
     /// workers of a scan (see [`shared`]), handed back by [`Aggregator::absorb_lights`].
     pub shared_light: Option<Arc<shared::SharedLights>>,
@@ -1007,7 +1008,7 @@ impl Aggregator {
             self.fold_light();
         }
         let summary = &self.summary;
-        self.light.entry(key).or_insert_with(|| new_light(summary, key))
+        self.light.get_or_insert_with(key, || new_light(summary, key))
     }
 
     fn hold_quiet(&mut self, line: QuietLine) {
@@ -1024,10 +1025,19 @@ impl Aggregator {
         quiet.retain(|q| !self.count_quiet_in_record(q));
         match self.shared_light.clone() {
             Some(shared) => self.count_quiet_shared(&shared, &mut quiet),
-            None => quiet.iter().for_each(|q| q.count(self.light_entry(q.key))),
+            None => self.count_quiet_light(&quiet),
         }
         quiet.clear();
         self.quiet = quiet;
+    }
+
+    /// Counts `quiet` in the compact table, asking for the slots and entries of the lines
+    /// ahead first (see [`dense`]).
+    fn count_quiet_light(&mut self, quiet: &[QuietLine]) {
+        for (i, q) in quiet.iter().enumerate() {
+            self.light.prefetch_ahead(quiet, i, |q| q.key);
+            q.count(self.light_entry(q.key));
+        }
     }
 
     /// Counts `q` in its client's full record, if there is one.

@@ -14,8 +14,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::age;
 use super::bounded::{self, FoldPlan, Light};
-use super::{HashMap, age};
+use super::dense::DenseTable;
 use crate::client::ClientKey;
 
 /// Enough shards that two workers rarely want the same one at once (and few enough to
@@ -37,7 +38,7 @@ pub fn shard_of(key: &ClientKey) -> usize {
 /// otherwise pass one line back and forth on every quiet line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Shard(Mutex<HashMap<ClientKey, Light>>);
+struct Shard(Mutex<DenseTable<ClientKey, Light>>);
 
 /// The light entries of all workers of one scan, at most `limit` of them.
 #[derive(Debug)]
@@ -57,11 +58,11 @@ impl SharedLights {
         SharedLights { shards, len: AtomicUsize::new(0), limit, folding: Mutex::new(()) }
     }
 
-    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Light>> {
+    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, DenseTable<ClientKey, Light>> {
         self.lock(shard_of(key))
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, HashMap<ClientKey, Light>> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, DenseTable<ClientKey, Light>> {
         // A worker that panicked leaves whole entries: each update is one call.
         self.shards[shard].0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -117,7 +118,9 @@ impl SharedLights {
             let i = shard_of(&key(&items[start]));
             let end = start + items[start..].iter().take_while(|t| shard_of(&key(t)) == i).count();
             let mut shard = self.lock(i);
-            for (n, item) in items[start..end].iter().enumerate() {
+            let run = &items[start..end];
+            for (n, item) in run.iter().enumerate() {
+                shard.prefetch_ahead(run, n, &key);
                 let k = key(item);
                 if let Some(l) = shard.get_mut(&k) {
                     f(item, l);
