@@ -75,6 +75,10 @@ for round in $(seq "$runs"); do
     order=$(python3 -c 'import random,sys; l=list(range(int(sys.argv[1]))); random.Random(int(sys.argv[2])).shuffle(l); print(*l)' "${#commands[@]}" "$round")
     for i in $order; do
         tfile=target/compare/time.$$
+        # Untimed: this machine's kernel pages out file pages left idle for about a minute
+        # (a DAMON `pageout` scheme, /sys/kernel/mm/damon), so a command that followed
+        # GoAccess or fail2ban read part of the corpus from disk again.
+        cat "$corpus" > /dev/null
         /usr/bin/time -f "%e %M" -o "$tfile" bash -c "${commands[$i]}" > "target/compare/out.$$.$i" 2>/dev/null || true
         cat "$tfile" >> "target/compare/times.$$.$i"
     done
@@ -127,6 +131,13 @@ secs = max(float(secs), 0.001)
 name = name.replace("|", "\\|")
 print(f"| `{name}` | {int(size) / 1e6 / secs:,.0f} | {int(lines) / secs:,.0f} | {int(rss) / 1024:,.0f} | {secs / float(lw):.2f}x | {ok} |")
 PY
-    rm -f "$out" "target/compare/times.$$.$i"
+    rm -f "$out"
+done
+# Every round's seconds, in the order the rounds ran: a median hides a slow phase of the
+# machine, and these show whether one fell on a few rounds or on a whole command.
+printf '\nseconds per round:\n\n'
+for i in "${!names[@]}"; do
+    printf -- '- `%s`: %s\n' "${names[$i]}" "$(awk '{printf "%s%s", sep, $1; sep=", "}' "target/compare/times.$$.$i")"
+    rm -f "target/compare/times.$$.$i"
 done
 rm -f target/compare/time.$$
