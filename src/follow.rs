@@ -139,7 +139,7 @@ impl Announcer {
             self.clients.insert(*key);
             new.push(announcement("block", key.to_string(), c.last_seen, v));
         }
-        for (user, a) in agg.accounts.get_mut(APP_REALM).into_iter().flatten() {
+        for (user, a) in agg.accounts.get_mut(APP_REALM).into_iter().flat_map(|users| users.iter_mut()) {
             if self.accounts.contains(user.as_str()) {
                 continue;
             }

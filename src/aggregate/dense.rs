@@ -1,15 +1,18 @@
 //! A hash table whose entries sit packed in one vector, found through a separate index
-//! of small slots (linear probing), for the compact entries that every quiet line
-//! updates. Two things make it fit that job better than a general-purpose table:
+//! of small slots (linear probing), for the tables that folding keeps within
+//! `--max-memory`: the compact client entries that every quiet line updates, and the
+//! account records. Two things make it fit that job better than a general-purpose table:
 //!
 //! - A key's slot follows from its hash alone, so a batch of lines can ask for the slots
 //!   of the lines ahead, and then for their entries, before it needs them
 //!   ([`DenseTable::prefetch_slot`], [`DenseTable::prefetch_entry`]): the cache misses of
 //!   several lines overlap instead of each line waiting for two in turn.
-//! - Folding reads every entry three times. Packed entries are read front to back with no
+//! - Folding reads every entry three times (a spray of one-off addresses or account
+//!   names folds every few thousand lines). Packed entries are read front to back with no
 //!   empty room between them, and a fold removes entries by compacting the vector and
 //!   building the index again, not by a deletion per entry.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 /// A map from `K` to `V`: entries packed in insertion order (a removal moves the last
@@ -67,7 +70,7 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         self.entries.is_empty()
     }
 
-    fn hash(&self, key: &K) -> u64 {
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -85,7 +88,11 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
     /// The slot of `key` and its entry's position (`Ok`), or the empty slot where it
     /// would go (`Err`). The index is never full, so the search ends. `Err(0)` when
     /// there is no index yet.
-    fn find(&self, hash: u64, key: &K) -> Result<(usize, usize), usize> {
+    fn find<Q>(&self, hash: u64, key: &Q) -> Result<(usize, usize), usize>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         if self.index.is_empty() {
             return Err(0);
         }
@@ -95,7 +102,7 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
             if s == EMPTY {
                 return Err(at);
             }
-            if s >> 32 == hash >> 32 && self.entries[position(s)].0 == *key {
+            if s >> 32 == hash >> 32 && self.entries[position(s)].0.borrow() == key {
                 return Ok((at, position(s)));
             }
             at = self.next(at);
@@ -149,17 +156,29 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         }
     }
 
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (_, pos) = self.find(self.hash(key), key).ok()?;
         Some(&self.entries[pos].1)
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (_, pos) = self.find(self.hash(key), key).ok()?;
         Some(&mut self.entries[pos].1)
     }
 
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.find(self.hash(key), key).is_ok()
     }
 
@@ -199,7 +218,11 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         pos
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let (at, pos) = self.find(self.hash(key), key).ok()?;
         self.clear_slot(at);
         let last = self.entries.len() - 1;
@@ -281,6 +304,15 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> + Clone + '_ {
         self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// The entries, in the table's order, their values to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+        self.entries.iter_mut().map(|(_, v)| v)
     }
 }
 
@@ -397,5 +429,17 @@ mod tests {
             expected.sort_unstable();
             proptest::prop_assert_eq!(held, expected);
         }
+    }
+
+    /// Accounts are keyed by `CompactString` and looked up by `&str`: the two must hash
+    /// alike, or every failed login would make a second record of its account.
+    #[test]
+    fn a_borrowed_key_finds_its_entry() {
+        let mut table = DenseTable::default();
+        table.insert(compact_str::CompactString::from("victim"), 1);
+        assert_eq!(table.get("victim"), Some(&1));
+        assert!(!table.contains_key("other"));
+        assert_eq!(table.remove("victim"), Some(1));
+        assert!(table.is_empty());
     }
 }

@@ -788,7 +788,7 @@ pub struct Aggregator {
     /// Per realm (see [`crate::detect::Rule::realm`]), per user name. Names of up to 24
     /// bytes are held in place: a spray of one-off names made an allocation of each, and a
     /// fold freed it, reading the heap for each.
-    pub accounts: BTreeMap<String, HashMap<CompactString, AccountStats>>,
+    pub accounts: BTreeMap<String, dense::DenseTable<CompactString, AccountStats>>,
     pub incident: IncidentStats,
     /// How many units of clients and accounts are kept exactly.
     pub limits: Limits,
@@ -1644,7 +1644,7 @@ mod tests {
             failed_login(&mut agg, &rules, n.to_be_bytes(), i64::from(n), &user);
         }
         assert!(agg.summary.accounts.entries > 10_000, "the one-off names were folded");
-        let victim = &agg.accounts[crate::detect::APP_REALM]["victim"];
+        let victim = agg.accounts[crate::detect::APP_REALM].get("victim").expect("victim kept");
         // Its first failure was folded; back with it in `folded_evidence`, it outranked
         // the one-offs at every fold after that.
         assert_eq!((victim.auth_failures, victim.folded_evidence), (99, 1));
