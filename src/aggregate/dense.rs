@@ -96,16 +96,22 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         if self.index.is_empty() {
             return Err(0);
         }
+        let at =
+            self.probe(hash, |s| s >> 32 == hash >> 32 && self.entries[position(s)].0.borrow() == key)?;
+        Ok((at, position(self.index[at])))
+    }
+
+    /// The first full slot from the home of `hash` on for which `hit` is true (`Ok`), or
+    /// the empty slot that ends the search (`Err`): every search of the index, so that
+    /// they all stop where a lookup would. The index must not be empty.
+    fn probe(&self, hash: u64, mut hit: impl FnMut(u64) -> bool) -> Result<usize, usize> {
         let mut at = self.home(hash);
         loop {
-            let s = self.index[at];
-            if s == EMPTY {
-                return Err(at);
+            match self.index[at] {
+                EMPTY => return Err(at),
+                s if hit(s) => return Ok(at),
+                _ => at = self.next(at),
             }
-            if s >> 32 == hash >> 32 && self.entries[position(s)].0.borrow() == key {
-                return Ok((at, position(s)));
-            }
-            at = self.next(at);
         }
     }
 
@@ -127,13 +133,8 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
             return;
         }
         let hash = self.hash(key);
-        let mut at = self.home(hash);
-        while self.index[at] != EMPTY {
-            if self.index[at] >> 32 == hash >> 32 {
-                prefetch(std::ptr::from_ref(&self.entries[position(self.index[at])]).cast());
-                return;
-            }
-            at = self.next(at);
+        if let Ok(at) = self.probe(hash, |s| s >> 32 == hash >> 32) {
+            prefetch(std::ptr::from_ref(&self.entries[position(self.index[at])]).cast());
         }
     }
 
@@ -236,11 +237,8 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
 
     /// The index slot that holds the entry at `pos`.
     fn slot_of_position(&self, pos: usize) -> usize {
-        let mut at = self.home(self.hash(&self.entries[pos].0));
-        while self.index[at] == EMPTY || position(self.index[at]) != pos {
-            at = self.next(at);
-        }
-        at
+        let hash = self.hash(&self.entries[pos].0);
+        self.probe(hash, |s| position(s) == pos).expect("every entry has a slot on its search")
     }
 
     /// Empties slot `at` and closes the gap: the slots after it in its run move back if
@@ -271,7 +269,8 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         }
     }
 
-    /// Makes room for `more` entries without growing the index.
+    /// Makes room for `more` entries, so that adding them grows neither the vector nor
+    /// the index.
     pub fn reserve(&mut self, more: usize) {
         self.entries.reserve(more);
         let need = (self.entries.len() + more) * 2;
@@ -289,10 +288,7 @@ impl<K: Hash + Eq, V> DenseTable<K, V> {
         self.index.resize(size, EMPTY);
         for pos in 0..self.entries.len() {
             let hash = self.hash(&self.entries[pos].0);
-            let mut at = self.home(hash);
-            while self.index[at] != EMPTY {
-                at = self.next(at);
-            }
+            let at = self.probe(hash, |_| false).expect_err("no full slot is a hit");
             self.index[at] = slot(hash, pos);
         }
     }
