@@ -3,7 +3,7 @@
 //! address is not an access record (it is reported as unparsed).
 
 use super::logformat::{CombinedHead, Escape, LogFormat, Matched, Var};
-use super::{LineText, Record, RecordKind, parse_ip, text};
+use super::{LineBytes, LineText, Record, RecordKind, parse_ip, text};
 use crate::time;
 
 /// Parses `line` with `format`.
@@ -21,12 +21,13 @@ pub fn parse_into<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a
 
 fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Option<()> {
     let mut caps = super::logformat::Captures::new();
-    let matched = format.capture_into(line, &mut caps);
+    let bytes = LineBytes::of(line);
+    let matched = format.capture_into(line, &bytes, &mut caps);
     if matched == Matched::No {
         return None;
     }
     record.kind = Some(RecordKind::Access);
-    let line = LineText::new(line, format.escape);
+    let line = LineText::scanned(line, format.escape, &bytes);
     if let Matched::Head(head) = matched {
         apply_head(record, &head, &line, format.escape)?;
     }

@@ -21,6 +21,7 @@ use std::cmp::Ordering;
 
 use memchr::memmem;
 
+use super::LineBytes;
 use crate::error::{Error, Result};
 
 /// The nginx variables logwarden understands; any other variable is matched and ignored.
@@ -196,7 +197,7 @@ impl LogFormat {
         let literal_quotes = items
             .iter()
             .map(|i| match i {
-                Item::Literal(lit) => count_quotes(lit),
+                Item::Literal(lit) => LineBytes::of(lit).quotes,
                 Item::Var(_) => 0,
             })
             .sum();
@@ -209,7 +210,7 @@ impl LogFormat {
     /// Matches a whole line; `None` when the line does not have this format's shape.
     pub fn captures<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
         let mut caps = Captures::new();
-        match self.capture_into(line, &mut caps) {
+        match self.capture_into(line, &LineBytes::of(line), &mut caps) {
             Matched::No => None,
             Matched::Items => Some(caps),
             Matched::Head(head) => {
@@ -219,13 +220,18 @@ impl LogFormat {
         }
     }
 
-    /// [`LogFormat::captures`] into `caps` (cleared first). The hot path: when the
-    /// combined head's shortcut matched, its values come back apart ([`Matched::Head`])
-    /// and `caps` holds only the values after it, so neither is pushed and then looked
-    /// up by variable again.
-    pub fn capture_into<'a>(&self, line: &'a [u8], caps: &mut Captures<'a>) -> Matched<'a> {
+    /// [`LogFormat::captures`] into `caps` (cleared first), given what a pass over the
+    /// line found (`bytes`, of `line`). The hot path: when the combined head's shortcut
+    /// matched, its values come back apart ([`Matched::Head`]) and `caps` holds only the
+    /// values after it, so neither is pushed and then looked up by variable again.
+    pub fn capture_into<'a>(
+        &self,
+        line: &'a [u8],
+        bytes: &LineBytes<'_>,
+        caps: &mut Captures<'a>,
+    ) -> Matched<'a> {
         caps.clear();
-        let quote_free = match self.quotes(line) {
+        let quote_free = match self.quotes(bytes) {
             Quotes::Impossible => return Matched::No,
             quotes => quotes == Quotes::OnlyLiterals,
         };
@@ -247,7 +253,7 @@ impl LogFormat {
     #[cfg(test)]
     pub fn captures_by_item_loop<'a>(&self, line: &'a [u8]) -> Option<Captures<'a>> {
         let mut caps = Captures::new();
-        self.match_items(line, &mut caps, self.quotes_only_in_literals(line)).map(|()| caps)
+        self.match_items(line, &mut caps, self.quotes_only_in_literals(&LineBytes::of(line))).map(|()| caps)
     }
 
     /// [`LogFormat::captures`] checking every value for quotes, as when a line has more
@@ -262,22 +268,22 @@ impl LogFormat {
     /// one and (with `escape=json`) none is escaped: one counting pass over the line in
     /// place of a search per value.
     #[cfg(test)]
-    fn quotes_only_in_literals(&self, line: &[u8]) -> bool {
-        self.quotes(line) == Quotes::OnlyLiterals
+    fn quotes_only_in_literals(&self, bytes: &LineBytes<'_>) -> bool {
+        self.quotes(bytes) == Quotes::OnlyLiterals
     }
 
-    /// What counting the quotes of `line` tells. Exact, never a guess: the literals
+    /// What the count of quotes in a line (`bytes`) tells. Exact, never a guess: the literals
     /// appear in a matching line as they are, and nginx escapes every quote in a value
     /// (`\x22`; `\"` with `escape=json`, which keeps the quote byte), so a line with fewer
     /// quotes than the literals (or, with `escape=default`, any other number) cannot match.
-    fn quotes(&self, line: &[u8]) -> Quotes {
+    fn quotes(&self, bytes: &LineBytes<'_>) -> Quotes {
         let n = match self.escape {
             Escape::None => return Quotes::Unknown,
-            Escape::Default | Escape::Json => count_quotes(line),
+            Escape::Default | Escape::Json => bytes.quotes,
         };
         match (self.escape, n.cmp(&self.literal_quotes)) {
             (_, Ordering::Less) | (Escape::Default, Ordering::Greater) => Quotes::Impossible,
-            (Escape::Json, Ordering::Equal) if memchr::memchr(b'\\', line).is_some() => Quotes::Unknown,
+            (Escape::Json, Ordering::Equal) if bytes.backslash => Quotes::Unknown,
             (_, Ordering::Equal) => Quotes::OnlyLiterals,
             _ => Quotes::Unknown,
         }
@@ -435,13 +441,6 @@ fn first_candidate(line: &[u8], from: usize, separator: &[u8], key: usize) -> Op
     }
     let start = from + super::near_byte(separator[key], rest.get(key..)?)?;
     starts_with(&line[start..], separator).then_some(start)
-}
-
-/// The `"` bytes in `bytes`. Counted in byte-wide sums over blocks of 255, which the
-/// compiler turns into vector compares (a `usize` count per byte stays scalar).
-fn count_quotes(bytes: &[u8]) -> usize {
-    let block = |c: &[u8]| c.iter().fold(0u8, |n, b| n + u8::from(*b == b'"'));
-    bytes.chunks(255).map(|c| usize::from(block(c))).sum()
 }
 
 /// Whether the byte at `p` is preceded by an odd number of backslashes.
