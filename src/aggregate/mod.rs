@@ -805,6 +805,10 @@ pub struct Aggregator {
     pub(crate) quiet: Vec<QuietLine>,
     /// `quiet` grouped by shard, kept between batches (see [`group_by_shard`]).
     pub(crate) quiet_by_shard: Vec<QuietLine>,
+    /// Full records made so far (wrapping): a quiet line held back when no record had
+    /// been made since needs no look in `clients` when it is counted (see
+    /// [`QuietLine::records_made`]).
+    pub(crate) records_made: u32,
 }
 
 /// A line that is no evidence, from a client without a full record: it changes only
@@ -821,6 +825,11 @@ pub(crate) struct QuietLine {
     access: bool,
     /// The shard of the table shared by the workers that holds `key`, once sorted by it.
     shard: u8,
+    /// [`Aggregator::records_made`] when the line was held, when its client had no full
+    /// record. Unchanged when it is counted, its client still has none, and the lookup
+    /// in `clients` that would say so (a hash table miss, for half the lines of a scan)
+    /// is skipped.
+    records_made: u32,
 }
 
 /// Copies `quiet` into `out` grouped by shard (their `shard`, set), in shard order and each
@@ -843,9 +852,9 @@ fn group_by_shard(quiet: &[QuietLine], out: &mut Vec<QuietLine>) {
 }
 
 impl QuietLine {
-    fn of(key: ClientKey, record: &Record<'_>) -> QuietLine {
+    fn of(key: ClientKey, record: &Record<'_>, records_made: u32) -> QuietLine {
         let access = record.kind == Some(RecordKind::Access);
-        QuietLine { key, time: record.time, status: record.status, access, shard: 0 }
+        QuietLine { key, time: record.time, status: record.status, access, shard: 0, records_made }
     }
 
     /// Counts this line in a light entry.
@@ -968,7 +977,9 @@ impl Aggregator {
             self.fold_clients();
         }
         let (light, shared, summary) = (&mut self.light, &self.shared_light, &mut self.summary);
+        let made = &mut self.records_made;
         self.clients.entry(key).or_insert_with(|| {
+            *made = made.wrapping_add(1);
             let taken = match shared {
                 Some(shared) => hand_shared_to_record(shared, summary, key),
                 None => light.remove(&key).unwrap_or_else(|| new_light(summary, key)),
@@ -990,7 +1001,7 @@ impl Aggregator {
     ) -> Taken {
         let record = seen.record;
         if !is_evidence(seen) {
-            self.hold_quiet(QuietLine::of(key, record));
+            self.hold_quiet(QuietLine::of(key, record, self.records_made));
             return Taken::Light;
         }
         let Some(evidence) = LightEvidence::of(seen, user, rules) else { return Taken::NeedsRecord };
@@ -1022,7 +1033,8 @@ impl Aggregator {
     /// its full record if it has one by now, else its light entry.
     fn count_quiet(&mut self) {
         let mut quiet = std::mem::take(&mut self.quiet);
-        quiet.retain(|q| !self.count_quiet_in_record(q));
+        let made = self.records_made;
+        quiet.retain(|q| q.records_made == made || !self.count_quiet_in_record(q));
         match self.shared_light.clone() {
             Some(shared) => self.count_quiet_shared(&shared, &mut quiet),
             None => self.count_quiet_light(&quiet),
@@ -1143,6 +1155,7 @@ impl Aggregator {
                     self.light.insert(key, mine);
                 }
                 Err(theirs) => {
+                    self.records_made = self.records_made.wrapping_add(1);
                     self.clients.insert(key, ClientStats::from_lights((mine, theirs)));
                 }
             },
@@ -1257,6 +1270,7 @@ impl Aggregator {
         // re-inserting a whole worker's tables into it held both copies at once (the peak
         // of a scan). Merging commutes, so which side holds the result does not matter.
         if self.clients.len() + self.light.len() < other.clients.len() + other.light.len() {
+            self.records_made = self.records_made.wrapping_add(1);
             std::mem::swap(&mut self.clients, &mut other.clients);
             std::mem::swap(&mut self.light, &mut other.light);
             std::mem::swap(&mut self.accounts, &mut other.accounts);
@@ -1269,6 +1283,7 @@ impl Aggregator {
             match self.clients.get_mut(&key) {
                 Some(mine) => mine.merge(*c),
                 None => {
+                    self.records_made = self.records_made.wrapping_add(1);
                     self.clients.insert(key, c);
                 }
             }
@@ -1824,7 +1839,7 @@ mod tests {
         fn quiet_lines_group_by_shard_in_order(shards in proptest::collection::vec(0u8..64, 0..300)) {
             let record = Record::default();
             let quiet: Vec<QuietLine> = shards.iter().enumerate().map(|(i, &shard)| {
-                QuietLine { shard, time: Some(i as i64), ..QuietLine::of(key_of([10, 0, 0, 1]), &record) }
+                QuietLine { shard, time: Some(i as i64), ..QuietLine::of(key_of([10, 0, 0, 1]), &record, 0) }
             }).collect();
             let mut grouped = [quiet[0..quiet.len().min(3)].to_vec(), quiet.clone()].concat();
             group_by_shard(&quiet, &mut grouped);
