@@ -356,7 +356,7 @@ impl LogFormat {
             None => Some(line.len()),
             Some(Item::Literal(lit)) if i + 2 == self.items.len() => {
                 // The format ends with this literal: anchor it at the end of the line.
-                (line.len() >= pos + lit.len() && line.ends_with(lit)).then(|| line.len() - lit.len())
+                closing_literal_at(line, pos, lit)
             }
             Some(Item::Literal(lit)) => {
                 self.find_literal(&line[pos..], lit, i + 1, quote_free).map(|p| pos + p)
@@ -440,10 +440,15 @@ fn match_combined_head(line: &[u8]) -> Option<(CombinedHead<'_>, usize)> {
 }
 
 /// The value from `pos` to the literal `end` closing the line, as the item loop reads a
-/// last variable: the literal anchored at the end.
+/// last variable.
 fn tail_value<'a>(line: &'a [u8], pos: usize, end: &[u8]) -> Option<&'a [u8]> {
-    let stop = line.len().checked_sub(end.len()).filter(|&stop| stop >= pos && line.ends_with(end))?;
-    Some(&line[pos..stop])
+    closing_literal_at(line, pos, end).map(|stop| &line[pos..stop])
+}
+
+/// Where the literal `lit` that ends a format starts in `line`: anchored at the end of
+/// the line, at or after `pos`, so a hostile last value cannot shift the fields before it.
+fn closing_literal_at(line: &[u8], pos: usize, lit: &[u8]) -> Option<usize> {
+    (line.len() >= pos + lit.len() && line.ends_with(lit)).then(|| line.len() - lit.len())
 }
 
 /// One variable's value in [`COMBINED_HEAD`] and the separator after it, from `at` on.
