@@ -946,7 +946,8 @@ impl Aggregator {
         self.stats.parsed += 1;
         self.stats.untimed += u64::from(time.is_none());
         self.stats.last_event_time = self.stats.last_event_time.max(time);
-        if let Some(run) = self.runs.iter_mut().find(|r| r.format == format && r.source == source) {
+        let same = |a: &str, b: &str| crate::parse::same_bytes(a.as_bytes(), b.as_bytes());
+        if let Some(run) = self.runs.iter_mut().find(|r| same(&r.format, format) && same(&r.source, source)) {
             run.lines += 1;
             return;
         }

@@ -239,7 +239,8 @@ impl ShortSlot {
     };
 
     fn holds(&self, hash: u64, field: u8, value: &[u8]) -> bool {
-        self.hash == hash && self.field == field && self.value[..self.len as usize] == *value
+        let held = &self.value[..self.len as usize];
+        self.hash == hash && self.field == field && crate::parse::same_bytes(held, value)
     }
 
     fn rules(&self) -> &[RuleId] {
