@@ -449,7 +449,7 @@ fn tail_value<'a>(line: &'a [u8], pos: usize, end: &[u8]) -> Option<&'a [u8]> {
 /// the line, at or after `pos`, so a hostile last value cannot shift the fields before it.
 fn closing_literal_at(line: &[u8], pos: usize, lit: &[u8]) -> Option<usize> {
     let start = line.len().checked_sub(lit.len()).filter(|&start| start >= pos)?;
-    super::same_bytes(&line[start..], lit).then_some(start)
+    starts_with(&line[start..], lit).then_some(start)
 }
 
 /// One variable's value in [`COMBINED_HEAD`] and the separator after it, from `at` on.
