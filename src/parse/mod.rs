@@ -396,8 +396,9 @@ pub fn near_byte(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// `a == b`, compared in place a word at a time for up to 64 bytes. `==` on slices calls
 /// `memcmp`, whose call and set-up cost more than the compare itself for what is compared
-/// on every line (a source's and a format's name, a method, a short path, a closing
-/// literal): seven calls a line of `combined`. Longer slices still use `==`.
+/// on every line (a source's and a format's name, a method, a short path): six calls a
+/// line of `combined`. Longer slices still use `==`. (A format's own separators, of one
+/// to three bytes, are compared byte by byte in `logformat`.)
 #[inline(always)]
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
