@@ -88,6 +88,29 @@ fn merge_patch_unions_and_rollback_restores_byte_for_byte() {
 }
 
 #[test]
+fn collapse_keeps_the_operators_broad_entries_as_written() {
+    // Two adjacent live /16s aggregate to a /15 that no entry named; --collapse once
+    // split that into 512 /24s in the patch.
+    let dir = tempfile::tempdir().unwrap();
+    let old = "10.0.0.0/16,10.1.0.0/16,2001:db8::/33,2001:db8:8000::/33";
+    let cm = configmap_yaml(dir.path(), "cm.yaml", &format!("data:\n  blocked-ips: \"{old}\"\n"));
+    let current = as_json(dir.path(), &cm);
+    let b = incident_bundle(dir.path(), &["--current", current.to_str().unwrap(), "--collapse"]).dir;
+
+    let patched = patch(&cm, "merge", &b.join("blocklist.patch.json")).unwrap();
+    let entries: Vec<&str> = value(&patched).split(',').collect();
+    for kept in old.split(',') {
+        assert!(entries.contains(&kept), "{kept} was not kept as written: {entries:?}");
+    }
+    for new in ["198.51.100.23", "203.0.113.77"] {
+        assert!(entries.contains(&new), "{new} missing: {entries:?}");
+    }
+    assert!(entries.len() < 10, "collapsing lengthened the list: {} entries", entries.len());
+    let rolled = patch(&cm, "json", &b.join("blocklist.guard.json")).unwrap();
+    assert_eq!(rolled, patched, "the guarded patch gives the same result");
+}
+
+#[test]
 fn the_guard_refuses_a_configmap_that_changed_in_between() {
     let dir = tempfile::tempdir().unwrap();
     let cm = configmap_yaml(dir.path(), "cm.yaml", "data:\n  blocked-ips: \"1.2.3.4\"\n");

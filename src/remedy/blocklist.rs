@@ -185,22 +185,44 @@ fn show(net: &IpNet) -> String {
     ClientKey(*net).to_string()
 }
 
-/// Exact aggregation (only ranges that are entirely blocked merge), then any range
-/// broader than the bound is split back into ranges of the bound.
+/// Exact aggregation (only ranges that are entirely blocked merge) of the entries no
+/// broader than the bound, with any range that aggregation makes broader than the bound
+/// split back into ranges of the bound; entries already broader are kept as written, and
+/// whatever they cover is dropped. The result never has more entries than `nets`: each
+/// range of the bound that aggregation made holds at least one narrower entry.
 fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
-    let list: Vec<IpNet> = nets.iter().copied().collect();
-    let mut out = Vec::new();
-    for net in IpNet::aggregate(&list) {
-        let bound = if matches!(net, IpNet::V4(_)) { c.max_v4 } else { c.max_v6 };
-        // Only split what collapsing itself made broader: an entry that was already
-        // broader in the live value stays as the operator wrote it.
-        if net.prefix_len() >= bound || nets.contains(&net) {
-            out.push(net);
+    let bound = |net: &IpNet| if matches!(net, IpNet::V4(_)) { c.max_v4 } else { c.max_v6 };
+    // Broad entries are never merged with anything: two adjacent live /16s aggregate to
+    // a /15 that no entry named, and splitting that back to the bound would write 512
+    // entries for two (two adjacent IPv6 /2s, more than memory holds).
+    let (broad, narrow): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| n.prefix_len() < bound(n));
+    let broad = outermost(broad);
+    let covered = |net: &IpNet| broad.range(..=*net).next_back().is_some_and(|b| b.contains(net));
+    let mut out: Vec<IpNet> = broad.iter().copied().collect();
+    for net in IpNet::aggregate(&narrow) {
+        if net.prefix_len() >= bound(&net) {
+            out.extend(Some(net).filter(|n| !covered(n)));
         } else {
-            out.extend(net.subnets(bound).expect("bound is longer than the prefix"));
+            let pieces = net.subnets(bound(&net)).expect("bound is longer than the prefix");
+            out.extend(pieces.filter(|n| !covered(n)));
         }
     }
+    out.sort_unstable();
     out
+}
+
+/// `nets` without those inside another one of them. In address order a range comes
+/// before every range inside it, and those follow it without a gap, so each is checked
+/// against the last one kept.
+fn outermost(mut nets: Vec<IpNet>) -> BTreeSet<IpNet> {
+    nets.sort_unstable();
+    let mut kept: Vec<IpNet> = Vec::with_capacity(nets.len());
+    for net in nets {
+        if !kept.last().is_some_and(|last| last.contains(&net)) {
+            kept.push(net);
+        }
+    }
+    kept.into_iter().collect()
 }
 
 /// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
@@ -320,6 +342,54 @@ mod tests {
         let pair =
             merge(None, &keys(&["1.2.3.4", "1.2.3.6"]), Collapse { enabled: true, ..Collapse::default() });
         assert_eq!(pair.value, "1.2.3.4,1.2.3.6", "non-neighbours stay apart");
+    }
+
+    #[test]
+    fn collapse_keeps_broad_live_entries_as_written() {
+        // Adjacent live ranges broader than the bound aggregate to a range that was in
+        // no entry; splitting that one into /24s (/48s) turned two entries into 512, two
+        // /9s into 65,536, and two adjacent IPv6 /2s into more than memory holds.
+        let c = Collapse { enabled: true, ..Collapse::default() };
+        let m = merge(Some("10.0.0.0/16,10.1.0.0/16"), &keys(&["10.0.0.7", "192.0.2.1"]), c);
+        assert_eq!(m.value, "10.0.0.0/16,10.1.0.0/16,192.0.2.1");
+        assert!(m.added == vec!["192.0.2.1"] && m.already_blocked.len() == 1);
+        let m = merge(Some("0.0.0.0/2,64.0.0.0/2,4000::/2,8000::/2"), &keys(&["203.0.113.9"]), c);
+        assert_eq!(m.value, "0.0.0.0/2,64.0.0.0/2,203.0.113.9,4000::/2,8000::/2");
+        // What collapsing makes broader than the bound is still split back to it, and
+        // narrow entries inside a broad one are dropped as they were.
+        let quarter: Vec<String> = (0..128).map(|i| format!("198.51.100.{i}")).collect();
+        let refs: Vec<&str> = quarter.iter().map(String::as_str).collect();
+        let c25 = Collapse { enabled: true, max_v4: 26, max_v6: 48 };
+        let m = merge(Some("198.51.100.128/25,198.51.100.130,10.0.0.0/8,10.2.3.4"), &keys(&refs), c25);
+        assert_eq!(m.value, "10.0.0.0/8,198.51.100.0/26,198.51.100.64/26,198.51.100.128/25");
+        let m = merge(Some("10.0.0.5/8"), &keys(&["10.1.1.1", "10.2.2.2"]), c);
+        assert_eq!(m.value, "10.0.0.0/8", "host bits are cleared before ranges are compared");
+    }
+
+    proptest::proptest! {
+        /// Collapsing blocks exactly the addresses the entries block, with no more
+        /// entries than there were, none broader than the bound unless it was written so.
+        #[test]
+        fn collapse_is_exact_and_never_grows(
+            entries in proptest::collection::btree_set((0u32..4096, 18u8..=32), 1..40),
+            bound in 20u8..=28,
+        ) {
+            let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0));
+            let nets: BTreeSet<IpNet> = entries
+                .iter()
+                .map(|&(host, len)| IpNet::V4(ipnet::Ipv4Net::new((base + host).into(), len).unwrap().trunc()))
+                .collect();
+            let out = collapse_nets(&nets, Collapse { enabled: true, max_v4: bound, max_v6: 48 });
+            proptest::prop_assert!(out.len() <= nets.len());
+            for net in &out {
+                proptest::prop_assert!(net.prefix_len() >= bound || nets.contains(net), "{} is too broad", net);
+            }
+            let blocks = |list: &[IpNet], a: u32| list.iter().any(|n| n.contains(&std::net::IpAddr::from(std::net::Ipv4Addr::from(a))));
+            let input: Vec<IpNet> = nets.iter().copied().collect();
+            for a in (base..base + (1 << 14)).step_by(7) {
+                proptest::prop_assert_eq!(blocks(&out, a), blocks(&input, a), "{}", std::net::Ipv4Addr::from(a));
+            }
+        }
     }
 
     #[test]
