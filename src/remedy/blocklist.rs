@@ -197,6 +197,8 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     // entries for two (two adjacent IPv6 /2s, more than memory holds).
     let (broad, narrow): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| n.prefix_len() < bound(n));
     let broad = outermost(broad);
+    // Without nested ones the broad ranges are disjoint, so the only one that can hold a
+    // range is the last at or before it in address order.
     let covered = |net: &IpNet| broad.range(..=*net).next_back().is_some_and(|b| b.contains(net));
     let mut out: Vec<IpNet> = broad.iter().copied().collect();
     for net in IpNet::aggregate(&narrow) {
