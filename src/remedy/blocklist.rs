@@ -120,9 +120,10 @@ impl Default for Collapse {
 pub fn merge(previous: Option<&str>, proposed: &[ClientKey], collapse: Collapse) -> MergedBlocklist {
     let (existing, malformed) = live_entries(previous);
     let (mut added, mut already_blocked) = (Vec::new(), Vec::new());
+    let coverage = Coverage::new(&existing);
     let mut all = existing.clone();
     for key in proposed {
-        match covering_entry(&existing, key) {
+        match coverage.entry_for(key) {
             Some(cover) => already_blocked.push((key.to_string(), cover)),
             None => {
                 if all.insert(key.0) {
@@ -159,9 +160,23 @@ pub fn live_entries(value: Option<&str>) -> (BTreeSet<IpNet>, Vec<MalformedEntry
     (valid, malformed)
 }
 
-/// The live entry that already blocks `key`, as written in reports.
-pub fn covering_entry(live: &BTreeSet<IpNet>, key: &ClientKey) -> Option<String> {
-    live.iter().find(|e| e.contains(&key.0)).map(show)
+/// The live entries to look up what already blocks a client: those no other entry
+/// holds, in address order. Built once per live value, so that checking every proposal
+/// is a search each instead of a pass over the live value each (20,000 proposals against
+/// 20,000 live entries took over a minute in a debug build that way).
+pub struct Coverage(BTreeSet<IpNet>);
+
+impl Coverage {
+    pub fn new(live: &BTreeSet<IpNet>) -> Coverage {
+        Coverage(outermost(live.iter().copied().collect()))
+    }
+
+    /// The live entry that already blocks `key`, as written in reports: the broadest
+    /// one when entries nest. Without nested ones the entries are disjoint, so the only
+    /// one that can hold `key` is the last at or before it in address order.
+    pub fn entry_for(&self, key: &ClientKey) -> Option<String> {
+        self.0.range(..=key.0).next_back().filter(|e| e.contains(&key.0)).map(show)
+    }
 }
 
 /// An address or CIDR, normalised (host bits cleared, IPv4-mapped folded to IPv4).
@@ -197,8 +212,7 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     // entries for two (two adjacent IPv6 /2s, more than memory holds).
     let (broad, narrow): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| n.prefix_len() < bound(n));
     let broad = outermost(broad);
-    // Without nested ones the broad ranges are disjoint, so the only one that can hold a
-    // range is the last at or before it in address order.
+    // As `Coverage::entry_for` looks: the ranges are disjoint once nested ones are gone.
     let covered = |net: &IpNet| broad.range(..=*net).next_back().is_some_and(|b| b.contains(net));
     let mut out: Vec<IpNet> = broad.iter().copied().collect();
     for net in IpNet::aggregate(&narrow) {
@@ -394,6 +408,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The indexed lookup names the entry a pass over the live value names first (the
+        /// broadest of nested ones), for addresses inside, beside and between entries.
+        #[test]
+        fn coverage_names_the_entry_a_pass_would(
+            entries in proptest::collection::btree_set((0u32..4096, 18u8..=32), 0..40),
+            hosts in proptest::collection::vec(0u32..(1 << 14), 1..40),
+            v6 in proptest::bool::ANY,
+        ) {
+            let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0));
+            let live: BTreeSet<IpNet> = entries
+                .iter()
+                .map(|&(host, len)| IpNet::V4(ipnet::Ipv4Net::new((base + host).into(), len).unwrap().trunc()))
+                .chain(v6.then(|| "2001:db8::/32".parse().unwrap()))
+                .collect();
+            let coverage = Coverage::new(&live);
+            for host in hosts {
+                let key = ClientKey(IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(base + host))));
+                let by_pass = live.iter().find(|e| e.contains(&key.0)).map(show);
+                proptest::prop_assert_eq!(coverage.entry_for(&key), by_pass);
+            }
+        }
+    }
+
     #[test]
     fn mapped_ipv6_entries_fold_to_ipv4() {
         let m = merge(Some("::ffff:1.2.3.4"), &keys(&["1.2.3.4"]), Collapse::default());
@@ -405,7 +443,8 @@ mod tests {
     fn a_malformed_live_entry_covers_nothing() {
         let (live, malformed) = live_entries(Some("0.0.0.0/0,192.0.2.0/24"));
         assert_eq!(malformed.len(), 1);
-        assert_eq!(covering_entry(&live, &"203.0.113.9".parse().unwrap()), None);
-        assert_eq!(covering_entry(&live, &"192.0.2.66".parse().unwrap()).as_deref(), Some("192.0.2.0/24"));
+        let coverage = Coverage::new(&live);
+        assert_eq!(coverage.entry_for(&"203.0.113.9".parse().unwrap()), None);
+        assert_eq!(coverage.entry_for(&"192.0.2.66".parse().unwrap()).as_deref(), Some("192.0.2.0/24"));
     }
 }

@@ -82,14 +82,16 @@ pub fn mark_already_blocked(report: &mut ScanReport, current: &CurrentConfigMap)
     // The same reading of the live value as the merge, so the report and the patch agree
     // on what is already blocked (a malformed entry, such as 0.0.0.0/0, blocks nothing).
     let (live, _) = blocklist::live_entries(current.value.as_deref());
+    let coverage = blocklist::Coverage::new(&live);
     for client in report.ips.iter_mut().filter(|c| c.block) {
-        if let Some(by) = blocklist::covering_entry(&live, &client.ip) {
+        if let Some(by) = coverage.entry_for(&client.ip) {
             client.block = false;
             client.reasons.push(format!("already blocked by the live entry {by}"));
             report.already_blocked.push(crate::decide::AlreadyBlocked { ip: client.ip, by });
         }
     }
-    let blocked: Vec<String> = report.already_blocked.iter().map(|a| a.ip.to_string()).collect();
+    let blocked: std::collections::HashSet<String> =
+        report.already_blocked.iter().map(|a| a.ip.to_string()).collect();
     report.blocklist.retain(|ip| !blocked.contains(ip));
 }
 
