@@ -148,8 +148,9 @@ pub fn log_format(data: &[u8]) {
 }
 
 /// Reads the input as a live ConfigMap and merges a proposal into it: the patch is JSON
-/// whose value, read back, is exactly the merged list, and nothing broader than the
-/// collapse bounds is ever added.
+/// whose value, read back, is exactly the merged list, nothing broader than the collapse
+/// bounds is ever added, and the list never has more entries than the live value and the
+/// proposals together (collapsing once split merged broad entries into millions).
 pub fn configmap(data: &[u8]) {
     let Ok(current) = CurrentConfigMap::parse(&String::from_utf8_lossy(data), "blocked-ips") else { return };
     let proposed =
@@ -169,6 +170,9 @@ pub fn configmap(data: &[u8]) {
     for malformed in &merged.malformed {
         assert!(merged.value.contains(&malformed.entry), "a malformed live entry was rewritten");
     }
+    let count = |v: &str| v.split(',').filter(|e| !e.trim().is_empty()).count();
+    let live = current.value.as_deref().map_or(0, count);
+    assert!(count(&merged.value) <= live + proposed.len(), "the merged list grew past its inputs");
 }
 
 /// Compiles the input as a rule file; a file that compiles has rules with ids.
