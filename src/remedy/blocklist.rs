@@ -167,6 +167,7 @@ pub fn live_entries(value: Option<&str>) -> (BTreeSet<IpNet>, Vec<MalformedEntry
 pub struct Coverage(BTreeSet<IpNet>);
 
 impl Coverage {
+    /// The index of `live`, the valid entries as [`live_entries`] reads them.
     pub fn new(live: &BTreeSet<IpNet>) -> Coverage {
         Coverage(outermost(live.iter().copied().collect()))
     }
