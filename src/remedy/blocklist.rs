@@ -173,10 +173,15 @@ impl Coverage {
     }
 
     /// The live entry that already blocks `key`, as written in reports: the broadest
-    /// one when entries nest. Without nested ones the entries are disjoint, so the only
-    /// one that can hold `key` is the last at or before it in address order.
+    /// one when entries nest.
     pub fn entry_for(&self, key: &ClientKey) -> Option<String> {
-        self.0.range(..=key.0).next_back().filter(|e| e.contains(&key.0)).map(show)
+        self.holder(&key.0).map(show)
+    }
+
+    /// The entry that holds `net`. Without nested ones the entries are disjoint, so the
+    /// only one that can is the last at or before it in address order.
+    fn holder(&self, net: &IpNet) -> Option<&IpNet> {
+        self.0.range(..=*net).next_back().filter(|e| e.contains(net))
     }
 }
 
@@ -212,10 +217,9 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     // a /15 that no entry named, and splitting that back to the bound would write 512
     // entries for two (two adjacent IPv6 /2s, more than memory holds).
     let (broad, narrow): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| n.prefix_len() < bound(n));
-    let broad = outermost(broad);
-    // As `Coverage::entry_for` looks: the ranges are disjoint once nested ones are gone.
-    let covered = |net: &IpNet| broad.range(..=*net).next_back().is_some_and(|b| b.contains(net));
-    let mut out: Vec<IpNet> = broad.iter().copied().collect();
+    let broad = Coverage(outermost(broad));
+    let covered = |net: &IpNet| broad.holder(net).is_some();
+    let mut out: Vec<IpNet> = broad.0.iter().copied().collect();
     for net in IpNet::aggregate(&narrow) {
         if net.prefix_len() >= bound(&net) {
             out.extend(Some(net).filter(|n| !covered(n)));
@@ -383,6 +387,13 @@ mod tests {
         assert_eq!(m.value, "10.0.0.0/8", "host bits are cleared before ranges are compared");
     }
 
+    /// Ranges from `base` on, each `(host offset, prefix length)` with its host bits cleared.
+    fn v4_nets(base: u32, entries: &BTreeSet<(u32, u8)>) -> impl Iterator<Item = IpNet> + '_ {
+        entries.iter().map(move |&(host, len)| {
+            IpNet::V4(ipnet::Ipv4Net::new((base + host).into(), len).unwrap().trunc())
+        })
+    }
+
     proptest::proptest! {
         /// Collapsing blocks exactly the addresses the entries block, with no more
         /// entries than there were, none broader than the bound unless it was written so.
@@ -392,10 +403,7 @@ mod tests {
             bound in 20u8..=28,
         ) {
             let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0));
-            let nets: BTreeSet<IpNet> = entries
-                .iter()
-                .map(|&(host, len)| IpNet::V4(ipnet::Ipv4Net::new((base + host).into(), len).unwrap().trunc()))
-                .collect();
+            let nets: BTreeSet<IpNet> = v4_nets(base, &entries).collect();
             let out = collapse_nets(&nets, Collapse { enabled: true, max_v4: bound, max_v6: 48 });
             proptest::prop_assert!(out.len() <= nets.len());
             for net in &out {
@@ -419,11 +427,8 @@ mod tests {
             v6 in proptest::bool::ANY,
         ) {
             let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0));
-            let live: BTreeSet<IpNet> = entries
-                .iter()
-                .map(|&(host, len)| IpNet::V4(ipnet::Ipv4Net::new((base + host).into(), len).unwrap().trunc()))
-                .chain(v6.then(|| "2001:db8::/32".parse().unwrap()))
-                .collect();
+            let live: BTreeSet<IpNet> =
+                v4_nets(base, &entries).chain(v6.then(|| "2001:db8::/32".parse().unwrap())).collect();
             let coverage = Coverage::new(&live);
             for host in hosts {
                 let key = ClientKey(IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(base + host))));
