@@ -470,7 +470,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         requests: c.requests,
         status_4xx: c.status_4xx,
         status_5xx: c.status_5xx,
-        statuses: c.statuses,
+        statuses: c.statuses.into_iter().collect(),
         auth_failures: c.auth_failures,
         rules: c.rules.iter().map(|(r, n)| (rules.rule(*r).id.clone(), *n)).collect(),
         first_seen: c.first_seen.map(format_rfc3339),

@@ -11,6 +11,8 @@ pub mod window;
 
 use compact_str::CompactString;
 use std::collections::BTreeMap;
+
+use litemap::LiteMap;
 use std::sync::Arc;
 
 /// Hash maps keyed by attacker-chosen values use foldhash: fast, and seeded per process
@@ -42,11 +44,13 @@ const SAMPLE_CHARS: usize = 400;
 const RECORD_BYTES: usize = std::mem::size_of::<ClientStats>() + 64;
 /// An account record in its table, the same way (its name is counted apart).
 const ACCOUNT_BYTES: usize = std::mem::size_of::<AccountStats>() + 64;
-/// One entry of a small ordered map (statuses, rule counts, an account's clients): the
-/// entry and its share of a B-tree node.
-const MAP_ENTRY_BYTES: usize = 48;
-/// A per-rule series' own room in its map, beside what it points to.
-const RULE_SERIES_BYTES: usize = std::mem::size_of::<EventTimes>() + MAP_ENTRY_BYTES;
+
+/// Bytes a record's [`LiteMap`] of `len` entries holds: entries are inserted one at a
+/// time, so its vector's capacity doubles from four (`Vec`'s least for entries this size).
+fn small_map_bytes<K, V>(len: usize) -> usize {
+    let capacity = if len == 0 { 0 } else { len.next_power_of_two().max(4) };
+    capacity * std::mem::size_of::<(K, V)>()
+}
 
 /// One parsed line on its way into the aggregates.
 pub struct Seen<'s, 'r> {
@@ -319,9 +323,9 @@ pub struct ClientStats {
     pub requests: u64,
     pub status_4xx: u64,
     pub status_5xx: u64,
-    pub statuses: BTreeMap<u16, u64>,
+    pub statuses: LiteMap<u16, u64>,
     pub auth_failures: u64,
-    pub rules: BTreeMap<RuleId, u64>,
+    pub rules: LiteMap<RuleId, u64>,
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
     pub paths: TopK,
@@ -329,7 +333,7 @@ pub struct ClientStats {
     pub accounts: TopK,
     pub times_4xx: EventTimes,
     pub times_auth: EventTimes,
-    pub times_rules: BTreeMap<RuleId, EventTimes>,
+    pub times_rules: LiteMap<RuleId, EventTimes>,
     /// Accounts failed on, with times (credential stuffing).
     pub auth_accounts: DistinctTimes,
     /// Paths answered 4xx, with times (probing).
@@ -348,9 +352,9 @@ impl Default for ClientStats {
             requests: 0,
             status_4xx: 0,
             status_5xx: 0,
-            statuses: BTreeMap::new(),
+            statuses: LiteMap::new(),
             auth_failures: 0,
-            rules: BTreeMap::new(),
+            rules: LiteMap::new(),
             first_seen: None,
             last_seen: None,
             paths: TopK::new(32),
@@ -358,7 +362,7 @@ impl Default for ClientStats {
             accounts: TopK::new(16),
             times_4xx: EventTimes::default(),
             times_auth: EventTimes::default(),
-            times_rules: BTreeMap::new(),
+            times_rules: LiteMap::new(),
             auth_accounts: DistinctTimes::default(),
             paths_4xx: DistinctTimes::default(),
             samples: Samples::new(),
@@ -426,8 +430,10 @@ impl ClientStats {
         let lists = self.paths.heap_bytes() + self.user_agents.heap_bytes() + self.accounts.heap_bytes();
         let series = self.times_4xx.heap_bytes() + self.times_auth.heap_bytes();
         let sets = self.paths_4xx.heap_bytes() + self.auth_accounts.heap_bytes();
-        let rules = self.times_rules.values().map(|t| t.heap_bytes() + RULE_SERIES_BYTES).sum::<usize>();
-        let maps = (self.statuses.len() + self.rules.len()) * MAP_ENTRY_BYTES;
+        let rules = self.times_rules.values().map(EventTimes::heap_bytes).sum::<usize>()
+            + small_map_bytes::<RuleId, EventTimes>(self.times_rules.len());
+        let maps = small_map_bytes::<u16, u64>(self.statuses.len())
+            + small_map_bytes::<RuleId, u64>(self.rules.len());
         RECORD_BYTES + lists + series + sets + rules + maps + samples_bytes(&self.samples)
     }
 
@@ -520,9 +526,9 @@ impl ClientStats {
         self.requests += o.requests;
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
-        add_counts(&mut self.statuses, o.statuses);
+        add_record_counts(&mut self.statuses, o.statuses);
         self.auth_failures += o.auth_failures;
-        add_counts(&mut self.rules, o.rules);
+        add_record_counts(&mut self.rules, o.rules);
         merge_seen(&mut self.first_seen, &mut self.last_seen, o.first_seen, o.last_seen);
         self.paths.merge(o.paths);
         self.user_agents.merge(o.user_agents);
@@ -1352,7 +1358,7 @@ impl Aggregator {
         self.clients.retain(|_, c| {
             c.times_4xx.evict_before(cutoff);
             c.times_auth.evict_before(cutoff);
-            c.times_rules.values_mut().for_each(|t| t.evict_before(cutoff));
+            c.times_rules.iter_mut().for_each(|(_, t)| t.evict_before(cutoff));
             c.auth_accounts.evict_before(cutoff);
             c.paths_4xx.evict_before(cutoff);
             c.last_seen.is_none_or(|t| t >= cutoff)
@@ -1491,6 +1497,13 @@ fn fold_shared(shared: &SharedLights, summary: &mut Summary) {
 }
 
 fn add_counts<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+/// [`add_counts`] for a record's small maps.
+fn add_record_counts<K: Ord>(into: &mut LiteMap<K, u64>, from: LiteMap<K, u64>) {
     for (k, v) in from {
         *into.entry(k).or_default() += v;
     }
