@@ -214,3 +214,55 @@ fn attackers_at_it_for_hours_are_counted_in_coarser_buckets_and_still_blocked() 
         assert!(reason.starts_with(&format!("at least {n} 4xx answers within 10m")), "{reason}");
     }
 }
+
+/// `n` addresses, each failing a login twelve times within a minute (a botnet spraying
+/// passwords): every one of them crosses the `login-brute-force` threshold (10 in 5 m).
+fn botnet(n: u32) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = std::io::BufWriter::new(f.as_file_mut());
+    for round in 0..12 {
+        for i in 0..n {
+            let ip = format!("198.51.{}.{}", i / 250, 1 + i % 250);
+            writeln!(
+                w,
+                "{ip} - - [14/Nov/2023:22:13:{round:02} +0000] \"POST /login HTTP/1.1\" 401 0 \"-\" \"x\""
+            )
+            .unwrap();
+        }
+    }
+    drop(w);
+    f
+}
+
+/// A botnet of more addresses than `--max-memory` holds records for is under-counted:
+/// the addresses folded with evidence lose what they sent before. The reports must say
+/// that the proposals may be missing clients, and what to change, in the terminal and in
+/// the review bundle's report; a run with room enough proposes every address.
+#[test]
+fn a_botnet_larger_than_the_memory_bound_is_reported_as_possibly_incomplete() {
+    let file = botnet(5_000);
+    let scan = |memory: &str, out: &std::path::Path| {
+        let mut cmd = logwarden();
+        cmd.args(["scan", "--threads", "1", "--max-memory", memory, "--out"]).arg(out).arg(file.path());
+        let run = cmd.output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        (String::from_utf8(run.stdout).unwrap(), doc, md)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The least bound, 64 MiB, leaves room for ~3,000 full records (`Limits::for_memory`).
+    let (text, doc, md) = scan("64", &dir.path().join("small"));
+    let proposed = doc["blocklist"].as_array().unwrap().len();
+    assert!(proposed < 5_000, "the bound should have cost proposals here: {proposed}");
+    assert!(doc["stats"]["memory_summary"]["clients"]["max_evidence"].as_u64().unwrap() > 0);
+    for said in [&text, &md] {
+        assert!(said.contains("proposals may be missing"), "{said}");
+        assert!(said.contains("larger --max-memory"), "{said}");
+    }
+    let (text, doc, md) = scan("400", &dir.path().join("large"));
+    assert_eq!(doc["blocklist"].as_array().unwrap().len(), 5_000);
+    assert!(doc["stats"].get("memory_summary").is_none(), "{}", doc["stats"]);
+    assert!(!text.contains("memory bound") && !md.contains("Memory bound"), "{text}\n{md}");
+}

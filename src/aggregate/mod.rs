@@ -308,6 +308,33 @@ impl MemorySummary {
             .used()
             .then(|| MemorySummary { clients: summary.clients.clone(), accounts: summary.accounts.clone() })
     }
+
+    /// Whether anything a decision counts was folded, so that a client or account may
+    /// be missing from the proposals.
+    pub fn lost_evidence(&self) -> bool {
+        self.clients.max_evidence > 0 || self.accounts.max_evidence > 0
+    }
+
+    /// What was summarised and what that means for the proposals, in one sentence for
+    /// the terminal and the review bundle's report.
+    pub fn describe(&self) -> String {
+        let (c, a) = (&self.clients, &self.accounts);
+        let what = format!(
+            "to stay within --max-memory, {} clients (most evidence {}) and {} accounts (most failures {}) were summarised",
+            c.entries, c.max_evidence, a.entries, a.max_evidence
+        );
+        if !self.lost_evidence() {
+            return format!("{what}; none had evidence, so no decision changed");
+        }
+        // A folded entry's evidence is only an estimate, never counted toward a
+        // threshold: an attack spread over more addresses than the bound holds is
+        // under-counted, and the reader must know the list is not the whole attack.
+        format!(
+            "{what}, so proposals may be missing: evidence counted before a fold no longer counts toward any \
+             threshold (one that came back is marked folded_evidence). Rerun with a larger --max-memory, or \
+             with fewer --threads (each thread keeps its own record of every client it sees)"
+        )
+    }
 }
 
 /// An input that failed part-way: lines before the failure were scanned.

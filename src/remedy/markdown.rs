@@ -88,6 +88,10 @@ fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
         s.sources.len(),
         r.thresholds.window
     );
+    if let Some(m) = &s.memory_summary {
+        let weight = if m.lost_evidence() { "**Memory bound**" } else { "Memory bound" };
+        let _ = writeln!(md, "{weight}: {}.\n", inline(&m.describe()));
+    }
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(
         md,

@@ -68,20 +68,7 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
         )?;
     }
     if let Some(m) = &s.memory_summary {
-        writeln!(
-            out,
-            "{} to stay within --max-memory, {} clients (most evidence {}) and {} accounts (most failures {}) were summarised; {}",
-            p.alert("memory bound:"),
-            m.clients.entries,
-            m.clients.max_evidence,
-            m.accounts.entries,
-            m.accounts.max_evidence,
-            if m.clients.max_evidence == 0 && m.accounts.max_evidence == 0 {
-                "none had evidence, so no decision changed"
-            } else {
-                "a client or account folded with evidence and back again is marked folded_evidence"
-            }
-        )?;
+        writeln!(out, "{} {}", p.alert("memory bound:"), m.describe())?;
     }
     write_loki_coverage(out, r, p)
 }
