@@ -438,9 +438,11 @@ pub fn account_verdict(a: &mut crate::aggregate::AccountStats, t: &Thresholds, r
     let mut v = Verdict { window_auth_failures: n, window_at_least: coarse, ..Verdict::default() };
     v.check(n, t.account_auth_failures, || {
         format!(
-            "{least}{n} failed logins within {}{} from {} client(s) (threshold {})",
+            "{least}{n} failed logins within {}{} from {}{} client(s) (threshold {})",
             human_window(t.window),
             since(start),
+            // Past the remembered set, a count of it would read as exact.
+            if a.clients_overflow { "at least " } else { "" },
             a.clients.len(),
             t.account_auth_failures
         )

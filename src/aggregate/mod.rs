@@ -1837,6 +1837,35 @@ mod tests {
         agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
     }
 
+    /// The account's reason names how many clients failed on it, and says "at least"
+    /// once more failed than the account remembers ([`ACCOUNT_CLIENTS`]).
+    #[test]
+    fn an_account_reason_counts_its_clients_as_a_lower_bound_past_the_cap() {
+        let rules = RuleSet::builtin().unwrap();
+        let reason = |clients: u32| {
+            let mut agg = Aggregator::default();
+            for i in 0..clients {
+                failed_login(
+                    &mut agg,
+                    &rules,
+                    [198, 18, (i >> 8) as u8, i as u8],
+                    i64::from(i % 60),
+                    "admin",
+                );
+            }
+            let report = crate::decide::decide(
+                agg,
+                &crate::decide::Thresholds::default(),
+                &crate::client::SparePolicy::default(),
+                &rules,
+            );
+            report.accounts[0].reasons[0].clone()
+        };
+        assert!(reason(20).contains(" from 20 client(s)"), "{}", reason(20));
+        let past = u32::try_from(ACCOUNT_CLIENTS).unwrap() + 100;
+        assert!(reason(past).contains(" from at least 1024 client(s)"), "{}", reason(past));
+    }
+
     #[test]
     fn failed_logins_wait_in_a_light_entry_and_reach_the_record_whole() {
         let rules = RuleSet::builtin().unwrap();

@@ -149,7 +149,8 @@ fn write_accounts(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize)
         )?;
         for a in watched.iter().take(top.min(5)) {
             let user = format!("{} [{}]", terminal_safe(&a.user), a.realm);
-            writeln!(out, "    {user:<40} {} failed, {} client(s)", a.auth_failures, a.ips)?;
+            let more = if a.ips_at_least { "+" } else { "" };
+            writeln!(out, "    {user:<40} {} failed, {}{more} client(s)", a.auth_failures, a.ips)?;
         }
     }
     more(out, locks.len(), top)
