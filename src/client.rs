@@ -94,18 +94,94 @@ impl std::str::FromStr for ClientKey {
     }
 }
 
+/// Address ranges a policy names (trusted proxies, the allowlist, a live blocklist),
+/// kept as the outermost ones in address order, so that asking which holds an address
+/// is one binary search instead of a pass over the list: behind a CDN, its two dozen
+/// ranges as trusted proxies searched one by one cost ~1,100 instructions a line, a
+/// third of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ranges {
+    nets: Vec<IpNet>,
+    /// The same ranges as first and last address, per family: every line asks whether
+    /// its hop is a trusted proxy, and comparing `IpNet`s (an enum, addresses compared
+    /// as byte arrays) made that search ~290 instructions a line for two dozen ranges.
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl Ranges {
+    /// `nets`, host bits cleared, without those inside another. In address order a
+    /// range comes before every range inside it, and those follow it without a gap, so
+    /// each is checked against the last one kept.
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Ranges {
+        let mut nets: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
+        nets.sort_unstable();
+        let mut kept: Vec<IpNet> = Vec::with_capacity(nets.len());
+        for net in nets {
+            if !kept.last().is_some_and(|last| last.contains(&net)) {
+                kept.push(net);
+            }
+        }
+        let mut ranges = Ranges { nets: kept, ..Ranges::default() };
+        for net in &ranges.nets {
+            match net {
+                IpNet::V4(n) => ranges.v4.push((n.network().to_bits(), n.broadcast().to_bits())),
+                IpNet::V6(n) => ranges.v6.push((n.network().to_bits(), n.broadcast().to_bits())),
+            }
+        }
+        ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The ranges, in address order, none inside another.
+    pub fn iter(&self) -> impl Iterator<Item = &IpNet> {
+        self.nets.iter()
+    }
+
+    /// Whether a range holds `ip`.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => in_spans(&self.v4, a.to_bits()),
+            IpAddr::V6(a) => in_spans(&self.v6, a.to_bits()),
+        }
+    }
+
+    /// The range that holds `net`. The ranges are disjoint, so the only one that can is
+    /// the last at or before it in address order.
+    pub fn holder(&self, net: &IpNet) -> Option<&IpNet> {
+        let after = self.nets.partition_point(|e| e <= net);
+        after.checked_sub(1).map(|i| &self.nets[i]).filter(|e| e.contains(net))
+    }
+
+    /// A range that shares an address with `net`: the one holding it, else the first of
+    /// those inside it (which follow it in address order).
+    pub fn overlapping(&self, net: &IpNet) -> Option<&IpNet> {
+        let inside = || self.nets.get(self.nets.partition_point(|e| e < net)).filter(|e| net.contains(*e));
+        self.holder(net).or_else(inside)
+    }
+}
+
+/// Whether a span of `spans` (first and last address, disjoint, in order) holds `a`.
+fn in_spans<T: Ord + Copy>(spans: &[(T, T)], a: T) -> bool {
+    let after = spans.partition_point(|s| s.0 <= a);
+    after.checked_sub(1).is_some_and(|i| spans[i].1 >= a)
+}
+
 /// How client addresses are resolved and grouped.
 #[derive(Clone, Debug)]
 pub struct ClientPolicy {
     /// Hops whose X-Forwarded-For is believed.
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Ranges,
     /// IPv6 clients are grouped per this prefix length.
     pub ipv6_prefix: u8,
 }
 
 impl Default for ClientPolicy {
     fn default() -> Self {
-        ClientPolicy { trusted_proxies: Vec::new(), ipv6_prefix: 64 }
+        ClientPolicy { trusted_proxies: Ranges::default(), ipv6_prefix: 64 }
     }
 }
 
@@ -132,7 +208,7 @@ impl ClientPolicy {
 
     /// Whether `ip` is a configured trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+        self.trusted_proxies.contains(ip)
     }
 
     /// The counting unit for `ip`.
@@ -151,20 +227,21 @@ impl ClientPolicy {
 #[derive(Clone, Debug, Default)]
 pub struct SparePolicy {
     /// `--allow` and `--allow-file` entries.
-    pub allow: Vec<IpNet>,
+    pub allow: Ranges,
     /// Trusted proxies are never blocked: blocking one blocks everyone behind it.
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Ranges,
     /// `--block-private`: private, loopback, link-local and shared ranges become blockable.
     pub block_private: bool,
 }
 
 impl SparePolicy {
-    /// Why `key` must not be blocked, or `None` when it may be.
+    /// Why `key` must not be blocked, or `None` when it may be. A range named is the
+    /// broadest of nested ones.
     pub fn spare_reason(&self, key: &ClientKey) -> Option<String> {
-        if let Some(n) = self.allow.iter().find(|n| overlaps(n, &key.0)) {
+        if let Some(n) = self.allow.overlapping(&key.0) {
             return Some(format!("allowlisted ({n})"));
         }
-        if let Some(n) = self.trusted_proxies.iter().find(|n| overlaps(n, &key.0)) {
+        if let Some(n) = self.trusted_proxies.overlapping(&key.0) {
             return Some(format!("trusted proxy ({n})"));
         }
         if self.block_private {
@@ -172,10 +249,6 @@ impl SparePolicy {
         }
         special_range(key.addr()).map(|r| format!("{r} address (use --block-private to allow blocking it)"))
     }
-}
-
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(b) || b.contains(a)
 }
 
 /// Ranges that are not the public Internet, and so not an attacker's own address.
@@ -245,6 +318,51 @@ mod tests {
         }
     }
 
+    /// Networks from few addresses (so that they nest, share starts, and a single
+    /// address is often one of them), both families, host bits often left set.
+    fn nets() -> impl proptest::strategy::Strategy<Value = IpNet> {
+        (
+            0u32..6,
+            0u8..=32,
+            proptest::bool::ANY,
+            proptest::prop_oneof![proptest::strategy::Just(0u32), proptest::num::u32::ANY],
+        )
+            .prop_map(|(base, prefix, v6, noise)| {
+                let bits =
+                    (0xc633_6400u32 + (base << 12)) ^ noise.checked_shr(u32::from(prefix)).unwrap_or(0);
+                if v6 {
+                    let addr = std::net::Ipv6Addr::from_bits(u128::from(bits) << 96);
+                    Ipv6Net::new(addr, prefix * 4).unwrap().into()
+                } else {
+                    Ipv4Net::new(std::net::Ipv4Addr::from_bits(bits), prefix).unwrap().into()
+                }
+            })
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// The search answers what a pass over every range answers: whether one holds an
+        /// address, and whether one overlaps a network, naming a range that does and that
+        /// no other holds.
+        #[test]
+        fn ranges_answer_as_a_pass_over_every_range(
+            listed in proptest::collection::vec(nets(), 0..12), asked in nets(),
+        ) {
+            let ranges = Ranges::new(listed.iter().copied());
+            let holds = listed.iter().any(|n| n.contains(&asked.addr()));
+            proptest::prop_assert_eq!(ranges.contains(asked.addr()), holds);
+            let overlap = |n: &IpNet| n.contains(&asked.trunc()) || asked.trunc().contains(n);
+            let found = ranges.overlapping(&asked.trunc());
+            proptest::prop_assert_eq!(found.is_some(), listed.iter().any(overlap));
+            if let Some(f) = found {
+                proptest::prop_assert!(overlap(f));
+                proptest::prop_assert!(listed.iter().any(|n| n.trunc() == *f));
+                proptest::prop_assert!(listed.iter().all(|n| !n.trunc().contains(f) || n.trunc() == *f));
+            }
+        }
+    }
+
     #[test]
     fn untrusted_forwarded_for_is_ignored() {
         let p = ClientPolicy::default();
@@ -253,7 +371,8 @@ mod tests {
 
     #[test]
     fn trusted_hops_are_skipped_from_the_right() {
-        let p = ClientPolicy { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], ipv6_prefix: 64 };
+        let p =
+            ClientPolicy { trusted_proxies: Ranges::new(["10.0.0.0/8".parse().unwrap()]), ipv6_prefix: 64 };
         // The client forged the leftmost entry; the proxy appended the real address.
         let xff = "6.6.6.6, 203.0.113.5, 10.0.0.7";
         assert_eq!(p.resolve(ip("10.0.0.1"), Some(xff)), ip("203.0.113.5"));
@@ -274,7 +393,8 @@ mod tests {
     #[test]
     fn spare_reasons() {
         let p = ClientPolicy::default();
-        let spare = SparePolicy { allow: vec!["198.51.100.0/24".parse().unwrap()], ..Default::default() };
+        let spare =
+            SparePolicy { allow: Ranges::new(["198.51.100.0/24".parse().unwrap()]), ..Default::default() };
         assert!(spare.spare_reason(&p.key(ip("198.51.100.4"))).unwrap().starts_with("allowlisted"));
         assert!(spare.spare_reason(&p.key(ip("10.1.2.3"))).is_some());
         assert!(spare.spare_reason(&p.key(ip("100.64.0.1"))).is_some());

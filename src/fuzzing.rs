@@ -35,7 +35,7 @@ fn config() -> &'static ScanConfig {
         threads: 1,
         parser: Parser::detecting(&[]),
         policy: Arc::new(ClientPolicy {
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            trusted_proxies: crate::client::Ranges::new(["10.0.0.0/8".parse().unwrap()]),
             ipv6_prefix: 64,
         }),
         rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
@@ -63,7 +63,7 @@ pub fn scan(data: &[u8]) {
     }
     let stats = &worker.agg.stats;
     assert_eq!(stats.lines, stats.parsed + stats.unparsed, "every line is parsed or unparsed");
-    let spare = SparePolicy { allow: vec![], trusted_proxies: vec![], block_private: false };
+    let spare = SparePolicy::default();
     let thresholds =
         Thresholds { window: 60, client_4xx: 2, client_auth_failures: 2, account_auth_failures: 2 };
     let report = decide(worker.agg, &thresholds, &spare, &config.rules);

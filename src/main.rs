@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use logwarden::client::{ClientPolicy, SparePolicy};
+use logwarden::client::{ClientPolicy, Ranges, SparePolicy};
 use logwarden::decide::{ScanReport, Thresholds, decide};
 use logwarden::detect::RuleSet;
 use logwarden::follow::{Announcement, FollowOptions, Redraw, follow};
@@ -310,7 +310,7 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         threads,
         parser,
         policy: Arc::new(ClientPolicy {
-            trusted_proxies: input.trusted_proxy.clone(),
+            trusted_proxies: Ranges::new(input.trusted_proxy.iter().copied()),
             ipv6_prefix: input.ipv6_prefix,
         }),
         rules: Arc::new(rules),
@@ -349,8 +349,8 @@ fn spare_policy(args: &ScanArgs) -> anyhow::Result<SparePolicy> {
         allow.extend(read_allow_file(file)?);
     }
     Ok(SparePolicy {
-        allow,
-        trusted_proxies: args.input.trusted_proxy.clone(),
+        allow: Ranges::new(allow),
+        trusted_proxies: Ranges::new(args.input.trusted_proxy.iter().copied()),
         block_private: args.block_private,
     })
 }

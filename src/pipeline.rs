@@ -446,7 +446,10 @@ mod tests {
             framing: FramingConfig { chunk_bytes: 4096, max_line_bytes: 2048, eager: false },
             threads: 2,
             parser: Parser::detecting(&[]),
-            policy: Arc::new(ClientPolicy { trusted_proxies: vec![], ipv6_prefix: 64 }),
+            policy: Arc::new(ClientPolicy {
+                trusted_proxies: crate::client::Ranges::default(),
+                ipv6_prefix: 64,
+            }),
             rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
             explain: false,
             bytes_read: Default::default(),

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::client::ClientKey;
+use crate::client::{ClientKey, Ranges};
 
 /// Kubernetes refuses a ConfigMap whose data exceeds 1 MiB.
 pub const CONFIGMAP_LIMIT: usize = 1 << 20;
@@ -164,24 +164,18 @@ pub fn live_entries(value: Option<&str>) -> (BTreeSet<IpNet>, Vec<MalformedEntry
 /// holds, in address order. Built once per live value, so that checking every proposal
 /// is a search each instead of a pass over the live value each (20,000 proposals against
 /// 20,000 live entries took over a minute in a debug build that way).
-pub struct Coverage(BTreeSet<IpNet>);
+pub struct Coverage(Ranges);
 
 impl Coverage {
     /// The index of `live`, the valid entries as [`live_entries`] reads them.
     pub fn new(live: &BTreeSet<IpNet>) -> Coverage {
-        Coverage(outermost(live.iter().copied().collect()))
+        Coverage(Ranges::new(live.iter().copied()))
     }
 
     /// The live entry that already blocks `key`, as written in reports: the broadest
     /// one when entries nest.
     pub fn entry_for(&self, key: &ClientKey) -> Option<String> {
-        self.holder(&key.0).map(show)
-    }
-
-    /// The entry that holds `net`. Without nested ones the entries are disjoint, so the
-    /// only one that can is the last at or before it in address order.
-    fn holder(&self, net: &IpNet) -> Option<&IpNet> {
-        self.0.range(..=*net).next_back().filter(|e| e.contains(net))
+        self.0.holder(&key.0).map(show)
     }
 }
 
@@ -217,9 +211,9 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     // a /15 that no entry named, and splitting that back to the bound would write 512
     // entries for two (two adjacent IPv6 /2s, more than memory holds).
     let (broad, narrow): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| n.prefix_len() < bound(n));
-    let broad = Coverage(outermost(broad));
+    let broad = Ranges::new(broad);
     let covered = |net: &IpNet| broad.holder(net).is_some();
-    let mut out: Vec<IpNet> = broad.0.iter().copied().collect();
+    let mut out: Vec<IpNet> = broad.iter().copied().collect();
     for net in IpNet::aggregate(&narrow) {
         if net.prefix_len() >= bound(&net) {
             out.extend(Some(net).filter(|n| !covered(n)));
@@ -230,20 +224,6 @@ fn collapse_nets(nets: &BTreeSet<IpNet>, c: Collapse) -> Vec<IpNet> {
     }
     out.sort_unstable();
     out
-}
-
-/// `nets` without those inside another one of them. In address order a range comes
-/// before every range inside it, and those follow it without a gap, so each is checked
-/// against the last one kept.
-fn outermost(mut nets: Vec<IpNet>) -> BTreeSet<IpNet> {
-    nets.sort_unstable();
-    let mut kept: Vec<IpNet> = Vec::with_capacity(nets.len());
-    for net in nets {
-        if !kept.last().is_some_and(|last| last.contains(&net)) {
-            kept.push(net);
-        }
-    }
-    kept.into_iter().collect()
 }
 
 /// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
