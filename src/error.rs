@@ -6,8 +6,9 @@ use std::path::PathBuf;
 /// What can go wrong while reading inputs or building a scan.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An input file could not be opened or read.
-    #[error("{path}: {source} (check the path and that this user may read it)")]
+    /// An input file could not be opened or read. The I/O error is the source, not part
+    /// of this text: the command prints the chain, and said it twice.
+    #[error("cannot read {path} (check the path and that this user may read it)")]
     Input {
         path: PathBuf,
         #[source]
@@ -20,7 +21,7 @@ pub enum Error {
     #[error("{option}: {message}")]
     Option { option: &'static str, message: String },
     /// Writing the result failed.
-    #[error("writing output: {0}")]
+    #[error("writing output")]
     Output(#[source] std::io::Error),
     /// A review bundle could not be written (nothing of it was left in its place).
     #[error("review bundle {path}: {message}")]

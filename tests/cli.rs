@@ -45,6 +45,8 @@ fn a_missing_file_is_an_error_that_names_it() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no/such/file.log"), "{err}");
+    // The system's reason, once.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     assert!(out.stdout.is_empty(), "nothing is scanned when an input is missing");
 }
 
