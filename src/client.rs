@@ -251,40 +251,40 @@ impl SparePolicy {
     }
 }
 
-/// Ranges that are not the public Internet, and so not an attacker's own address.
+/// Ranges that are not the public Internet, and so not an attacker's own address, with
+/// what they are.
+const SPECIAL_RANGES: [(&str, &str); 15] = [
+    ("127.0.0.0/8", "loopback"),
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("169.254.0.0/16", "link-local"),
+    ("100.64.0.0/10", "shared (100.64.0.0/10)"),
+    ("0.0.0.0/32", "non-unicast"),
+    ("255.255.255.255/32", "non-unicast"),
+    ("224.0.0.0/4", "non-unicast"),
+    ("::1/128", "loopback"),
+    ("fc00::/7", "unique local (fc00::/7)"),
+    ("fe80::/10", "link-local"),
+    ("::/128", "non-unicast"),
+    ("ff00::/8", "non-unicast"),
+    // IPv4-mapped addresses are folded to IPv4 before they are keyed; as a range
+    // written by hand, this one would hold every private IPv4 address.
+    ("::ffff:0:0/96", "IPv4-mapped"),
+];
+
+/// What `ip` is, when it is in a range that is not the public Internet.
 fn special_range(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                Some("loopback")
-            } else if v4.is_private() {
-                Some("private (RFC 1918)")
-            } else if v4.is_link_local() {
-                Some("link-local")
-            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-                Some("shared (100.64.0.0/10)")
-            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
-                Some("non-unicast")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if first & 0xfe00 == 0xfc00 {
-                Some("unique local (fc00::/7)")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if v6.is_unspecified() || v6.is_multicast() {
-                Some("non-unicast")
-            } else {
-                None
-            }
-        }
-    }
+    special_overlap(&IpNet::from(ip))
+}
+
+/// What the first range that is not the public Internet and shares an address with
+/// `net` is: a hand-written `10.0.0.0/7` holds private addresses, as `10.0.0.5` is one.
+pub fn special_overlap(net: &IpNet) -> Option<&'static str> {
+    static RANGES: std::sync::LazyLock<Vec<(IpNet, &str)>> = std::sync::LazyLock::new(|| {
+        SPECIAL_RANGES.iter().map(|(range, what)| (range.parse().expect("a valid range"), *what)).collect()
+    });
+    RANGES.iter().find(|(range, _)| range.contains(net) || net.contains(range)).map(|(_, what)| *what)
 }
 
 #[cfg(test)]
@@ -388,6 +388,76 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "2001:db8:1:2::/64");
         assert_eq!(p.key(ip("192.0.2.1")).to_string(), "192.0.2.1");
+    }
+
+    /// What the standard library says of an address, as the ranges' names say it.
+    fn std_says(ip: IpAddr) -> Option<&'static str> {
+        match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                if v4.is_loopback() {
+                    Some("loopback")
+                } else if v4.is_private() {
+                    Some("private (RFC 1918)")
+                } else if v4.is_link_local() {
+                    Some("link-local")
+                } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                    Some("shared (100.64.0.0/10)")
+                } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                    Some("non-unicast")
+                } else {
+                    None
+                }
+            }
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("IPv4-mapped"),
+            IpAddr::V6(v6) => {
+                let first = v6.segments()[0];
+                if v6.is_loopback() {
+                    Some("loopback")
+                } else if first & 0xfe00 == 0xfc00 {
+                    Some("unique local (fc00::/7)")
+                } else if first & 0xffc0 == 0xfe80 {
+                    Some("link-local")
+                } else if v6.is_unspecified() || v6.is_multicast() {
+                    Some("non-unicast")
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The table of special ranges names every address as the standard library's
+        /// predicates do (addresses drawn near each range's edges as well as anywhere).
+        #[test]
+        fn special_ranges_agree_with_the_standard_predicates(
+            high in proptest::sample::select(vec![0u32, 10, 100, 127, 169, 172, 192, 224, 239, 240, 255]),
+            rest in proptest::num::u32::ANY,
+            v6_high in proptest::sample::select(vec![0u128, 0xfc00, 0xfdff, 0xfe80, 0xfebf, 0xfec0, 0xff00, 0x2001]),
+            v6_rest in proptest::num::u128::ANY, pick in 0u8..4,
+        ) {
+            let v4 = std::net::Ipv4Addr::from_bits(high << 24 | rest >> 8);
+            let v6 = match pick {
+                0 => std::net::Ipv6Addr::from_bits(v6_high << 112 | v6_rest >> 16),
+                1 => std::net::Ipv6Addr::from_bits(v6_rest % 4),
+                2 => v4.to_ipv6_mapped(),
+                _ => std::net::Ipv6Addr::from_bits(v6_rest),
+            };
+            for ip in [IpAddr::V4(v4), IpAddr::V4(std::net::Ipv4Addr::from_bits(rest)), IpAddr::V6(v6)] {
+                proptest::prop_assert_eq!(special_range(ip), std_says(ip), "{}", ip);
+            }
+        }
+    }
+
+    #[test]
+    fn special_ranges_overlap_hand_written_networks() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(special_overlap(&net("10.0.0.0/7")), Some("private (RFC 1918)"));
+        assert_eq!(special_overlap(&net("0.0.0.0/1")), Some("loopback"));
+        assert_eq!(special_overlap(&net("203.0.113.0/24")), None);
+        assert_eq!(special_overlap(&net("2001:db8::/32")), None);
+        assert_eq!(special_overlap(&net("::/1")), Some("loopback"));
     }
 
     #[test]

@@ -72,6 +72,10 @@ struct EmitArgs {
     /// The scan document to emit from (report.json of a bundle, or `scan --output json`).
     #[arg(long, value_name = "FILE")]
     from: PathBuf,
+    /// Allow blocking private, loopback, link-local and shared addresses written into
+    /// the document's blocklist.
+    #[arg(long)]
+    block_private: bool,
     #[command(flatten)]
     remedy: RemedyArgs,
 }
@@ -389,7 +393,8 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     if reads_stdin && args.remedy.current.as_deref().is_some_and(|p| p.as_os_str() == "-") {
         bail!("--current -: standard input already carries the logs; save the ConfigMap to a file");
     }
-    let remedy = args.remedy.out.is_some().then(|| remedy_config(&args.remedy)).transpose()?;
+    let remedy =
+        args.remedy.out.is_some().then(|| remedy_config(&args.remedy, args.block_private)).transpose()?;
     let local = loki_cli::LocalRules::new(&thresholds, &config.rules, !args.input.trusted_proxy.is_empty());
     let loki = args.loki.build(&args.input.paths, &local)?;
     if loki.is_some() && args.follow {
@@ -553,7 +558,7 @@ impl Progress {
     }
 }
 
-fn remedy_config(args: &RemedyArgs) -> anyhow::Result<RemedyConfig> {
+fn remedy_config(args: &RemedyArgs, block_private: bool) -> anyhow::Result<RemedyConfig> {
     let mut target = match args.preset {
         Preset::Runbook => BlocklistTarget::runbook(&args.namespace),
         Preset::IngressNginx => BlocklistTarget::ingress_nginx(&args.namespace),
@@ -580,7 +585,7 @@ fn remedy_config(args: &RemedyArgs) -> anyhow::Result<RemedyConfig> {
     };
     let collapse =
         Collapse { enabled: args.collapse, max_v4: args.collapse_max_v4, max_v6: args.collapse_max_v6 };
-    Ok(RemedyConfig { target, current, replace: args.replace, collapse, lock }.build()?)
+    Ok(RemedyConfig { target, current, replace: args.replace, collapse, lock, block_private }.build()?)
 }
 
 fn read_current(path: &std::path::Path, key: &str) -> anyhow::Result<CurrentConfigMap> {
@@ -618,7 +623,7 @@ fn run_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
     let Some(dir) = args.remedy.out.clone() else {
         bail!("emit: --out DIR is required (where to write the bundle)");
     };
-    let cfg = remedy_config(&args.remedy)?;
+    let cfg = remedy_config(&args.remedy, args.block_private)?;
     let text =
         std::fs::read_to_string(&args.from).with_context(|| format!("--from {}", args.from.display()))?;
     let report: ScanReport = serde_json::from_str(&text).with_context(|| {

@@ -191,6 +191,51 @@ fn emit_rewrites_the_bundle_from_an_edited_report() {
     assert_eq!(refused.status.code(), Some(2), "a block of every address is refused");
 }
 
+/// A reviewer's edit is refused, with what to change and nothing written, where it would
+/// block more than it says (host bits past the prefix), a client the report spares, or
+/// addresses a scan never proposes (without `--block-private`).
+#[test]
+fn emit_refuses_edits_that_block_more_than_they_say_or_what_is_spared() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = incident_bundle(dir.path(), &["--replace"]).dir;
+    let mut report: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
+    let spared = report["spared"][0]["ip"].as_str().unwrap().to_string();
+    assert_eq!(spared, "10.0.0.5", "the incident spares its proxy");
+    let edited = dir.path().join("edited.json");
+    let mut emit = |blocklist: &[&str], extra: &[&str], out: &str| {
+        report["blocklist"] = serde_json::json!(blocklist);
+        std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
+        let run = logwarden()
+            .args(["emit", "--replace", "--from"])
+            .arg(&edited)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+    };
+    for (entry, extra, says) in [
+        ("2001:db8::/16", &[][..], "would block 2001::/16"),
+        ("192.168.1.1", &[][..], "--block-private"),
+        ("10.0.0.0/8", &["--block-private"][..], "would block 10.0.0.5, which this report spares"),
+        ("10.0.0.5", &["--block-private"][..], "10.0.0.5 is a client this report spares"),
+    ] {
+        let (code, said) = emit(&["198.51.100.23", entry], extra, "refused");
+        assert_eq!(code, Some(2), "{entry}: {said}");
+        assert!(said.contains(says), "{entry}: {said}");
+        assert!(!dir.path().join("refused").exists(), "{entry}: nothing is written");
+    }
+    let (code, said) = emit(&["198.51.100.23", "192.168.1.1"], &["--block-private"], "allowed");
+    assert_eq!(code, Some(0), "{said}");
+    let patch: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("allowed/blocklist.patch.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(value(&patch), "192.168.1.1,198.51.100.23");
+}
+
 #[test]
 fn the_configmap_size_limit_is_checked_before_writing() {
     let dir = tempfile::tempdir().unwrap();

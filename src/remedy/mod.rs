@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::client::ClientKey;
+use crate::client::{ClientKey, Ranges};
 use crate::decide::ScanReport;
 use crate::error::{Error, Result};
 use blocklist::{BlocklistTarget, Collapse, CurrentConfigMap, MalformedEntry, MergedBlocklist};
@@ -34,6 +34,9 @@ pub struct RemedyConfig {
     pub replace: bool,
     pub collapse: Collapse,
     pub lock: LockTarget,
+    /// Private, loopback, link-local and shared ranges may be in the blocklist (a scan's
+    /// `--block-private`); otherwise such an entry in a hand-edited report is refused.
+    pub block_private: bool,
 }
 
 impl RemedyConfig {
@@ -117,7 +120,7 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
     let report_json =
         serde_json::to_string_pretty(report).map_err(|e| Error::option("report", e.to_string()))? + "\n";
     let bundle_id = format!("lw-{:016x}", fnv1a(report_json.as_bytes()));
-    let proposed = proposed_keys(report)?;
+    let proposed = proposed_keys(report, cfg.block_private)?;
     let current_value = cfg.current.as_ref().and_then(|c| c.value.as_deref());
     let merged = blocklist::merge(current_value, &proposed, cfg.collapse);
     let patch = patch_decision(cfg, &merged, proposed.is_empty());
@@ -178,19 +181,60 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
     Ok(plan)
 }
 
-/// The proposals of a (possibly hand-edited) report, validated.
-fn proposed_keys(report: &ScanReport) -> Result<Vec<ClientKey>> {
+/// The proposals of a (possibly hand-edited) report, validated: what a reviewer wrote
+/// into the blocklist is refused, with what to change, where it would block more than
+/// it says or what a scan never proposes.
+fn proposed_keys(report: &ScanReport, block_private: bool) -> Result<Vec<ClientKey>> {
+    let spared = Ranges::new(report.spared.iter().map(|s| s.ip.0));
+    let check = |entry: &String| {
+        let key = written_key(entry)?;
+        let conflict = spared_conflict(report, &spared, entry, &key)
+            .or_else(|| (!block_private).then(|| special_conflict(entry, &key)).flatten());
+        conflict.map_or(Ok(key), Err)
+    };
     report
         .blocklist
         .iter()
-        .map(|entry| {
-            let key: ClientKey = entry.parse().map_err(|e: String| Error::option("report blocklist", e))?;
-            if key.0.prefix_len() == 0 {
-                return Err(Error::option("report blocklist", format!("{entry} covers every address")));
-            }
-            Ok(key)
-        })
+        .map(|entry| check(entry).map_err(|e| Error::option("report blocklist", e)))
         .collect()
+}
+
+/// Why `entry` (read as `key`) must not be blocked when the report spares a client it holds.
+fn spared_conflict(report: &ScanReport, spared: &Ranges, entry: &str, key: &ClientKey) -> Option<String> {
+    let net = spared.overlapping(&key.0)?;
+    let s = report.spared.iter().find(|s| s.ip.0 == *net)?;
+    let what = if s.ip == *key { "is a client".to_string() } else { format!("would block {}, which", s.ip) };
+    Some(format!("{entry} {what} this report spares ({}): remove it from one of the two lists", s.reason))
+}
+
+/// Why `entry` (read as `key`) must not be blocked without `--block-private`, if it
+/// holds addresses that are not the public Internet.
+fn special_conflict(entry: &str, key: &ClientKey) -> Option<String> {
+    let what = crate::client::special_overlap(&key.0)?;
+    let (is, them) = if key.0.prefix_len() == key.0.max_prefix_len() {
+        (format!("is a {what} address"), "it")
+    } else {
+        (format!("holds {what} addresses"), "them")
+    };
+    Some(format!(
+        "{entry} {is}, which a scan never proposes (proxies and internal clients); pass --block-private to block {them}"
+    ))
+}
+
+/// An entry as a reviewer wrote it: an address or a network address with its prefix.
+/// Host bits are refused, not cleared: `2001:db8::/16` would block all of `2001::/16`.
+fn written_key(entry: &str) -> std::result::Result<ClientKey, String> {
+    let key: ClientKey = entry.parse()?;
+    if key.0.prefix_len() == 0 {
+        return Err(format!("{entry} covers every address"));
+    }
+    match entry.parse::<ipnet::IpNet>() {
+        Ok(net) if net != net.trunc() => Err(format!(
+            "{entry} has bits set past its prefix, so it would block {}: write that, or a longer prefix",
+            net.trunc()
+        )),
+        _ => Ok(key),
+    }
 }
 
 /// Whether a ConfigMap patch is written, or why not.
