@@ -65,6 +65,17 @@ fn the_cronjob_is_well_formed() {
     let state = volumes.values().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str());
     assert_eq!(state, claim["metadata"]["name"].as_str(), "the state volume names the claim in the file");
     assert_eq!(claim["metadata"]["namespace"], cronjob["metadata"]["namespace"]);
+    // The memory bound is pinned under the container's limit, and the threads with it:
+    // the default thread count is the node's cores, each thread a share of the bound.
+    let args = strings(&container["args"]).join(" ");
+    let flag = |name: &str| -> u64 {
+        let at = args.find(name).unwrap_or_else(|| panic!("the command sets {name}: {args}"));
+        args[at + name.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let limit = container["resources"]["limits"]["memory"].as_str().unwrap();
+    let limit_mib: u64 = limit.strip_suffix("Mi").expect("a limit in Mi").parse().unwrap();
+    assert!(flag("--max-memory ") + 100 <= limit_mib, "--max-memory leaves room under {limit}");
+    assert!(flag("--threads ") <= 4, "{args}");
 }
 
 /// Where each volume of the container is mounted, and a temporary directory for it.
