@@ -172,7 +172,8 @@ struct InputArgs {
     /// Group IPv6 clients per this prefix length.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
     ipv6_prefix: u8,
-    /// Parsing threads (default: all cores).
+    /// Parsing threads (default: all cores, at most one per 50 MiB of --max-memory: each
+    /// thread keeps its own record of every client it sees, within its share of the bound).
     #[arg(long)]
     threads: Option<usize>,
     /// Lines longer than this many bytes are skipped and counted.
@@ -300,8 +301,8 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         ),
         None => parse::Parser::detecting(&custom),
     };
-    let threads =
-        input.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = input.threads.unwrap_or_else(|| default_threads(cores, input.max_memory));
     if threads == 0 {
         bail!("--threads: must be at least 1");
     }
@@ -325,6 +326,19 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
             usize::try_from(input.max_memory).unwrap_or(usize::MAX).saturating_mul(1 << 20),
         ),
     })
+}
+
+/// MiB of `--max-memory` each thread of the default count gets at least.
+const MIB_PER_DEFAULT_THREAD: u64 = 50;
+
+/// Threads when `--threads` is not given: one per core, but no more than leaves each
+/// `MIB_PER_DEFAULT_THREAD` of the memory bound. The bound is shared by the threads, and
+/// an attacking client has a full record in every thread that sees it: under the default
+/// 200 MiB, eight threads proposed 582 addresses of a 5,000-address botnet that four
+/// proposed whole.
+fn default_threads(cores: usize, max_memory_mib: u64) -> usize {
+    let by_memory = usize::try_from(max_memory_mib / MIB_PER_DEFAULT_THREAD).unwrap_or(usize::MAX);
+    cores.min(by_memory).max(1)
 }
 
 fn custom_formats(input: &InputArgs) -> anyhow::Result<Vec<Arc<LogFormat>>> {
@@ -701,4 +715,19 @@ fn run_match(args: MatchArgs) -> anyhow::Result<ExitCode> {
     })?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_threads;
+
+    #[test]
+    fn default_threads_leave_each_a_share_of_the_memory_bound() {
+        assert_eq!(default_threads(2, 200), 2);
+        assert_eq!(default_threads(16, 200), 4);
+        assert_eq!(default_threads(16, 800), 16);
+        assert_eq!(default_threads(64, 384), 7);
+        assert_eq!(default_threads(8, 64), 1, "the least bound still scans");
+        assert_eq!(default_threads(1, 1 << 20), 1);
+    }
 }
