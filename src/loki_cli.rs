@@ -75,6 +75,8 @@ pub struct LokiArgs {
     /// Basic-auth user (password from --loki-password-file).
     #[arg(long, value_name = "USER", requires = "loki_password_file", help_heading = "Loki")]
     loki_user: Option<String>,
+    /// The basic-auth password, read from this file (one line; a password is never an
+    /// argument, which `ps` would show).
     #[arg(long, value_name = "FILE", requires = "loki_user", help_heading = "Loki")]
     loki_password_file: Option<PathBuf>,
     /// Also trust the CA certificates in this PEM file.
@@ -93,6 +95,8 @@ pub struct LokiArgs {
     /// it answers, used to read a nanosecond shared by many entries.
     #[arg(long, default_value_t = 5000, help_heading = "Loki")]
     loki_max_entries: usize,
+    /// The order pages are read in (Loki's `direction`). Either way every entry of the
+    /// window is read once; backward reads the newest first.
     #[arg(long, value_enum, default_value = "forward", help_heading = "Loki")]
     loki_direction: DirectionArg,
     /// Attempts per request for 429, 5xx and network failures.

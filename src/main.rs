@@ -721,6 +721,25 @@ fn run_match(args: MatchArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::default_threads;
 
+    /// Every option of every command says what it does in `--help`: one without a line
+    /// (`--loki-password-file` was one) leaves a reader at 3 a.m. to guess.
+    #[test]
+    fn every_option_has_help() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                let has =
+                    arg.get_help().or(arg.get_long_help()).is_some_and(|h| !h.to_string().trim().is_empty());
+                assert!(has, "{path} --{} has no help", arg.get_id());
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let mut cli = <super::Cli as clap::CommandFactory>::command();
+        cli.build();
+        check(&cli, "logwarden");
+    }
+
     #[test]
     fn default_threads_leave_each_a_share_of_the_memory_bound() {
         assert_eq!(default_threads(2, 200), 2);
