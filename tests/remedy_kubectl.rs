@@ -155,85 +155,74 @@ fn without_current_no_patch_is_written_and_the_reason_is_given() {
     assert_eq!(value(&patch), "192.0.2.66,198.51.100.23,203.0.113.77");
 }
 
-#[test]
-fn emit_rewrites_the_bundle_from_an_edited_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = incident_bundle(dir.path(), &["--replace"]).dir;
-    let mut report: Value =
-        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
-    // The reviewer decides against one block.
-    report["blocklist"] = serde_json::json!(["198.51.100.23"]);
-    let edited = dir.path().join("edited.json");
+/// The incident's report, from a bundle written under `dir`.
+fn incident_report(dir: &std::path::Path) -> Value {
+    let b = incident_bundle(dir, &["--replace"]).dir;
+    serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap()
+}
+
+/// `emit --replace` of `report` with its blocklist set to `blocklist`, into `dir/out`:
+/// the exit code and what it said.
+fn emit_edited(
+    dir: &std::path::Path,
+    report: &mut Value,
+    blocklist: &[&str],
+    extra: &[&str],
+    out: &str,
+) -> (Option<i32>, String) {
+    report["blocklist"] = serde_json::json!(blocklist);
+    let edited = dir.join("edited.json");
     std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
-    let out2 = dir.path().join("bundle2");
-    ok(
-        logwarden()
-            .args(["emit", "--replace", "--from"])
-            .arg(&edited)
-            .arg("--out")
-            .arg(&out2)
-            .output()
-            .unwrap(),
-        "emit",
-    );
-    let patch: Value =
-        serde_json::from_str(&std::fs::read_to_string(out2.join("blocklist.patch.json")).unwrap()).unwrap();
-    assert_eq!(value(&patch), "198.51.100.23");
-    report["blocklist"] = serde_json::json!(["0.0.0.0/0"]);
-    std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
-    let refused = logwarden()
+    let run = logwarden()
         .args(["emit", "--replace", "--from"])
         .arg(&edited)
         .arg("--out")
-        .arg(dir.path().join("b3"))
+        .arg(dir.join(out))
+        .args(extra)
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(2), "a block of every address is refused");
+    (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+}
+
+fn patch_value(bundle: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(bundle.join("blocklist.patch.json")).unwrap();
+    value(&serde_json::from_str(&text).unwrap()).to_string()
+}
+
+#[test]
+fn emit_rewrites_the_bundle_from_an_edited_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = incident_report(dir.path());
+    // The reviewer decides against one block.
+    let (code, said) = emit_edited(dir.path(), &mut report, &["198.51.100.23"], &[], "bundle2");
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(patch_value(&dir.path().join("bundle2")), "198.51.100.23");
 }
 
 /// A reviewer's edit is refused, with what to change and nothing written, where it would
-/// block more than it says (host bits past the prefix), a client the report spares, or
-/// addresses a scan never proposes (without `--block-private`).
+/// block every address, more than it says (host bits past the prefix), a client the
+/// report spares, or addresses a scan never proposes (without `--block-private`).
 #[test]
 fn emit_refuses_edits_that_block_more_than_they_say_or_what_is_spared() {
     let dir = tempfile::tempdir().unwrap();
-    let b = incident_bundle(dir.path(), &["--replace"]).dir;
-    let mut report: Value =
-        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
-    let spared = report["spared"][0]["ip"].as_str().unwrap().to_string();
-    assert_eq!(spared, "10.0.0.5", "the incident spares its proxy");
-    let edited = dir.path().join("edited.json");
-    let mut emit = |blocklist: &[&str], extra: &[&str], out: &str| {
-        report["blocklist"] = serde_json::json!(blocklist);
-        std::fs::write(&edited, serde_json::to_string(&report).unwrap()).unwrap();
-        let run = logwarden()
-            .args(["emit", "--replace", "--from"])
-            .arg(&edited)
-            .arg("--out")
-            .arg(dir.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap();
-        (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
-    };
+    let mut report = incident_report(dir.path());
+    assert_eq!(report["spared"][0]["ip"], "10.0.0.5", "the incident spares its proxy");
     for (entry, extra, says) in [
+        ("0.0.0.0/0", &[][..], "covers every address"),
         ("2001:db8::/16", &[][..], "would block 2001::/16"),
         ("192.168.1.1", &[][..], "--block-private"),
         ("10.0.0.0/8", &["--block-private"][..], "would block 10.0.0.5, which this report spares"),
         ("10.0.0.5", &["--block-private"][..], "10.0.0.5 is a client this report spares"),
     ] {
-        let (code, said) = emit(&["198.51.100.23", entry], extra, "refused");
+        let (code, said) = emit_edited(dir.path(), &mut report, &["198.51.100.23", entry], extra, "refused");
         assert_eq!(code, Some(2), "{entry}: {said}");
         assert!(said.contains(says), "{entry}: {said}");
         assert!(!dir.path().join("refused").exists(), "{entry}: nothing is written");
     }
-    let (code, said) = emit(&["198.51.100.23", "192.168.1.1"], &["--block-private"], "allowed");
+    let allowed = ["198.51.100.23", "192.168.1.1"];
+    let (code, said) = emit_edited(dir.path(), &mut report, &allowed, &["--block-private"], "allowed");
     assert_eq!(code, Some(0), "{said}");
-    let patch: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("allowed/blocklist.patch.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(value(&patch), "192.168.1.1,198.51.100.23");
+    assert_eq!(patch_value(&dir.path().join("allowed")), "192.168.1.1,198.51.100.23");
 }
 
 #[test]
