@@ -132,10 +132,6 @@ impl Ranges {
         ranges
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
     /// The ranges, in address order, none inside another.
     pub fn iter(&self) -> impl Iterator<Item = &IpNet> {
         self.nets.iter()

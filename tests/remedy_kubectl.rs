@@ -213,6 +213,7 @@ fn emit_refuses_edits_that_block_more_than_they_say_or_what_is_spared() {
         ("192.168.1.1", &[][..], "--block-private"),
         ("10.0.0.0/8", &["--block-private"][..], "would block 10.0.0.5, which this report spares"),
         ("10.0.0.5", &["--block-private"][..], "10.0.0.5 is a client this report spares"),
+        ("::ffff:10.0.0.5", &["--block-private"][..], "::ffff:10.0.0.5 is a client this report spares"),
     ] {
         let (code, said) = emit_edited(dir.path(), &mut report, &["198.51.100.23", entry], extra, "refused");
         assert_eq!(code, Some(2), "{entry}: {said}");

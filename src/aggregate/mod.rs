@@ -10,9 +10,8 @@ pub mod topk;
 pub mod window;
 
 use compact_str::CompactString;
-use std::collections::BTreeMap;
-
 use litemap::LiteMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Hash maps keyed by attacker-chosen values use foldhash: fast, and seeded per process

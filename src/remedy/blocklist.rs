@@ -180,7 +180,7 @@ impl Coverage {
 }
 
 /// An address or CIDR, normalised (host bits cleared, IPv4-mapped folded to IPv4).
-fn parse_entry(raw: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_entry(raw: &str) -> Result<IpNet, String> {
     let key: ClientKey = raw.parse()?;
     let net = key.0;
     if net.prefix_len() == 0 {

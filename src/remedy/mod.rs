@@ -221,8 +221,10 @@ fn special_conflict(entry: &str, key: &ClientKey) -> Option<String> {
     ))
 }
 
-/// An entry as a reviewer wrote it: an address or a network address with its prefix.
-/// Host bits are refused, not cleared: `2001:db8::/16` would block all of `2001::/16`.
+/// An entry as a reviewer wrote it: an address or a network address with its prefix,
+/// IPv4-mapped IPv6 read as the IPv4 it is (as the live list's entries are, so that the
+/// checks against spared clients see it). Host bits are refused, not cleared:
+/// `2001:db8::/16` would block all of `2001::/16`.
 fn written_key(entry: &str) -> std::result::Result<ClientKey, String> {
     let key: ClientKey = entry.parse()?;
     if key.0.prefix_len() == 0 {
@@ -233,7 +235,7 @@ fn written_key(entry: &str) -> std::result::Result<ClientKey, String> {
             "{entry} has bits set past its prefix, so it would block {}: write that, or a longer prefix",
             net.trunc()
         )),
-        _ => Ok(key),
+        _ => blocklist::parse_entry(entry).map(ClientKey),
     }
 }
 
