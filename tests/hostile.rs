@@ -266,3 +266,44 @@ fn a_botnet_larger_than_the_memory_bound_is_reported_as_possibly_incomplete() {
     assert!(doc["stats"].get("memory_summary").is_none(), "{}", doc["stats"]);
     assert!(!text.contains("memory bound") && !md.contains("Memory bound"), "{text}\n{md}");
 }
+
+/// 300 addresses, each a 404 on a new path every second for 3,000 seconds (a directory
+/// scanner per address: long event series, full distinct-path sets), interleaved.
+fn heavy_scanners() -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = std::io::BufWriter::new(f.as_file_mut());
+    for t in 0..3_000u32 {
+        // From 2023-11-14T22:13:20Z.
+        let s = 22 * 3600 + 13 * 60 + 20 + t;
+        let stamp = format!("14/Nov/2023:{:02}:{:02}:{:02} +0000", s / 3600, s / 60 % 60, s % 60);
+        for c in 0..300u32 {
+            let ip = format!("198.18.{}.{}", c / 250, c % 250 + 1);
+            writeln!(
+                w,
+                "{ip} - - [{stamp}] \"GET /probe/{c}/{t}.php HTTP/1.1\" 404 153 \"-\" \"scanner/{c}\""
+            )
+            .unwrap();
+        }
+    }
+    drop(w);
+    f
+}
+
+/// Records that outgrow their unit under a tight bound are folded and rebuilt over and
+/// over; on two threads each worker folds its own. Every scanner must still be proposed:
+/// folding full records down to 7/8 of the limit instead of 3/4 made this scan fold
+/// 216,000 times and propose 80 of the 300, while every other test passed.
+#[test]
+fn heavy_scanners_past_a_tight_bound_are_all_proposed_on_two_threads() {
+    let file = heavy_scanners();
+    let out = logwarden()
+        .args(["scan", "--output", "json", "--max-memory", "64", "--threads", "2"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let folded = &doc["stats"]["memory_summary"]["clients"];
+    assert!(folded["entries"].as_u64().unwrap() > 0, "the bound is meant to be tight here: {folded}");
+    assert_eq!(doc["blocklist"].as_array().unwrap().len(), 300, "{folded}");
+}
