@@ -100,6 +100,7 @@ fn sprayed_addresses_keep_memory_bounded_and_attackers_are_still_found() {
         assert_eq!(c["status_4xx"], 70, "{ip}");
     }
     // The summary was used, and says nothing with more than one event of evidence was lost.
+    assert_eq!(doc["stats"]["memory_summary"]["proposals_may_be_missing"], true);
     let summary = &doc["stats"]["memory_summary"]["clients"];
     assert!(summary["entries"].as_u64().unwrap() > 250_000, "{summary}");
     assert_eq!(summary["max_evidence"], 1);
@@ -257,6 +258,7 @@ fn a_botnet_larger_than_the_memory_bound_is_reported_as_possibly_incomplete() {
     let proposed = doc["blocklist"].as_array().unwrap().len();
     assert!(proposed < 5_000, "the bound should have cost proposals here: {proposed}");
     assert!(doc["stats"]["memory_summary"]["clients"]["max_evidence"].as_u64().unwrap() > 0);
+    assert_eq!(doc["stats"]["memory_summary"]["proposals_may_be_missing"], true);
     for said in [&text, &md] {
         assert!(said.contains("proposals may be missing"), "{said}");
         assert!(said.contains("larger --max-memory"), "{said}");

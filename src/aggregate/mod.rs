@@ -298,20 +298,26 @@ pub struct MemorySummary {
     /// Folded into the approximate sketch.
     pub clients: bounded::Folded,
     pub accounts: bounded::Folded,
+    /// Evidence was folded, so a client or account may be missing from the proposals
+    /// (what [`MemorySummary::lost_evidence`] says, for a reader of the document).
+    #[serde(default)]
+    pub proposals_may_be_missing: bool,
 }
 
 impl MemorySummary {
     /// The report's account of `summary`, when it was used.
     pub fn of(summary: &Summary) -> Option<MemorySummary> {
-        summary
-            .used()
-            .then(|| MemorySummary { clients: summary.clients.clone(), accounts: summary.accounts.clone() })
+        summary.used().then(|| {
+            let (clients, accounts) = (summary.clients.clone(), summary.accounts.clone());
+            let lost = clients.max_evidence > 0 || accounts.max_evidence > 0;
+            MemorySummary { clients, accounts, proposals_may_be_missing: lost }
+        })
     }
 
     /// Whether anything a decision counts was folded, so that a client or account may
     /// be missing from the proposals.
     pub fn lost_evidence(&self) -> bool {
-        self.clients.max_evidence > 0 || self.accounts.max_evidence > 0
+        self.proposals_may_be_missing || self.clients.max_evidence > 0 || self.accounts.max_evidence > 0
     }
 
     /// What was summarised and what that means for the proposals, in one sentence for
