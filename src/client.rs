@@ -376,6 +376,18 @@ mod tests {
         assert_eq!(p.resolve(ip("10.0.0.1"), Some("::ffff:198.51.100.1")), ip("198.51.100.1"));
     }
 
+    /// Some load balancers write each hop with its port (Azure Application Gateway
+    /// does), and nginx's realip module reads such hops (`ngx_parse_addr_port`): read as
+    /// malformed, each would end the walk at the trusted proxy, whose traffic is never
+    /// blocked.
+    #[test]
+    fn forwarded_hops_with_a_port_are_read() {
+        let p =
+            ClientPolicy { trusted_proxies: Ranges::new(["10.0.0.0/8".parse().unwrap()]), ipv6_prefix: 64 };
+        assert_eq!(p.resolve(ip("10.0.0.1"), Some("198.51.100.7:61000, 10.0.0.9:443")), ip("198.51.100.7"));
+        assert_eq!(p.resolve(ip("10.0.0.1"), Some("[2001:db8::5]:443")), ip("2001:db8::5"));
+    }
+
     #[test]
     fn ipv6_grouped_per_prefix() {
         let p = ClientPolicy::default();
