@@ -280,3 +280,28 @@ fn a_bundle_is_never_written_over_other_files() {
     assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), "mine\n");
     assert_eq!(names_in(dir.path()), ["notes"]);
 }
+
+/// Detections on lines whose client field is not one address (here an application that
+/// logs the whole X-Forwarded-For list) are said in the terminal and in `report.md`: a
+/// scan that proposes no client must not read as one that found no attacker.
+#[test]
+fn detections_without_a_client_are_said_where_a_reviewer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let lines: String = (1..=12)
+        .map(|s| {
+            format!(
+                "{{\"ts\":\"2024-01-15T10:00:{s:02}Z\",\"event\":\"auth.failed\",\"user\":\"bob\",\"client_ip\":\"203.0.113.5, 10.0.0.1\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&log, lines).unwrap();
+    let out = logwarden().arg("scan").arg("--out").arg(dir.path().join("bundle")).arg(&log).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("unattributed: 12 line(s) with a detection named no client address"), "{text}");
+    let md = std::fs::read_to_string(dir.path().join("bundle/report.md")).unwrap();
+    assert!(md.contains("**Unattributed**: 12 line(s)"), "{md}");
+    let doc = scan_json(&[log.to_str().unwrap()], None);
+    assert_eq!(doc["stats"]["unattributed_detections"], 12);
+}

@@ -292,6 +292,21 @@ pub struct Stats {
     pub memory_summary: Option<MemorySummary>,
 }
 
+impl Stats {
+    /// What the reports say of detections that named no client, when there were any:
+    /// a scan with none proposed must not read as a scan that found no attacker.
+    pub fn unattributed_note(&self) -> Option<String> {
+        let n = self.unattributed_detections;
+        (n > 0).then(|| {
+            format!(
+                "{n} line(s) with a detection named no client address (no address field, or one that is not a \
+                 single address, such as a whole X-Forwarded-For list), so no client was counted or proposed \
+                 for them; the accounts they named were counted"
+            )
+        })
+    }
+}
+
 /// What had to be summarised to stay within the memory bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MemorySummary {

@@ -92,6 +92,9 @@ fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
         let weight = if m.lost_evidence() { "**Memory bound**" } else { "Memory bound" };
         let _ = writeln!(md, "{weight}: {}.\n", inline(&m.describe()));
     }
+    if let Some(note) = s.unattributed_note() {
+        let _ = writeln!(md, "**Unattributed**: {}.\n", inline(&note));
+    }
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(
         md,

@@ -70,6 +70,9 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
     if let Some(m) = &s.memory_summary {
         writeln!(out, "{} {}", p.alert("memory bound:"), m.describe())?;
     }
+    if let Some(note) = s.unattributed_note() {
+        writeln!(out, "{} {note}", p.alert("unattributed:"))?;
+    }
     write_loki_coverage(out, r, p)
 }
 
