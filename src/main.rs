@@ -160,7 +160,8 @@ struct InputArgs {
     /// How values in --log-format are escaped (nginx's `escape=` parameter).
     #[arg(long, value_enum, default_value = "default")]
     log_escape: EscapeArg,
-    /// Read the log_format named by --log-format-name from this nginx configuration.
+    /// Read the log_format named by --log-format-name from this nginx configuration and
+    /// the files it includes.
     #[arg(long, value_name = "FILE", requires = "log_format_name")]
     nginx_conf: Option<PathBuf>,
     /// The log_format to take from --nginx-conf.
@@ -352,11 +353,16 @@ fn custom_formats(input: &InputArgs) -> anyhow::Result<Vec<Arc<LogFormat>>> {
         formats.push(Arc::new(LogFormat::compile("custom", def, escape)?));
     }
     if let (Some(conf), Some(name)) = (&input.nginx_conf, &input.log_format_name) {
-        let text =
-            std::fs::read_to_string(conf).with_context(|| format!("--nginx-conf {}", conf.display()))?;
-        formats.push(Arc::new(
-            from_nginx_conf(&text, name).with_context(|| format!("--nginx-conf {}", conf.display()))?,
-        ));
+        let config =
+            parse::nginx_conf::read(conf).with_context(|| format!("--nginx-conf {}", conf.display()))?;
+        let format = from_nginx_conf(&config.text, name).with_context(|| {
+            let unread = match config.unread.as_slice() {
+                [] => String::new(),
+                files => format!(" (includes not read: {})", files.join(", ")),
+            };
+            format!("--nginx-conf {} and the files it includes{unread}", conf.display())
+        })?;
+        formats.push(Arc::new(format));
     }
     Ok(formats)
 }

@@ -7,6 +7,7 @@ pub mod access;
 pub mod backend;
 pub mod error_log;
 pub mod logformat;
+pub mod nginx_conf;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
