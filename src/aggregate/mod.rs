@@ -324,15 +324,16 @@ impl MemorySummary {
     pub fn of(summary: &Summary) -> Option<MemorySummary> {
         summary.used().then(|| {
             let (clients, accounts) = (summary.clients.clone(), summary.accounts.clone());
-            let lost = clients.max_evidence > 0 || accounts.max_evidence > 0;
-            MemorySummary { clients, accounts, proposals_may_be_missing: lost }
+            let mut m = MemorySummary { clients, accounts, proposals_may_be_missing: false };
+            m.proposals_may_be_missing = m.lost_evidence();
+            m
         })
     }
 
     /// Whether anything a decision counts was folded, so that a client or account may
     /// be missing from the proposals.
     pub fn lost_evidence(&self) -> bool {
-        self.proposals_may_be_missing || self.clients.max_evidence > 0 || self.accounts.max_evidence > 0
+        self.clients.max_evidence > 0 || self.accounts.max_evidence > 0
     }
 
     /// What was summarised and what that means for the proposals, in one sentence for

@@ -181,7 +181,12 @@ impl Coverage {
 
 /// An address or CIDR, normalised (host bits cleared, IPv4-mapped folded to IPv4).
 pub(crate) fn parse_entry(raw: &str) -> Result<IpNet, String> {
-    let key: ClientKey = raw.parse()?;
+    normalise(raw.parse()?)
+}
+
+/// `key` as a blocklist holds it: an IPv4-mapped IPv6 range read as the IPv4 range it
+/// is; a range that covers every address is refused.
+pub(crate) fn normalise(key: ClientKey) -> Result<IpNet, String> {
     let net = key.0;
     if net.prefix_len() == 0 {
         return Err("a range that covers every address; never written by logwarden".into());

@@ -222,21 +222,20 @@ fn special_conflict(entry: &str, key: &ClientKey) -> Option<String> {
 }
 
 /// An entry as a reviewer wrote it: an address or a network address with its prefix,
-/// IPv4-mapped IPv6 read as the IPv4 it is (as the live list's entries are, so that the
+/// read as the live list's entries are (IPv4-mapped IPv6 as the IPv4 it is, so that the
 /// checks against spared clients see it). Host bits are refused, not cleared:
 /// `2001:db8::/16` would block all of `2001::/16`.
 fn written_key(entry: &str) -> std::result::Result<ClientKey, String> {
     let key: ClientKey = entry.parse()?;
-    if key.0.prefix_len() == 0 {
-        return Err(format!("{entry} covers every address"));
-    }
-    match entry.parse::<ipnet::IpNet>() {
-        Ok(net) if net != net.trunc() => Err(format!(
+    if let Ok(net) = entry.parse::<ipnet::IpNet>()
+        && net != key.0
+    {
+        return Err(format!(
             "{entry} has bits set past its prefix, so it would block {}: write that, or a longer prefix",
-            net.trunc()
-        )),
-        _ => blocklist::parse_entry(entry).map(ClientKey),
+            key.0
+        ));
     }
+    blocklist::normalise(key).map(ClientKey).map_err(|e| format!("{entry}: {e}"))
 }
 
 /// Whether a ConfigMap patch is written, or why not.
