@@ -209,6 +209,7 @@ fn emit_refuses_edits_that_block_more_than_they_say_or_what_is_spared() {
     assert_eq!(report["spared"][0]["ip"], "10.0.0.5", "the incident spares its proxy");
     for (entry, extra, says) in [
         ("0.0.0.0/0", &[][..], "covers every address"),
+        ("::ffff:0:0/96", &["--block-private"][..], "covers every address"),
         ("2001:db8::/16", &[][..], "would block 2001::/16"),
         ("192.168.1.1", &[][..], "--block-private"),
         ("10.0.0.0/8", &["--block-private"][..], "would block 10.0.0.5, which this report spares"),

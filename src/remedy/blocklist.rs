@@ -185,19 +185,20 @@ pub(crate) fn parse_entry(raw: &str) -> Result<IpNet, String> {
 }
 
 /// `key` as a blocklist holds it: an IPv4-mapped IPv6 range read as the IPv4 range it
-/// is; a range that covers every address is refused.
+/// is; a range that covers every address is refused, checked after that reading
+/// (`::ffff:0:0/96` is every IPv4 address).
 pub(crate) fn normalise(key: ClientKey) -> Result<IpNet, String> {
-    let net = key.0;
+    let net = match key.0 {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(v4.into(), v6.prefix_len() - 96).map_err(|e| e.to_string())?,
+            None => key.0,
+        },
+        net => net,
+    };
     if net.prefix_len() == 0 {
         return Err("a range that covers every address; never written by logwarden".into());
     }
-    Ok(match net {
-        IpNet::V6(v6) if net.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => IpNet::new(v4.into(), net.prefix_len() - 96).map_err(|e| e.to_string())?,
-            None => net,
-        },
-        _ => net,
-    })
+    Ok(net)
 }
 
 /// A single address without `/32` or `/128`.
@@ -432,8 +433,9 @@ mod tests {
 
     #[test]
     fn a_malformed_live_entry_covers_nothing() {
-        let (live, malformed) = live_entries(Some("0.0.0.0/0,192.0.2.0/24"));
-        assert_eq!(malformed.len(), 1);
+        // The IPv4-mapped ::ffff:0:0/96 folds to 0.0.0.0/0: every address, like 0.0.0.0/0.
+        let (live, malformed) = live_entries(Some("0.0.0.0/0,::ffff:0:0/96,192.0.2.0/24"));
+        assert_eq!(malformed.len(), 2, "{malformed:?}");
         let coverage = Coverage::new(&live);
         assert_eq!(coverage.entry_for(&"203.0.113.9".parse().unwrap()), None);
         assert_eq!(coverage.entry_for(&"192.0.2.66".parse().unwrap()).as_deref(), Some("192.0.2.0/24"));
