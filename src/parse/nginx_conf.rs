@@ -36,7 +36,11 @@ fn append(config: &mut ConfigText, text: &str, prefix: &Path, seen: &mut Vec<Pat
     config.text.push('\n');
     for pattern in includes(text) {
         for path in expand(prefix, pattern, &mut config.unread) {
-            if depth >= MAX_DEPTH || seen.contains(&path) {
+            if seen.contains(&path) {
+                continue;
+            }
+            if depth >= MAX_DEPTH {
+                config.unread.push(format!("{} (included more than {MAX_DEPTH} deep)", path.display()));
                 continue;
             }
             seen.push(path.clone());
@@ -137,6 +141,14 @@ mod tests {
         assert_eq!(config.text.matches("http {").count(), 1);
         assert_eq!(config.unread.len(), 1, "{:?}", config.unread);
         assert!(config.unread[0].contains("missing.conf"));
+        // A chain deeper than the bound is cut, and the file cut off is named.
+        for i in 0..=MAX_DEPTH {
+            std::fs::write(dir.path().join(format!("d{i}.conf")), format!("include d{}.conf;\n", i + 1))
+                .unwrap();
+        }
+        let deep = read(&dir.path().join("d0.conf")).unwrap();
+        assert_eq!(deep.unread.len(), 1, "{:?}", deep.unread);
+        assert!(deep.unread[0].contains("d9.conf") && deep.unread[0].contains("deep"), "{:?}", deep.unread);
         // Not an include: a word inside a directive.
         assert_eq!(includes("log_format x '$request include y;';\n").count(), 0);
     }
