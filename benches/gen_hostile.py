@@ -6,6 +6,11 @@
                                   second (long event series, full distinct-path sets)
   gen_hostile.py long K L P U     K addresses, each L lines of a new P-byte path and a
                                   new U-byte user agent (top lists full of long values)
+  gen_hostile.py botnet K L       K addresses, each failing a login (POST /login, 401)
+                                  once a second for L seconds, address by address: every
+                                  one crosses `login-brute-force` (10 in 5 m) from L = 10;
+                                  the capacity of --max-memory in the README's "Capacity
+                                  under attack" was measured with it (L = 12)
   gen_hostile.py logins N SHAPE [EVERY]
                                   N failed logins as application JSON lines, over one hour
                                   from 2024-01-15T10:00:00Z; SHAPE is
@@ -53,6 +58,15 @@ def main(shape, *args):
     out = sys.stdout
     if shape == "logins":
         logins(out, int(args[0]), args[1], *(int(a) for a in args[2:]))
+        return
+    if shape == "botnet":
+        k, n = (int(a) for a in args)
+        for t in range(n):
+            out.writelines(
+                f'{11 + c % 100}.{c // 100 % 256}.{c // 25600 % 256}.9 - - [14/Nov/2023:22:13:{t % 60:02d} +0000] '
+                f'"POST /login HTTP/1.1" 401 0 "-" "bot"\n'
+                for c in range(k)
+            )
         return
     if shape == "heavy":
         k, n = (int(a) for a in args)

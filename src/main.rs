@@ -335,8 +335,8 @@ const MIB_PER_DEFAULT_THREAD: u64 = 50;
 /// Threads when `--threads` is not given: one per core, but no more than leaves each
 /// `MIB_PER_DEFAULT_THREAD` of the memory bound. The bound is shared by the threads, and
 /// an attacking client has a full record in every thread that sees it: under the default
-/// 200 MiB, eight threads proposed 582 addresses of a 5,000-address botnet that four
-/// proposed whole.
+/// 200 MiB, eight threads proposed 567 addresses of a 5,000-address botnet that four
+/// proposed whole (`benches/gen_hostile.py botnet 5000 12`).
 fn default_threads(cores: usize, max_memory_mib: u64) -> usize {
     let by_memory = usize::try_from(max_memory_mib / MIB_PER_DEFAULT_THREAD).unwrap_or(usize::MAX);
     cores.min(by_memory).max(1)
