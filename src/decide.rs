@@ -491,6 +491,16 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
     }
 }
 
+/// Why an account of another realm than the application's is not locked, and where to
+/// look instead.
+fn not_locked_note(realm: &str) -> String {
+    let review = match realm {
+        "nginx-basic-auth" => "review the htpasswd entry".to_string(),
+        other => format!("its accounts are not in the users table; review it in {other} itself"),
+    };
+    format!("{realm} user: not locked by logwarden; {review}")
+}
+
 fn account_report(
     realm: &str,
     user: String,
@@ -500,11 +510,11 @@ fn account_report(
 ) -> AccountReport {
     let verdict = account_verdict(&mut a, t, rules);
     let Verdict { mut reasons, window_auth_failures: window_auth, window_at_least, .. } = verdict;
-    // Only the application's accounts can be locked; an htpasswd user is reported so
-    // that someone rotates or removes it by hand.
+    // Only the application's accounts can be locked; an htpasswd user or an identity
+    // provider's account is reported so that someone reviews it where it lives.
     let lock = !reasons.is_empty() && realm == APP_REALM;
     if !reasons.is_empty() && !lock {
-        reasons.push(format!("{realm} user: not locked by logwarden; review the htpasswd entry"));
+        reasons.push(not_locked_note(realm));
     }
     AccountReport {
         user,

@@ -16,7 +16,9 @@ fn hostile_names() -> Vec<String> {
         "x'); DROP TABLE users;--".into(),
         "a\\'b".into(),
         "\"quoted\"".into(),
-        "--".into(),
+        // A comment start, unquoted. (A name of dashes alone is a placeholder for none, as
+        // nginx's `-`, and names no account.)
+        "--admin".into(),
         "/*".into(),
         "emoji 🦀 ünïcödé".into(),
         format!("\\! touch {PWNED}"),

@@ -130,6 +130,33 @@ fn account_folded_before(summary: &Summary, hash: u64) -> u64 {
     if summary.folds_accounts() { summary.account_estimate(hash) } else { 0 }
 }
 
+/// Whether `user` names an account: not empty and not a placeholder of dashes (nginx's
+/// `-` for no remote user; Nextcloud's `--` for a request made before any login, whose
+/// message names the account tried).
+fn names_account(user: &&str) -> bool {
+    user.bytes().any(|b| b != b'-')
+}
+
+/// The account a line names, and the realm a failed login against it counts in (one per
+/// line): the record's own user field, else a rule's capture. The realm is that of the
+/// rule that captured the name when it counts accounts (its pattern read the name, and
+/// knows whose accounts they are), else of the first rule that does.
+fn failed_account<'s>(seen: &'s Seen<'_, '_>, rules: &'s RuleSet) -> (Option<&'s str>, Option<&'s str>) {
+    let counts = |h: &Hit| {
+        let r = rules.rule(h.rule);
+        (r.auth_failure && matches!(r.counts, Counts::Account | Counts::Both)).then_some(r.realm.as_str())
+    };
+    let first_counting = || seen.hits.iter().find_map(counts);
+    if let Some(user) = seen.record.user.as_deref().filter(names_account) {
+        return (Some(user), first_counting());
+    }
+    let captured = seen.hits.iter().find_map(|h| h.user.as_deref().filter(names_account).map(|u| (u, h)));
+    match captured {
+        Some((user, hit)) => (Some(user), counts(hit).or_else(first_counting)),
+        None => (None, None),
+    }
+}
+
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
 fn is_evidence(seen: &Seen<'_, '_>) -> bool {
     let r = seen.record;
@@ -975,23 +1002,14 @@ impl Aggregator {
         if record.kind == Some(RecordKind::Access) {
             self.incident.observe(record);
         }
-        let user = record.user.as_deref().or_else(|| seen.hits.iter().find_map(|h| h.user.as_deref()));
-        let user = user.filter(|u| !u.is_empty() && *u != "-");
+        let (user, counting) = failed_account(seen, rules);
         match key {
             Some(key) => self.observe_client(key, seen, user, rules),
             None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
             None => {}
         }
-        if let Some(user) = user {
-            // One account failure per line, in the realm of the first rule that counts it.
-            let counting = seen
-                .hits
-                .iter()
-                .map(|h| rules.rule(h.rule))
-                .find(|r| r.auth_failure && matches!(r.counts, Counts::Account | Counts::Both));
-            if let Some(rule) = counting {
-                self.observe_account(&rule.realm, user, key, seen);
-            }
+        if let (Some(user), Some(realm)) = (user, counting) {
+            self.observe_account(realm, user, key, seen);
         }
     }
 

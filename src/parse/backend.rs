@@ -429,7 +429,7 @@ fn decode_quoted(body: &str) -> Option<(String, &str)> {
 }
 
 static PLAIN_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?\s")
+    Regex::new(r"^\[?(\d{4}(?:-\d{2}-\d{2}|/\d{2}/\d{2})[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?\s")
         .unwrap()
 });
 static PLAIN_LEVEL: LazyLock<Regex> = LazyLock::new(|| {
@@ -441,9 +441,11 @@ static PLAIN_CLIENT: LazyLock<Regex> = LazyLock::new(|| {
 });
 static PLAIN_USER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(&format!("{USER_PREFIX}{USER_NAME}")).unwrap());
-/// What comes before a user name in free text, and the name.
-const USER_PREFIX: &str =
-    r#"(?i)(?:\b(?:user(?:name)?|account|login|email)[=:]\s*|\bfor (?:invalid )?user\s+|\buser\s+)["']?"#;
+/// What comes before a user name in free text, and the name. Only a name marked as one:
+/// `user=`, `for user`, or quoted after a bare `user`. An unquoted word after `user` is as
+/// often the message going on ("user does not exist", "user not found"), and an account
+/// read from it would be proposed for locking.
+const USER_PREFIX: &str = r#"(?i)(?:\b(?:user(?:name)?|account|login|email)[=:]\s*["']?|\bfor (?:invalid )?user\s+["']?|\buser\s+["'])"#;
 const USER_NAME: &str = r#"([^\s"',;]+)"#;
 /// [`USER_PREFIX`] alone, anchored: where the name of a [`PLAIN_USER`] match begins.
 static PLAIN_USER_PREFIX: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!("^{USER_PREFIX}")).unwrap());
@@ -459,6 +461,21 @@ fn leading_time(s: &str) -> Option<(&str, &str)> {
     }
     let m = PLAIN_TIME.find(s)?;
     Some((unbracketed(without_last_char(m.as_str())), &s[m.end()..]))
+}
+
+/// A plain line's leading time: RFC 3339 (with `T` or a space), or with slashes as Go's
+/// standard logger writes it (`2024/01/15 10:23:45`: Gitea's and many other Go
+/// services'), which carries no offset and is taken as UTC, as the nginx error log's is.
+fn plain_time(s: &[u8]) -> Option<i64> {
+    let mut dashed = [0u8; 48];
+    match s.get(4..8) {
+        Some([b'/', _, _, b'/']) if s.len() <= dashed.len() => {
+            dashed[..s.len()].copy_from_slice(s);
+            (dashed[4], dashed[7]) = (b'-', b'-');
+            time::parse_rfc3339(&dashed[..s.len()])
+        }
+        _ => time::parse_rfc3339(s),
+    }
 }
 
 /// The leading level of `s` (as written) and the text after it: [`PLAIN_LEVEL`]'s group
@@ -508,7 +525,7 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
     let mut rest = s;
     let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
     if let Some((time, after)) = leading_time(rest) {
-        record.time = time::parse_rfc3339(time.as_bytes());
+        record.time = plain_time(time.as_bytes());
         rest = after;
     }
     if let Some((level, after)) = leading_level(rest) {
@@ -636,7 +653,7 @@ mod tests {
     /// The parts of a plain line's start, in order, each with its alternatives.
     const SLOTS: [&[&str]; 12] = [
         &["", "[", "x"],
-        &["2024-01-15", "\u{663}024-01-15", "2024-1-15", ""],
+        &["2024-01-15", "\u{663}024-01-15", "2024-1-15", "2024/01/15", "2024/01-15", ""],
         &["T", " ", "t"],
         &["10:23:45", "10:23"],
         &["", ",123", ".5", "."],
@@ -711,5 +728,34 @@ mod tests {
         assert!(parse_plain(b"just some words").is_none());
         let spoof = parse_plain(b"ERROR login failed user=1.1.1.1 from 203.0.113.8").unwrap();
         assert_eq!(spoof.remote_addr, "203.0.113.8".parse().ok());
+    }
+
+    #[test]
+    fn only_a_word_marked_as_a_name_is_an_account() {
+        let user = |line: &str| parse_plain(line.as_bytes()).unwrap().user.map(|u| u.into_owned());
+        // The message going on after "user" is not a name.
+        assert_eq!(user("WARN login failed: user does not exist, from 203.0.113.7"), None);
+        assert_eq!(user("WARN authentication failed: user not found ip=203.0.113.7"), None);
+        // A name marked as one is.
+        assert_eq!(user(r#"WARN sign-in failed: user "carol" from 203.0.113.7"#).as_deref(), Some("carol"));
+        assert_eq!(user("WARN sign-in failed: user 'carol' from 203.0.113.7").as_deref(), Some("carol"));
+        assert_eq!(
+            user("WARN Failed password for invalid user admin from 203.0.113.7").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(user("WARN login failed username: dave ip=203.0.113.7").as_deref(), Some("dave"));
+    }
+
+    #[test]
+    fn the_go_loggers_slashed_date_is_read() {
+        let r = parse_plain(b"2024/01/15 10:23:45 ...auth.go:201:SignInPost() [I] Failed authentication")
+            .unwrap();
+        assert_eq!(r.time, Some(1705314225));
+        let fraction = parse_plain(b"2024/01/15 10:23:45.123456 WARN x").unwrap();
+        assert_eq!(fraction.time, Some(1705314225));
+        // Slashes and dashes are not mixed, and a slashed date longer than any time is
+        // not read.
+        assert_eq!(parse_plain(b"2024/01-15 10:23:45 WARN from 203.0.113.7").unwrap().time, None);
+        assert_eq!(plain_time(format!("2024/01/15 10:23:45.{}", "1".repeat(60)).as_bytes()), None);
     }
 }
