@@ -305,3 +305,22 @@ fn detections_without_a_client_are_said_where_a_reviewer_reads() {
     let doc = scan_json(&[log.to_str().unwrap()], None);
     assert_eq!(doc["stats"]["unattributed_detections"], 12);
 }
+
+/// Lines read as `combined` with fields after it that logwarden was not given a format
+/// for are said where a reviewer reads: one of those fields may have been the client.
+#[test]
+fn lines_read_past_unknown_fields_are_said_where_a_reviewer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/formats/combined-extra.log");
+    let out = logwarden().arg("scan").arg("--out").arg(&bundle).arg(&log).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("extra fields: 3 line(s) were read as combined followed by fields"), "{text}");
+    let md = std::fs::read_to_string(bundle.join("report.md")).unwrap();
+    assert!(md.contains("**Extra fields**: 3 line(s)"), "{md}");
+    // A plain `combined` scan says nothing of the kind.
+    let plain = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/formats/combined.log");
+    let out = logwarden().arg("scan").arg(&plain).output().unwrap();
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("extra fields"));
+}

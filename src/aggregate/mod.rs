@@ -320,6 +320,20 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// What the reports say of lines read as `combined` with more fields after it
+    /// ([`crate::parse::Format::CombinedExtra`]): one of those may have been the client.
+    pub fn extra_fields_note(&self) -> Option<String> {
+        let extra = crate::parse::COMBINED_EXTRA;
+        let n: u64 = self.sources.values().filter_map(|s| s.formats.get(extra)).sum();
+        (n > 0).then(|| {
+            format!(
+                "{n} line(s) were read as combined followed by fields of a log_format logwarden was not given \
+                 (format {extra}); those fields were not read. If one of them names the client (X-Forwarded-For \
+                 behind a proxy), give the log_format (--log-format, or --nginx-conf and --log-format-name)"
+            )
+        })
+    }
+
     /// What the reports say of detections that named no client, when there were any:
     /// a scan with none proposed must not read as a scan that found no attacker.
     pub fn unattributed_note(&self) -> Option<String> {

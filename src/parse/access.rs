@@ -47,6 +47,22 @@ fn fill<'a>(format: &LogFormat, line: &'a [u8], record: &mut Record<'a>) -> Opti
     (record.remote_addr.is_some() && record.status.is_some()).then_some(())
 }
 
+/// Parses a line that begins as `combined` and goes on with fields that are not read
+/// ([`super::logformat::match_combined_with_extra`]) into `record` (empty; false when the
+/// line is not such a record).
+pub fn parse_combined_extra_into<'a>(line: &'a [u8], record: &mut Record<'a>) -> bool {
+    fill_combined_extra(line, record).is_some()
+}
+
+fn fill_combined_extra<'a>(line: &'a [u8], record: &mut Record<'a>) -> Option<()> {
+    let (head, user_agent) = super::logformat::match_combined_with_extra(line)?;
+    record.kind = Some(RecordKind::Access);
+    let text = LineText::new(line, Escape::Default);
+    apply_head(record, &head, &text, Escape::Default)?;
+    apply(record, Var::UserAgent, user_agent, &text, Escape::Default)?;
+    (record.remote_addr.is_some() && record.status.is_some()).then_some(())
+}
+
 /// Stores the values of the combined head, each with its variable known here, so the
 /// compiler drops the dispatch on it. `$body_bytes_sent` and `$http_referer` are not kept.
 fn apply_head<'a>(

@@ -518,10 +518,36 @@ fn without_last_char(s: &str) -> &str {
     s.char_indices().next_back().map_or(s, |(i, _)| &s[..i])
 }
 
+/// Whether free text begins with an address and a space, as an access log line does
+/// (`$remote_addr` first). Read as free text, such a line took its client from whatever
+/// text named one, such as a user agent of `login failed ip=198.51.100.9`: an attacker
+/// could have a bystander proposed for blocking. It is counted unparsed instead, with the
+/// hint to give its `log_format`.
+fn begins_with_address(s: &str) -> bool {
+    s.split_once(' ').is_some_and(|(first, _)| parse_ip(first.as_bytes()).is_some())
+}
+
+/// The client a message names (`from 203.0.113.7`, `ip=...`, `client: ...`), when it names
+/// one address. Text naming two (a user name such as `x from 198.51.100.9` before the
+/// real `from`) names no client: which one is the sender cannot be told from free text,
+/// and taking either would let the text's author choose who is blocked.
+fn plain_client(rest: &str) -> Option<std::net::IpAddr> {
+    let mut named = PLAIN_CLIENT
+        .captures_iter(rest)
+        .filter_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
+    let first = named.next()?;
+    named.all(|other| other == first).then_some(first)
+}
+
 /// Parses free text: an optional leading timestamp and level, then the message. A line
-/// with neither a time, a level nor a client address is not recognised as a log line.
+/// with neither a time, a level nor a client address is not recognised as a log line,
+/// nor is one that begins with an address: that is an access log of a format not given
+/// (see [`begins_with_address`]).
 pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
     let s = super::utf8(line)?;
+    if begins_with_address(s) {
+        return None;
+    }
     let mut rest = s;
     let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
     if let Some((time, after)) = leading_time(rest) {
@@ -532,8 +558,7 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
         record.level = Some(lowercase(Cow::Borrowed(level)));
         rest = after.trim_start();
     }
-    record.remote_addr =
-        PLAIN_CLIENT.captures_iter(rest).find_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
+    record.remote_addr = plain_client(rest);
     record.user = user_name(rest).map(Cow::Borrowed);
     if record.time.is_none() && record.level.is_none() && record.remote_addr.is_none() {
         return None;
@@ -744,6 +769,21 @@ mod tests {
             Some("admin")
         );
         assert_eq!(user("WARN login failed username: dave ip=203.0.113.7").as_deref(), Some("dave"));
+    }
+
+    #[test]
+    fn free_text_never_takes_its_client_from_an_authors_choice() {
+        // An access line of a format not given: its user agent names a bystander.
+        let access = br#"203.0.113.54 [15/Jan/2024:09:00:00 +0000] "GET / HTTP/1.1" 200 "login failed ip=198.51.100.10""#;
+        assert!(parse_plain(access).is_none());
+        assert!(parse_plain(b"2001:db8::5 - - [15/Jan/2024:09:00:00 +0000] from 198.51.100.10").is_none());
+        // Two addresses named: which is the sender cannot be told.
+        let two =
+            parse_plain(b"WARN login failed for user 'x from 198.51.100.11' from 203.0.113.55").unwrap();
+        assert_eq!(two.remote_addr, None);
+        // The same address twice is one.
+        let same = parse_plain(b"WARN login failed from 203.0.113.55 (client_ip=203.0.113.55)").unwrap();
+        assert_eq!(same.remote_addr, "203.0.113.55".parse().ok());
     }
 
     #[test]

@@ -439,6 +439,26 @@ fn match_combined_head(line: &[u8]) -> Option<(CombinedHead<'_>, usize)> {
     Some((CombinedHead { values }, at))
 }
 
+/// A line that begins as `combined` and goes on, after a space, with fields of a
+/// `log_format` that is not known (`$request_time`, upstream timings...): the head's values
+/// and the user agent, as `combined` reads the line up to the user agent's closing quote
+/// (property-tested). With nginx's default escaping no value holds a raw `"` (it is
+/// written `\x22`), so the user agent ends at the first `"` after it opens and nothing
+/// after it can move the fields before it; a line with a raw `"` in the head is not read.
+/// `None` also where the head's shortcut does not decide.
+pub fn match_combined_with_extra(line: &[u8]) -> Option<(CombinedHead<'_>, &[u8])> {
+    const HEAD_QUOTES: usize = 5;
+    let (head, ua_start) = match_combined_head(line)?;
+    if memchr::memchr_iter(b'"', &line[..ua_start]).count() != HEAD_QUOTES {
+        return None;
+    }
+    let ua_end = ua_start + memchr::memchr(b'"', &line[ua_start..])?;
+    match &line[ua_end + 1..] {
+        [b' ', _, ..] => Some((head, &line[ua_start..ua_end])),
+        _ => None,
+    }
+}
+
 /// The value from `pos` to the literal `end` closing the line, as the item loop reads a
 /// last variable.
 fn tail_value<'a>(line: &'a [u8], pos: usize, end: &[u8]) -> Option<&'a [u8]> {
@@ -743,6 +763,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// A line read as `combined` with extra fields is read as `combined` reads it up
+        /// to the user agent's closing quote, on random lines and on `combined` lines of
+        /// hostile fields followed by hostile extra fields.
+        #[test]
+        fn combined_with_extra_reads_the_combined_line_it_begins_with(
+            random in combined_like_line(0..24),
+            fields in proptest::collection::vec(combined_like_line(0..3), 8),
+            extra in combined_like_line(1..4),
+        ) {
+            let with_extra = [&combined_shaped(&fields)[..], b" ", &extra].concat();
+            for line in [&random, &with_extra] {
+                let Some((head, ua)) = match_combined_with_extra(line) else { continue };
+                let end = ua.as_ptr() as usize - line.as_ptr() as usize + ua.len() + 1;
+                let mut ours = Captures::new();
+                ours.insert_many(0, head.captures());
+                ours.push((Var::UserAgent, ua));
+                proptest::prop_assert_eq!(Some(ours), fmt(COMBINED).captures_by_item_loop(&line[..end]));
+            }
+        }
+    }
+
+    #[test]
+    fn extra_fields_after_combined_are_read_past() {
+        let timed = br#"203.0.113.7 - - [15/Jan/2024:10:23:45 +0000] "GET /a HTTP/1.1" 404 12 "-" "curl/8.0 \x22q\x22" rt=0.001 uct="0.000" urt="0.001""#;
+        let (head, ua) = match_combined_with_extra(timed).unwrap();
+        assert_eq!(head.values[0], b"203.0.113.7");
+        assert_eq!(head.values[4], b"404");
+        assert_eq!(ua, br#"curl/8.0 \x22q\x22"#);
+        // A whole `combined` line has no extra fields; a raw quote in the head is not nginx's.
+        let whole =
+            br#"203.0.113.7 - - [15/Jan/2024:10:23:45 +0000] "GET /a HTTP/1.1" 404 12 "-" "curl/8.0""#;
+        assert!(match_combined_with_extra(whole).is_none());
+        assert!(match_combined_with_extra(&[&whole[..], b" "].concat()).is_none());
+        let raw = br#"203.0.113.7 - - [15/Jan/2024:10:23:45 +0000] "GET /"a HTTP/1.1" 404 12 "-" "ua" 0.001"#;
+        assert!(match_combined_with_extra(raw).is_none());
     }
 
     #[test]

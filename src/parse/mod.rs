@@ -87,6 +87,11 @@ pub enum Format {
     Logfmt,
     /// Application logs as free text.
     PlainText,
+    /// A `combined` line with more fields after the user agent, of a `log_format` that is
+    /// not known: those are not read. Tried only when no other structured format reads
+    /// the line, and never remembered for its source, so the formats that read such
+    /// lines whole (`main`, ingress-nginx, a `--log-format`) always come first.
+    CombinedExtra,
 }
 
 impl Format {
@@ -99,6 +104,7 @@ impl Format {
             Format::BackendJson => "backend-json",
             Format::Logfmt => "logfmt",
             Format::PlainText => "plain",
+            Format::CombinedExtra => COMBINED_EXTRA,
         }
     }
 
@@ -113,6 +119,7 @@ impl Format {
             Format::Logfmt => backend::parse_logfmt_into(line, out).is_some(),
             Format::ErrorLog => error_log::parse(line).map(|r| *out = r).is_some(),
             Format::PlainText => backend::parse_plain(line).map(|r| *out = r).is_some(),
+            Format::CombinedExtra => access::parse_combined_extra_into(line, out),
         };
         if !parsed {
             *out = Record::default();
@@ -148,12 +155,16 @@ pub fn format_by_name(name: &str, custom: &[Arc<LogFormat>]) -> Option<Format> {
         "backend-json" => Format::BackendJson,
         "logfmt" => Format::Logfmt,
         "plain" => Format::PlainText,
+        COMBINED_EXTRA => Format::CombinedExtra,
         _ => return None,
     })
 }
 
 /// The names `--format` accepts.
-pub const FORMAT_NAMES: &str = "combined, main, ingress-nginx, json-access, nginx-error, backend-json, logfmt, plain, or the name of a --log-format";
+pub const FORMAT_NAMES: &str = "combined, main, ingress-nginx, combined+extra, json-access, nginx-error, backend-json, logfmt, plain, or the name of a --log-format";
+
+/// The name of [`Format::CombinedExtra`] in `--format` and in reports.
+pub const COMBINED_EXTRA: &str = "combined+extra";
 
 /// Picks and applies a format per source. The answer for a line never depends on what
 /// came before it: formats are tried most specific first, and no two structured formats
@@ -179,6 +190,7 @@ impl Parser {
             Format::ErrorLog,
             Format::Logfmt,
             Format::PlainText,
+            Format::CombinedExtra,
         ]);
         Parser { candidates: Arc::new(candidates), forced: false, cache: HashMap::new(), last: None }
     }
@@ -230,16 +242,23 @@ impl Parser {
         {
             return Some(i);
         }
-        let i = self
+        let found = self
             .candidates
             .iter()
             .enumerate()
-            .filter(|(i, f)| Some(*i) != cached && !matches!(f, Format::PlainText))
-            .find(|(_, f)| f.parse_into(line, out))?
-            .0;
+            .filter(|(i, f)| Some(*i) != cached && !matches!(f, Format::PlainText | Format::CombinedExtra))
+            .find(|(_, f)| f.parse_into(line, out));
+        let Some((i, _)) = found else { return self.parse_combined_extra(line, out) };
         self.cache.insert(source.into(), i);
         self.last = Some((source.into(), i));
         Some(i)
+    }
+
+    /// Parses `line` as [`Format::CombinedExtra`], when that is among the candidates: the
+    /// last structured reading, after every other format said no.
+    fn parse_combined_extra<'a>(&self, line: &'a [u8], out: &mut Record<'a>) -> Option<usize> {
+        let i = self.candidates.iter().position(|f| matches!(f, Format::CombinedExtra))?;
+        self.candidates[i].parse_into(line, out).then_some(i)
     }
 
     /// Parses `line` as plain text, when plain text is among the candidates. Plain text

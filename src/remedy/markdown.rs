@@ -95,6 +95,9 @@ fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
     if let Some(note) = s.unattributed_note() {
         let _ = writeln!(md, "**Unattributed**: {}.\n", inline(&note));
     }
+    if let Some(note) = s.extra_fields_note() {
+        let _ = writeln!(md, "**Extra fields**: {}.\n", inline(&note));
+    }
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(
         md,

@@ -73,6 +73,9 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
     if let Some(note) = s.unattributed_note() {
         writeln!(out, "{} {note}", p.alert("unattributed:"))?;
     }
+    if let Some(note) = s.extra_fields_note() {
+        writeln!(out, "{} {note}", p.alert("extra fields:"))?;
+    }
     write_loki_coverage(out, r, p)
 }
 
