@@ -65,6 +65,8 @@ fn fill_combined_extra<'a>(line: &'a [u8], record: &mut Record<'a>) -> Option<()
 
 /// Stores the values of the combined head, each with its variable known here, so the
 /// compiler drops the dispatch on it. `$body_bytes_sent` and `$http_referer` are not kept.
+/// Inlined into both callers, as `match_combined_head` is.
+#[inline(always)]
 fn apply_head<'a>(
     record: &mut Record<'a>,
     head: &CombinedHead<'a>,

@@ -422,7 +422,10 @@ impl LogFormat {
 /// own, and returns its values and where the user agent starts. Each separator is looked
 /// for once, at its first candidate: `None` means "not decided here", never "no match",
 /// and the item loop then decides. Where it answers, the answer is the item loop's
-/// (property-tested).
+/// (property-tested). Inlined into both callers: the hot one (every `combined` line) lost
+/// ~40 instructions a line to the call when the second ([`match_combined_with_extra`])
+/// came.
+#[inline(always)]
 fn match_combined_head(line: &[u8]) -> Option<(CombinedHead<'_>, usize)> {
     // Written out item by item: each call then compares a separator of known length,
     // unrolled, instead of looping over the bytes of one that could be any length.
