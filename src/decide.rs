@@ -76,6 +76,10 @@ pub struct ClientReport {
     /// back (an upper bound): its exact counts may miss up to this many events.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded_evidence: u64,
+    /// Lines of its that carried an X-Forwarded-For address not believed (it is not a
+    /// `--trusted-proxy`), counted from its full record on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forwarded_lines: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -336,8 +340,28 @@ fn judge(
     // Aggregate rules look at failed logins and 4xx, which also set these counters.
     let has_evidence = c.status_4xx > 0 || c.auth_failures > 0 || !c.times_rules.is_empty();
     let verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
-    let spared = (!verdict.reasons.is_empty()).then(|| spare.spare_reason(&key)).flatten();
+    let mut verdict = verdict;
+    let mut spared = (!verdict.reasons.is_empty()).then(|| spare.spare_reason(&key)).flatten();
+    if let Some(note) = (!verdict.reasons.is_empty()).then(|| forwarded_note(c.forwarded_lines)).flatten() {
+        match &mut spared {
+            Some(why) => *why = format!("{why}; {note}"),
+            None => verdict.reasons.push(note),
+        }
+    }
     Judged { key, stats: c, verdict, spared }
+}
+
+/// What a client over a threshold that sent X-Forwarded-For (not believed: it is not a
+/// `--trusted-proxy`) must be read with: it may be the user's own proxy or load balancer,
+/// every client behind it counted as it. Said, not decided: an attacker can send the
+/// header too, and one that did would otherwise never be proposed.
+fn forwarded_note(lines: u64) -> Option<String> {
+    (lines > 0).then(|| {
+        format!(
+            "it sent X-Forwarded-For on {lines} line(s): if it is a proxy or load balancer of yours, pass \
+             --trusted-proxy with its address or range to count the clients behind it (blocking it blocks them all)"
+        )
+    })
 }
 
 /// What the thresholds say about one client or account.
@@ -488,6 +512,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         top_user_agents: c.user_agents.top(3),
         samples: c.samples.into_vec(),
         folded_evidence: c.folded_evidence,
+        forwarded_lines: c.forwarded_lines,
     }
 }
 

@@ -157,6 +157,15 @@ fn failed_account<'s>(seen: &'s Seen<'_, '_>, rules: &'s RuleSet) -> (Option<&'s
     }
 }
 
+/// Whether `record` carried an X-Forwarded-For address from a hop that is not a trusted
+/// proxy, so that the hop itself is the client ([`ClientPolicy::resolve`]).
+fn forwarded_unbelieved(record: &Record<'_>, policy: &ClientPolicy) -> bool {
+    let Some(xff) = record.forwarded_for.as_deref() else { return false };
+    let last = xff.rsplit(',').next().unwrap_or(xff).trim();
+    record.remote_addr.is_some_and(|remote| !policy.is_trusted(remote))
+        && crate::parse::parse_ip(last.as_bytes()).is_some()
+}
+
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
 fn is_evidence(seen: &Seen<'_, '_>) -> bool {
     let r = seen.record;
@@ -431,6 +440,11 @@ pub struct ClientStats {
     /// Evidence this client had when it was folded into the summary before (an upper
     /// bound; 0 when never folded).
     pub folded_evidence: u64,
+    /// Its lines that carried an X-Forwarded-For address, which was not believed because
+    /// the client is not a `--trusted-proxy`: counted from its full record on (a lower
+    /// bound). Such a client may be the user's own proxy or load balancer, and blocking
+    /// it would block everyone behind it; or an attacker forging the header.
+    pub forwarded_lines: u64,
     /// The table's units this record was last charged (see [`bounded::units`]).
     charged: usize,
 }
@@ -456,6 +470,7 @@ impl Default for ClientStats {
             paths_4xx: DistinctTimes::default(),
             samples: Samples::new(),
             folded_evidence: 0,
+            forwarded_lines: 0,
             charged: 0,
         }
     }
@@ -631,6 +646,7 @@ impl ClientStats {
         self.paths_4xx.merge(o.paths_4xx);
         merge_samples(&mut self.samples, o.samples, SAMPLES);
         self.folded_evidence = self.folded_evidence.max(o.folded_evidence);
+        self.forwarded_lines += o.forwarded_lines;
     }
 }
 
@@ -1018,7 +1034,12 @@ impl Aggregator {
         }
         let (user, counting) = failed_account(seen, rules);
         match key {
-            Some(key) => self.observe_client(key, seen, user, rules),
+            Some(key) => {
+                self.observe_client(key, seen, user, rules);
+                if forwarded_unbelieved(record, policy) {
+                    self.count_forwarded(key);
+                }
+            }
             None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
             None => {}
         }
@@ -1263,6 +1284,15 @@ impl Aggregator {
             if grew_past(&mut self.client_units, grown, self.limits.clients) {
                 self.fold_clients();
             }
+        }
+    }
+
+    /// Counts a line of `key`'s that carried an X-Forwarded-For it was not believed for
+    /// ([`ClientStats::forwarded_lines`]), when `key` has a full record: a client that
+    /// crosses a threshold has one.
+    fn count_forwarded(&mut self, key: ClientKey) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.forwarded_lines += 1;
         }
     }
 
