@@ -157,13 +157,16 @@ fn failed_account<'s>(seen: &'s Seen<'_, '_>, rules: &'s RuleSet) -> (Option<&'s
     }
 }
 
-/// Whether `record` carried an X-Forwarded-For address from a hop that is not a trusted
-/// proxy, so that the hop itself is the client ([`ClientPolicy::resolve`]).
+/// Whether `record` carried an X-Forwarded-For naming another address than the hop that
+/// sent it, from a hop that is not a trusted proxy, so that the hop itself is the client
+/// ([`ClientPolicy::resolve`]). Behind nginx's realip module `$remote_addr` is already the
+/// header's last address: that client forwarded for no one.
 fn forwarded_unbelieved(record: &Record<'_>, policy: &ClientPolicy) -> bool {
-    let Some(xff) = record.forwarded_for.as_deref() else { return false };
+    let (Some(xff), Some(remote)) = (record.forwarded_for.as_deref(), record.remote_addr) else {
+        return false;
+    };
     let last = xff.rsplit(',').next().unwrap_or(xff).trim();
-    record.remote_addr.is_some_and(|remote| !policy.is_trusted(remote))
-        && crate::parse::parse_ip(last.as_bytes()).is_some()
+    crate::parse::parse_ip(last.as_bytes()).is_some_and(|hop| hop != remote) && !policy.is_trusted(remote)
 }
 
 /// Whether a line counts as evidence against its client: a rule hit or a 4xx answer.
