@@ -65,12 +65,14 @@ struct Fields<'r, 'a> {
     record: &'r mut Record<'a>,
     status_seen: bool,
     request_seen: bool,
+    /// Two client fields named different addresses (see [`Fields::set_client`]).
+    clients_differ: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
     /// Fills `record`, which must be empty (default).
     fn new(record: &'r mut Record<'a>) -> Self {
-        Fields { record, status_seen: false, request_seen: false }
+        Fields { record, status_seen: false, request_seen: false, clients_differ: false }
     }
 
     /// Fills the slot for `key`; the first value for a slot wins.
@@ -110,7 +112,7 @@ impl<'r, 'a> Fields<'r, 'a> {
         let empty = value.is_empty() || value == "-";
         match slot {
             _ if empty => {}
-            Slot::Client if r.remote_addr.is_none() => r.remote_addr = parse_ip(value.as_bytes()),
+            Slot::Client => self.set_client(&value),
             Slot::ForwardedFor if r.forwarded_for.is_none() => r.forwarded_for = Some(value),
             Slot::User if r.user.is_none() => r.user = Some(value),
             Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
@@ -130,6 +132,21 @@ impl<'r, 'a> Fields<'r, 'a> {
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
             _ => {}
+        }
+    }
+
+    /// Takes a client field's address, unless another client field named a different
+    /// one: then the line names no client. A logfmt line written by `printf` with a user
+    /// name of `x ip=198.51.100.9` holds two `ip=` pairs, and the first one is the
+    /// attacker's: taking either would let the line's author choose who is blocked.
+    fn set_client(&mut self, value: &str) {
+        let Some(ip) = parse_ip(value.as_bytes()) else { return };
+        let r = &mut *self.record;
+        match r.remote_addr {
+            _ if self.clients_differ => {}
+            None => r.remote_addr = Some(ip),
+            Some(first) if first != ip => (self.clients_differ, r.remote_addr) = (true, None),
+            Some(_) => {}
         }
     }
 
@@ -784,6 +801,23 @@ mod tests {
         // The same address twice is one.
         let same = parse_plain(b"WARN login failed from 203.0.113.55 (client_ip=203.0.113.55)").unwrap();
         assert_eq!(same.remote_addr, "203.0.113.55".parse().ok());
+    }
+
+    #[test]
+    fn two_client_fields_naming_different_addresses_name_no_client() {
+        let client = |line: &[u8]| parse_logfmt(line).unwrap().remote_addr;
+        let ip = |s: &str| s.parse().ok();
+        // printf-written logfmt with an injected pair before the real one.
+        assert_eq!(client(br#"level=warn msg="login failed" user=x ip=198.51.100.12 ip=203.0.113.56"#), None);
+        assert_eq!(client(b"level=warn ip=198.51.100.12 client_ip=203.0.113.56 ip=198.51.100.12"), None);
+        // The same address twice is one; a field that is no address does not count.
+        assert_eq!(client(b"level=warn ip=203.0.113.56 remote_addr=203.0.113.56"), ip("203.0.113.56"));
+        assert_eq!(
+            client(br#"level=warn client_ip="203.0.113.5, 10.0.0.1" ip=203.0.113.56"#),
+            ip("203.0.113.56")
+        );
+        let json = parse_json(br#"{"msg":"login failed","ip":"198.51.100.12","remote_addr":"203.0.113.56"}"#);
+        assert_eq!(json.unwrap().remote_addr, None);
     }
 
     #[test]
