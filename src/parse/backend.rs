@@ -545,15 +545,35 @@ fn begins_with_address(s: &str) -> bool {
 }
 
 /// The client a message names (`from 203.0.113.7`, `ip=...`, `client: ...`), when it names
-/// one address. Text naming two (a user name such as `x from 198.51.100.9` before the
-/// real `from`) names no client: which one is the sender cannot be told from free text,
-/// and taking either would let the text's author choose who is blocked.
+/// one address outside quotes. A quoted value is what someone typed (`for user 'x from
+/// 198.51.100.9'`), so an address named inside one is not the sender's. Text naming two
+/// addresses names no client: which one is the sender cannot be told from free text, and
+/// taking either would let the text's author choose who is blocked.
 fn plain_client(rest: &str) -> Option<std::net::IpAddr> {
     let mut named = PLAIN_CLIENT
         .captures_iter(rest)
+        .filter(|c| !inside_quotes(rest, c.get(0).map_or(0, |m| m.start())))
         .filter_map(|c| parse_ip(c[1].trim_end_matches(['.', ':']).as_bytes()));
     let first = named.next()?;
     named.all(|other| other == first).then_some(first)
+}
+
+/// Whether byte `at` of free text falls inside a quoted span: after an odd number of `"`,
+/// or of `'` that stand at a word's edge (an apostrophe inside a word, as in "couldn't",
+/// opens nothing).
+fn inside_quotes(text: &str, at: usize) -> bool {
+    let b = text.as_bytes();
+    let word = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_alphanumeric());
+    let apostrophe = |i: usize| i > 0 && word(i - 1) && word(i + 1);
+    let (mut double, mut single) = (false, false);
+    for (i, &c) in b[..at].iter().enumerate() {
+        match c {
+            b'"' if !single => double = !double,
+            b'\'' if !double && !apostrophe(i) => single = !single,
+            _ => {}
+        }
+    }
+    double || single
 }
 
 /// Parses free text: an optional leading timestamp and level, then the message. A line
@@ -794,9 +814,16 @@ mod tests {
         let access = br#"203.0.113.54 [15/Jan/2024:09:00:00 +0000] "GET / HTTP/1.1" 200 "login failed ip=198.51.100.10""#;
         assert!(parse_plain(access).is_none());
         assert!(parse_plain(b"2001:db8::5 - - [15/Jan/2024:09:00:00 +0000] from 198.51.100.10").is_none());
+        // An address inside a quoted value is what someone typed, not the sender.
+        let typed = parse_plain(b"WARN login failed for user 'x from 198.51.100.11'").unwrap();
+        assert_eq!(typed.remote_addr, None);
+        let both =
+            parse_plain(b"WARN login failed for user \"x from 198.51.100.11\" from 203.0.113.55").unwrap();
+        assert_eq!(both.remote_addr, "203.0.113.55".parse().ok());
+        let apostrophe = parse_plain(b"WARN couldn't sign in user 'bob' from 203.0.113.55").unwrap();
+        assert_eq!(apostrophe.remote_addr, "203.0.113.55".parse().ok());
         // Two addresses named: which is the sender cannot be told.
-        let two =
-            parse_plain(b"WARN login failed for user 'x from 198.51.100.11' from 203.0.113.55").unwrap();
+        let two = parse_plain(b"WARN login failed for user x from 198.51.100.11 from 203.0.113.55").unwrap();
         assert_eq!(two.remote_addr, None);
         // The same address twice is one.
         let same = parse_plain(b"WARN login failed from 203.0.113.55 (client_ip=203.0.113.55)").unwrap();
