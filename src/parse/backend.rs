@@ -480,6 +480,23 @@ fn leading_time(s: &str) -> Option<(&str, &str)> {
     Some((unbracketed(without_last_char(m.as_str())), &s[m.end()..]))
 }
 
+/// The header Kubernetes components write with klog (`I0115 10:23:45.123456   7
+/// controller.go:190] message`, the ingress-nginx controller's own lines among its access
+/// log): the level its first letter stands for, and the message. Its time has no year, so
+/// the line keeps the time `kubectl logs --timestamps` gave it, or none.
+fn klog_header(s: &str) -> Option<(&'static str, &str)> {
+    static KLOG: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d{6} +\d+ [^\s\]]+:\d+\] ").unwrap());
+    let level = match s.as_bytes().first()? {
+        b'I' => "info",
+        b'W' => "warning",
+        b'E' => "error",
+        b'F' => "fatal",
+        _ => return None,
+    };
+    KLOG.find(s).map(|m| (level, &s[m.end()..]))
+}
+
 /// A plain line's leading time: RFC 3339 (with `T` or a space), or with slashes as Go's
 /// standard logger writes it (`2024/01/15 10:23:45`: Gitea's and many other Go
 /// services'), which carries no offset and is taken as UTC, as the nginx error log's is.
@@ -587,6 +604,9 @@ pub fn parse_plain(line: &[u8]) -> Option<Record<'_>> {
     }
     let mut rest = s;
     let mut record = Record { kind: Some(RecordKind::Backend), ..Record::default() };
+    if let Some((level, after)) = klog_header(rest) {
+        (record.level, rest) = (Some(Cow::Borrowed(level)), after);
+    }
     if let Some((time, after)) = leading_time(rest) {
         record.time = plain_time(time.as_bytes());
         rest = after;
@@ -845,6 +865,22 @@ mod tests {
         );
         let json = parse_json(br#"{"msg":"login failed","ip":"198.51.100.12","remote_addr":"203.0.113.56"}"#);
         assert_eq!(json.unwrap().remote_addr, None);
+    }
+
+    #[test]
+    fn kubernetes_klog_lines_are_plain_text_with_their_level() {
+        let line = br#"W0115 10:23:45.123456       7 controller.go:1214] Service "default/x" does not have any active Endpoint."#;
+        let r = parse_plain(line).unwrap();
+        assert_eq!((r.level.as_deref(), r.time), (Some("warning"), None));
+        assert_eq!(r.message.as_deref(), Some(r#"Service "default/x" does not have any active Endpoint."#));
+        // Its message is read as any other: a named client, a marked account.
+        let auth =
+            parse_plain(b"E0115 10:23:45.123456 1 auth.go:9] login failed for user=bob from 203.0.113.7")
+                .unwrap();
+        assert_eq!((auth.user.as_deref(), auth.remote_addr), (Some("bob"), "203.0.113.7".parse().ok()));
+        // Not klog: another letter, or no `file:line]`.
+        assert!(parse_plain(b"X0115 10:23:45.123456 7 controller.go:190] x").is_none());
+        assert!(parse_plain(b"I0115 10:23:45.123456 7 no header here").is_none());
     }
 
     #[test]
