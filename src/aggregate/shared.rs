@@ -157,7 +157,7 @@ impl SharedLights {
         let mut ranks = Vec::new();
         self.each(|key, l| {
             if l.fold_rank() == level {
-                ranks.push(bounded::rank(level, age(key, l.fold_time())));
+                ranks.push(bounded::rank(age(key, l.fold_time())));
             }
         });
         let plan = FoldPlan::at_level(level, bounded::below(&histogram, level), ranks, len, target);
