@@ -339,10 +339,10 @@ fn judge(
 ) -> Judged {
     // Aggregate rules look at failed logins and 4xx, which also set these counters.
     let has_evidence = c.status_4xx > 0 || c.auth_failures > 0 || !c.times_rules.is_empty();
-    let verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
-    let mut verdict = verdict;
-    let mut spared = (!verdict.reasons.is_empty()).then(|| spare.spare_reason(&key)).flatten();
-    if let Some(note) = (!verdict.reasons.is_empty()).then(|| forwarded_note(c.forwarded_lines)).flatten() {
+    let mut verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
+    let over = !verdict.reasons.is_empty();
+    let mut spared = over.then(|| spare.spare_reason(&key)).flatten();
+    if let Some(note) = forwarded_note(c.forwarded_lines).filter(|_| over) {
         match &mut spared {
             Some(why) => *why = format!("{why}; {note}"),
             None => verdict.reasons.push(note),
