@@ -169,7 +169,8 @@ pub const COMBINED_EXTRA: &str = "combined+extra";
 /// Picks and applies a format per source. The answer for a line never depends on what
 /// came before it: formats are tried most specific first, and no two structured formats
 /// accept the same line (an nginx value never holds a raw `"`, which keeps `combined`
-/// from swallowing `main`), so the per-source cache only saves time.
+/// from swallowing `main`), so the per-source cache only saves time. The one that does
+/// overlap, [`Format::CombinedExtra`], is tried after all the others and never cached.
 pub struct Parser {
     candidates: Arc<Vec<Format>>,
     forced: bool,
