@@ -324,3 +324,40 @@ fn lines_read_past_unknown_fields_are_said_where_a_reviewer_reads() {
     let out = logwarden().arg("scan").arg(&plain).output().unwrap();
     assert!(!String::from_utf8(out.stdout).unwrap().contains("extra fields"));
 }
+
+/// A reviewer who adds an identity provider's account to `lock_accounts` is refused, with
+/// nothing written: account-lock.sql would lock the application's account of that name.
+/// An application account the report does not list is the reviewer's to add.
+#[test]
+fn emit_refuses_to_lock_another_realms_account_in_the_users_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/formats/identity-providers.log");
+    let scanned = dir.path().join("scanned");
+    let run =
+        logwarden().args(["scan", "--max-account-failures", "2", "--out"]).arg(&scanned).arg(&log).output();
+    assert!(run.unwrap().status.success());
+    let mut report: Value =
+        serde_json::from_str(&std::fs::read_to_string(scanned.join("report.json")).unwrap()).unwrap();
+    let emit = |report: &Value, out: &str| {
+        let edited = dir.path().join("edited.json");
+        std::fs::write(&edited, report.to_string()).unwrap();
+        let run = logwarden()
+            .args(["emit", "--from"])
+            .arg(&edited)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+    };
+    report["lock_accounts"] = serde_json::json!(["admin"]);
+    let (code, said) = emit(&report, "refused");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("\"admin\" is an account of realm keycloak"), "{said}");
+    assert!(!dir.path().join("refused").exists());
+    report["lock_accounts"] = serde_json::json!(["erin"]);
+    let (code, said) = emit(&report, "allowed");
+    assert_eq!(code, Some(0), "{said}");
+    let sql = std::fs::read_to_string(dir.path().join("allowed/account-lock.sql")).unwrap();
+    assert!(sql.contains("('erin')"), "{sql}");
+}

@@ -136,6 +136,7 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
             ));
         }
     }
+    check_lock_realms(report)?;
     let scripts = sql::lock_scripts(&cfg.lock, &bundle_id, &report.lock_accounts)
         .map_err(|m| Error::option("--users-table", m))?;
     let mut plan = BundlePlan {
@@ -197,6 +198,31 @@ fn proposed_keys(report: &ScanReport, block_private: bool) -> Result<Vec<ClientK
         .iter()
         .map(|entry| check(entry).map_err(|e| Error::option("report blocklist", e)))
         .collect()
+}
+
+/// Refuses a (hand-edited) `lock_accounts` entry that the report knows only as an account
+/// of another realm than the application's: account-lock.sql changes the users table,
+/// where a Keycloak or htpasswd account is not, and the application may have an account
+/// of the same name that nobody attacked. A name the report does not list is the
+/// reviewer's to add.
+fn check_lock_realms(report: &ScanReport) -> Result<()> {
+    for name in &report.lock_accounts {
+        let realms = || report.accounts.iter().filter(|a| a.user == *name).map(|a| a.realm.as_str());
+        if realms().any(|r| r == crate::detect::APP_REALM) {
+            continue;
+        }
+        if let Some(realm) = realms().next() {
+            return Err(Error::option(
+                "report lock_accounts",
+                format!(
+                    "{name:?} is an account of realm {realm} in this report, not of the application: \
+                     account-lock.sql would lock the application's account of that name instead; lock it in \
+                     {realm} itself and remove it from lock_accounts"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why `entry` (read as `key`) must not be blocked when the report spares a client it holds.
