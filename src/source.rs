@@ -52,6 +52,11 @@ impl Input {
         if path == Path::new("-") {
             return Ok(Input::from_reader("stdin", stdin()));
         }
+        if path.is_dir() {
+            let message =
+                format!("{} is a directory: name the log files in it (such as {0}/*.log)", path.display());
+            return Err(Error::option("input", message));
+        }
         let file = File::open(path).map_err(|source| Error::Input { path: path.to_path_buf(), source })?;
         Input::sniff(path.display().to_string(), Box::new(file))
             .map_err(|source| Error::Input { path: PathBuf::from(path), source })

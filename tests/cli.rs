@@ -48,6 +48,11 @@ fn a_missing_file_is_an_error_that_names_it() {
     // The system's reason, once.
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     assert!(out.stdout.is_empty(), "nothing is scanned when an input is missing");
+    // A directory is named as one, with what to write instead.
+    let out = logwarden().args(["scan", "fixtures/incident"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fixtures/incident is a directory: name the log files in it"), "{err}");
 }
 
 #[test]
