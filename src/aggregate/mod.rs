@@ -1037,12 +1037,7 @@ impl Aggregator {
         }
         let (user, counting) = failed_account(seen, rules);
         match key {
-            Some(key) => {
-                self.observe_client(key, seen, user, rules);
-                if forwarded_unbelieved(record, policy) {
-                    self.count_forwarded(key);
-                }
-            }
+            Some(key) => self.observe_client(key, seen, user, rules, forwarded_unbelieved(record, policy)),
             None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
             None => {}
         }
@@ -1273,7 +1268,16 @@ impl Aggregator {
         }
     }
 
-    fn observe_client(&mut self, key: ClientKey, seen: &Seen<'_, '_>, user: Option<&str>, rules: &RuleSet) {
+    /// Counts a line of `key`'s; `forwarded`: it carried an X-Forwarded-For that was not
+    /// believed, counted in a full record ([`ClientStats::forwarded_lines`]).
+    fn observe_client(
+        &mut self,
+        key: ClientKey,
+        seen: &Seen<'_, '_>,
+        user: Option<&str>,
+        rules: &RuleSet,
+        forwarded: bool,
+    ) {
         // One hash lookup for a client with a full record, the common case on a busy one.
         let c = match self.clients.get_mut(&key) {
             Some(c) => c,
@@ -1282,20 +1286,12 @@ impl Aggregator {
                 Taken::NeedsRecord => self.client(key),
             },
         };
+        c.forwarded_lines += u64::from(forwarded);
         if c.observe(seen, user, rules) {
             let grown = c.recharge();
             if grew_past(&mut self.client_units, grown, self.limits.clients) {
                 self.fold_clients();
             }
-        }
-    }
-
-    /// Counts a line of `key`'s that carried an X-Forwarded-For it was not believed for
-    /// ([`ClientStats::forwarded_lines`]), when `key` has a full record: a client that
-    /// crosses a threshold has one.
-    fn count_forwarded(&mut self, key: ClientKey) {
-        if let Some(c) = self.clients.get_mut(&key) {
-            c.forwarded_lines += 1;
         }
     }
 
