@@ -332,9 +332,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The notes both reports print about how the scan read its input, each with its
+    /// heading, in order: the terminal and `report.md` say the same.
+    pub fn reading_notes(&self) -> Vec<(&'static str, String)> {
+        let notes = [("Unattributed", self.unattributed_note()), ("Extra fields", self.extra_fields_note())];
+        notes.into_iter().filter_map(|(heading, note)| note.map(|n| (heading, n))).collect()
+    }
+
     /// What the reports say of lines read as `combined` with more fields after it
     /// ([`crate::parse::Format::CombinedExtra`]): one of those may have been the client.
-    pub fn extra_fields_note(&self) -> Option<String> {
+    fn extra_fields_note(&self) -> Option<String> {
         let extra = crate::parse::COMBINED_EXTRA;
         let n: u64 = self.sources.values().filter_map(|s| s.formats.get(extra)).sum();
         (n > 0).then(|| {
@@ -348,7 +355,7 @@ impl Stats {
 
     /// What the reports say of detections that named no client, when there were any:
     /// a scan with none proposed must not read as a scan that found no attacker.
-    pub fn unattributed_note(&self) -> Option<String> {
+    fn unattributed_note(&self) -> Option<String> {
         let n = self.unattributed_detections;
         (n > 0).then(|| {
             format!(

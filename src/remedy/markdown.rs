@@ -92,11 +92,8 @@ fn summary(md: &mut String, r: &ScanReport, plan: &BundlePlan) {
         let weight = if m.lost_evidence() { "**Memory bound**" } else { "Memory bound" };
         let _ = writeln!(md, "{weight}: {}.\n", inline(&m.describe()));
     }
-    if let Some(note) = s.unattributed_note() {
-        let _ = writeln!(md, "**Unattributed**: {}.\n", inline(&note));
-    }
-    if let Some(note) = s.extra_fields_note() {
-        let _ = writeln!(md, "**Extra fields**: {}.\n", inline(&note));
+    for (heading, note) in s.reading_notes() {
+        let _ = writeln!(md, "**{heading}**: {}.\n", inline(&note));
     }
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(

@@ -70,11 +70,8 @@ fn write_header(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result
     if let Some(m) = &s.memory_summary {
         writeln!(out, "{} {}", p.alert("memory bound:"), m.describe())?;
     }
-    if let Some(note) = s.unattributed_note() {
-        writeln!(out, "{} {note}", p.alert("unattributed:"))?;
-    }
-    if let Some(note) = s.extra_fields_note() {
-        writeln!(out, "{} {note}", p.alert("extra fields:"))?;
+    for (heading, note) in s.reading_notes() {
+        writeln!(out, "{} {note}", p.alert(&format!("{}:", heading.to_lowercase())))?;
     }
     write_loki_coverage(out, r, p)
 }
