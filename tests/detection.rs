@@ -377,6 +377,58 @@ fn the_prefilter_never_hides_a_match_in_the_fixtures() {
     assert!(checked > 8000 && by_fields > 6000, "{checked} lines, {by_fields} searched by field");
 }
 
+/// Where the request target of an access line (`"METHOD TARGET ...`) is.
+fn request_target(line: &str) -> Option<std::ops::Range<usize>> {
+    let request = line.find("] \"")? + 3;
+    let method = line[request..].find(' ')?;
+    if method == 0 || !line[request..request + method].bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let start = request + method + 1;
+    Some(start..start + line[start..].find([' ', '"'])?)
+}
+
+/// nginx serves a target with any character percent-encoded as the decoded one, and the
+/// rules read it decoded: for every access example of every rule, and every character of
+/// its request target, the line with that character encoded (`%6c`, and `%256c` for
+/// double encoding) gets the same hits with the prefilter as with every rule evaluated.
+#[test]
+fn a_percent_encoded_character_hides_no_match() {
+    use logwarden::parse::{Parser, RecordKind};
+    let set = RuleSet::builtin().unwrap();
+    let mut parser = Parser::detecting(&[]);
+    let (mut variants, mut hits) = (0, 0);
+    for rule in set.rules() {
+        for example in rule.examples.iter().flat_map(|e| e.lines()) {
+            let Some(target) = request_target(example) else { continue };
+            for at in target {
+                let c = example.as_bytes()[at];
+                if !c.is_ascii_alphanumeric() && !b"./-_".contains(&c) {
+                    continue;
+                }
+                for encoded in [format!("%{c:02x}"), format!("%25{c:02x}")] {
+                    let line = format!("{}{encoded}{}", &example[..at], &example[at + 1..]);
+                    let Some((record, _)) = parser.parse(b"f", line.as_bytes()) else { continue };
+                    if record.kind != Some(RecordKind::Access) {
+                        continue;
+                    }
+                    let mut fast = Vec::new();
+                    set.detect(line.as_bytes(), &record, &mut fast);
+                    let mut naive = Vec::new();
+                    for id in 0..set.rules().len() as u16 {
+                        set.detect_unfiltered(line.as_bytes(), &record, id, &mut naive);
+                    }
+                    naive.retain(|h| set.rule(h.rule).aggregate.is_none());
+                    assert_eq!(fast, naive, "rule {}: {line}", rule.id);
+                    variants += 1;
+                    hits += naive.len();
+                }
+            }
+        }
+    }
+    assert!(variants > 1000 && hits > 1000, "{variants} encoded lines, {hits} hits");
+}
+
 #[test]
 fn patterns_dirs_add_and_override_rules() {
     let dir = tempfile::tempdir().unwrap();

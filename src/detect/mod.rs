@@ -94,6 +94,18 @@ struct Prefilter {
     /// every occurrence walked each byte of a line through the automaton, ~20
     /// instructions a byte, where a plain search lets the automaton skip ahead).
     one_owner_set: bool,
+    /// For request targets: the prefilters of a target that holds a `%` or `+`. nginx
+    /// serves `/wp-%6cogin.php` as `/wp-login.php`, and rules that read the path, query or
+    /// URI read it decoded ([`decoded_target`]), so their literals are searched in the
+    /// decoded target; the literals of the other rules (those that read no field by text)
+    /// are searched as logged.
+    encoded: Option<Box<EncodedTargets>>,
+}
+
+/// [`Prefilter::encoded`]: one automaton per form of the target.
+struct EncodedTargets {
+    as_logged: Prefilter,
+    decoded: Prefilter,
 }
 
 impl Prefilter {
@@ -124,11 +136,29 @@ impl Prefilter {
             })
             .transpose()?;
         let one_owner_set = owners.windows(2).all(|w| w[0] == w[1]);
-        Ok(Prefilter { ac, owners, one_owner_set })
+        Ok(Prefilter { ac, owners, one_owner_set, encoded: None })
+    }
+
+    /// This prefilter, with `encoded` for targets that hold a `%` or `+`.
+    fn with_encoded(self, encoded: EncodedTargets) -> Prefilter {
+        Prefilter { encoded: Some(Box::new(encoded)), ..self }
     }
 
     /// Appends the rules whose literals occur in `text` (unsorted, maybe repeated).
     fn candidates(&self, text: &[u8], out: &mut Vec<RuleId>) {
+        match &self.encoded {
+            Some(e) if memchr::memchr2(b'%', b'+', text).is_some() => {
+                e.as_logged.search(text, out);
+                SCRATCH.with_borrow_mut(|decoded| match decode_target_into(text, decoded) {
+                    true => e.decoded.search(decoded, out),
+                    false => e.decoded.search(decoded_target(&String::from_utf8_lossy(text)).as_bytes(), out),
+                });
+            }
+            _ => self.search(text, out),
+        }
+    }
+
+    fn search(&self, text: &[u8], out: &mut Vec<RuleId>) {
         let Some(ac) = &self.ac else { return };
         if self.one_owner_set {
             if ac.is_match(text) {
@@ -146,6 +176,12 @@ impl Prefilter {
 /// alone: it reads access records only, and only through their fields (no whole-line regex).
 fn reads_access_fields_only(rule: &Rule) -> bool {
     rule.regex.is_none() && rule.inputs.iter().all(|i| *i == rules::InputKind::Access)
+}
+
+/// Whether a rule reads the request target by text (its path, query or URI, all decoded).
+fn reads_target(rule: &Rule) -> bool {
+    let w = &rule.when;
+    w.path.is_some() || w.query.is_some() || w.uri.is_some()
 }
 
 /// Whether a rule's literals may be searched in a backend record's message alone: it
@@ -184,11 +220,7 @@ impl RecordField {
     /// anywhere in the request, like the raw bytes of `non-http-bytes`).
     fn searched_for(self, rule: &Rule) -> bool {
         let w = &rule.when;
-        let reads = [
-            !w.method.is_empty(),
-            w.path.is_some() || w.query.is_some() || w.uri.is_some(),
-            w.user_agent.is_some(),
-        ];
+        let reads = [!w.method.is_empty(), reads_target(rule), w.user_agent.is_some()];
         !reads.contains(&true) || reads[self as usize]
     }
 }
@@ -399,7 +431,17 @@ impl RuleSet {
         let field = |f: RecordField| {
             Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
         };
-        let fields = [field(RecordField::Method)?, field(RecordField::Path)?, field(RecordField::UserAgent)?];
+        let target = |decoded: bool| {
+            Prefilter::build(single().filter(|(_, r)| {
+                reads_access_fields_only(r) && RecordField::Path.searched_for(r) && reads_target(r) == decoded
+            }))
+        };
+        let encoded = EncodedTargets { as_logged: target(false)?, decoded: target(true)? };
+        let fields = [
+            field(RecordField::Method)?,
+            field(RecordField::Path)?.with_encoded(encoded),
+            field(RecordField::UserAgent)?,
+        ];
         let access_line = Prefilter::build(
             single().filter(|(_, r)| reads(r, RecordKind::Access) && !reads_access_fields_only(r)),
         )?;
@@ -618,6 +660,76 @@ impl Fields<'_, '_> {
     }
 }
 
+/// A request target as the rules read it: its path decoded as [`Fields::path`] and its
+/// query as [`Fields::query`] (so every decoded value a rule reads is part of it).
+fn decoded_target(target: &str) -> String {
+    match target.split_once('?') {
+        Some((path, query)) => format!("{}?{}", decode(path, false), decode(query, true)),
+        None => decode(target, false),
+    }
+}
+
+thread_local! {
+    /// The buffer [`decode_target_into`] decodes into, reused from line to line.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`decoded_target`] into `out`, without an allocation per decoding pass; false when a
+/// pass gave bytes that are not UTF-8, where `decoded_target`'s lossy conversions would
+/// give other bytes (on UTF-8 they change nothing, so then `out` is its answer).
+fn decode_target_into(target: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
+        None => (target, None),
+    };
+    let path_exact = decode_part_into(path, false, out);
+    let query_exact = query.is_none_or(|query| {
+        out.push(b'?');
+        decode_part_into(query, true, out)
+    });
+    path_exact && query_exact
+}
+
+/// [`decode`] of one part, appended to `out` as bytes; false when a pass gave bytes that
+/// are not UTF-8.
+fn decode_part_into(part: &[u8], plus_is_space: bool, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    percent_decode_into(part, plus_is_space, out);
+    if out[start..].contains(&b'%') {
+        let first = out.split_off(start);
+        if std::str::from_utf8(&first).is_err() {
+            return false;
+        }
+        percent_decode_into(&first, plus_is_space, out);
+    }
+    std::str::from_utf8(&out[start..]).is_ok()
+}
+
+/// One pass of [`decode`]: `+` as a space when asked, then `%XX` as its byte (a `%` not
+/// followed by two hex digits stays, as `percent_decode_str` leaves it).
+fn percent_decode_into(s: &[u8], plus_is_space: bool, out: &mut Vec<u8>) {
+    // A byte at a time: targets are short, and a search for the next `%` or `+` cost
+    // more in set-up than it saved.
+    out.reserve(s.len());
+    let hex = |j: usize| s.get(j).and_then(|&h| char::from(h).to_digit(16));
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        i += 1;
+        match b {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => match (hex(i), hex(i + 1)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            _ => out.push(b),
+        }
+    }
+}
+
 fn decode(s: &str, plus_is_space: bool) -> String {
     let once = |s: &str| -> String {
         let s: Cow<'_, str> = if plus_is_space { s.replace('+', " ").into() } else { s.into() };
@@ -783,5 +895,37 @@ mod tests {
         assert_eq!(decode("/a/%2e%2e%2f%2e%2e%2fetc/passwd", false), "/a/../../etc/passwd");
         assert_eq!(decode("%252e%252e%252f", false), "../");
         assert_eq!(decode("q=%27+OR+1%3D1", true), "q=' OR 1=1");
+    }
+
+    fn decoded_in_one_buffer(target: &str) -> Option<String> {
+        let mut out = b"left over".to_vec();
+        decode_target_into(target.as_bytes(), &mut out).then(|| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_target_is_decoded_in_one_buffer_as_the_rules_decode_it() {
+        let decoded = decoded_in_one_buffer;
+        // The query is decoded twice (it held %25), so its %2B's plus is a space by then.
+        assert_eq!(decoded("/wp-%6cogin.php?a=%2B+b&c=%252e%25").unwrap(), "/wp-login.php?a=  b&c=.%");
+        assert_eq!(decoded("/a+b?c=%2B").unwrap(), "/a+b?c=+");
+        assert_eq!(decoded("/%4").unwrap(), "/%4");
+        assert_eq!(decoded("/caf%C3%A9?q=%E2%82%AC").unwrap(), "/café?q=€");
+        assert_eq!(decoded("/%C3"), None);
+        // The first pass's lone C3 is replaced before the second pass makes C3 A9 of it.
+        assert_eq!(decoded("/%C3%25A9"), None);
+    }
+
+    proptest::proptest! {
+        /// Where the one-buffer decoding answers, it is `decoded_target`'s own; where it
+        /// does not, `decoded_target` replaced bytes that were not UTF-8.
+        #[test]
+        fn one_buffer_decoding_agrees_with_the_rules_decoding(
+            target in "([a-z/?=&+.%]|%[0-9a-fA-F]{0,2}|%25[0-9a-f]{2}|%[c-f][0-9a-f]|%[89ab][0-9a-f]|%2[bB]|é){0,14}",
+        ) {
+            match decoded_in_one_buffer(&target) {
+                Some(fast) => proptest::prop_assert_eq!(fast, decoded_target(&target)),
+                None => proptest::prop_assert!(decoded_target(&target).contains(char::REPLACEMENT_CHARACTER)),
+            }
+        }
     }
 }
