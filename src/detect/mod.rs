@@ -94,7 +94,7 @@ struct Prefilter {
     /// every occurrence walked each byte of a line through the automaton, ~20
     /// instructions a byte, where a plain search lets the automaton skip ahead).
     one_owner_set: bool,
-    /// For request targets: the prefilters of a target that holds a `%` or `+`. nginx
+    /// For request targets: the prefilters of a target that must be decoded. nginx
     /// serves `/wp-%6cogin.php` as `/wp-login.php`, and rules that read the path, query or
     /// URI read it decoded ([`decoded_target`]), so their literals are searched in the
     /// decoded target; the literals of the other rules (those that read no field by text)
@@ -106,19 +106,69 @@ struct Prefilter {
 struct EncodedTargets {
     as_logged: Prefilter,
     decoded: Prefilter,
+    /// Whether the target's own prefilter holds every literal with its spaces also spelled
+    /// `+` ([`plus_spellings`]): then a target with a `+` and no `%`, which decodes to
+    /// itself with the query's `+` as spaces, is searched as logged, with no decoding.
+    plus_spelled: bool,
+}
+
+impl EncodedTargets {
+    /// Whether `target` must be decoded to be searched.
+    fn must_decode(&self, target: &[u8]) -> bool {
+        match self.plus_spelled {
+            true => memchr::memchr(b'%', target).is_some(),
+            false => memchr::memchr2(b'%', b'+', target).is_some(),
+        }
+    }
+}
+
+/// The most spaces a literal may hold to be searched in all its `+` spellings (two to the
+/// power of its spaces).
+const MOST_SPELLED_SPACES: u32 = 4;
+
+/// `lit` with each of its spaces either kept or spelled `+`, as a query may spell it;
+/// `None` when it holds more than [`MOST_SPELLED_SPACES`].
+fn plus_spellings(lit: &str) -> Option<Vec<String>> {
+    let spaces = lit.matches(' ').count() as u32;
+    let spelled = |mask: u32| {
+        let mut seen = 0;
+        let mut spell = |c: char| match c {
+            ' ' => {
+                seen += 1;
+                if mask >> (seen - 1) & 1 == 1 { '+' } else { ' ' }
+            }
+            c => c,
+        };
+        lit.chars().map(&mut spell).collect()
+    };
+    (spaces <= MOST_SPELLED_SPACES).then(|| (0..1u32 << spaces).map(spelled).collect())
 }
 
 impl Prefilter {
     fn build<'r>(rules: impl Iterator<Item = (RuleId, &'r Rule)>) -> Result<Prefilter, RuleError> {
-        let mut literals: Vec<&str> = Vec::new();
+        Self::build_spelled(rules, |lit| Some(vec![lit.to_string()])).map(|(p, _)| p)
+    }
+
+    /// A prefilter of each literal's spellings by `spell`, and whether every literal had
+    /// them (a literal `spell` gives none of is searched as it is).
+    fn build_spelled<'r>(
+        rules: impl Iterator<Item = (RuleId, &'r Rule)>,
+        spell: impl Fn(&str) -> Option<Vec<String>>,
+    ) -> Result<(Prefilter, bool), RuleError> {
+        let mut literals: Vec<String> = Vec::new();
         let mut owners: Vec<Vec<RuleId>> = Vec::new();
+        let mut all_spelled = true;
         for (id, rule) in rules {
             for lit in &rule.literals {
-                match literals.iter().position(|l| l == lit) {
-                    Some(at) => owners[at].push(id),
-                    None => {
-                        literals.push(lit);
-                        owners.push(vec![id]);
+                let spellings = spell(lit);
+                all_spelled &= spellings.is_some();
+                for lit in spellings.unwrap_or_else(|| vec![lit.clone()]) {
+                    match literals.iter().position(|l| *l == lit) {
+                        Some(at) => owners[at].push(id),
+                        None => {
+                            literals.push(lit);
+                            owners.push(vec![id]);
+                        }
                     }
                 }
             }
@@ -136,7 +186,7 @@ impl Prefilter {
             })
             .transpose()?;
         let one_owner_set = owners.windows(2).all(|w| w[0] == w[1]);
-        Ok(Prefilter { ac, owners, one_owner_set, encoded: None })
+        Ok((Prefilter { ac, owners, one_owner_set, encoded: None }, all_spelled))
     }
 
     /// This prefilter, with `encoded` for targets that hold a `%` or `+`.
@@ -147,7 +197,7 @@ impl Prefilter {
     /// Appends the rules whose literals occur in `text` (unsorted, maybe repeated).
     fn candidates(&self, text: &[u8], out: &mut Vec<RuleId>) {
         match &self.encoded {
-            Some(e) if memchr::memchr2(b'%', b'+', text).is_some() => {
+            Some(e) if e.must_decode(text) => {
                 e.as_logged.search(text, out);
                 SCRATCH.with_borrow_mut(|decoded| match decode_target_into(text, decoded) {
                     true => e.decoded.search(decoded, out),
@@ -436,12 +486,13 @@ impl RuleSet {
                 reads_access_fields_only(r) && RecordField::Path.searched_for(r) && reads_target(r) == decoded
             }))
         };
-        let encoded = EncodedTargets { as_logged: target(false)?, decoded: target(true)? };
-        let fields = [
-            field(RecordField::Method)?,
-            field(RecordField::Path)?.with_encoded(encoded),
-            field(RecordField::UserAgent)?,
-        ];
+        let (path, plus_spelled) = Prefilter::build_spelled(
+            single().filter(|(_, r)| reads_access_fields_only(r) && RecordField::Path.searched_for(r)),
+            plus_spellings,
+        )?;
+        let encoded = EncodedTargets { as_logged: target(false)?, decoded: target(true)?, plus_spelled };
+        let fields =
+            [field(RecordField::Method)?, path.with_encoded(encoded), field(RecordField::UserAgent)?];
         let access_line = Prefilter::build(
             single().filter(|(_, r)| reads(r, RecordKind::Access) && !reads_access_fields_only(r)),
         )?;
@@ -913,6 +964,45 @@ mod tests {
         assert_eq!(decoded("/%C3"), None);
         // The first pass's lone C3 is replaced before the second pass makes C3 A9 of it.
         assert_eq!(decoded("/%C3%25A9"), None);
+    }
+
+    #[test]
+    fn a_literal_is_searched_in_each_plus_spelling_of_its_spaces() {
+        assert_eq!(plus_spellings("union"), Some(vec!["union".to_string()]));
+        assert_eq!(plus_spellings(" or ").unwrap(), [" or ", "+or ", " or+", "+or+"]);
+        assert_eq!(plus_spellings("a b c d e").map(|s| s.len()), Some(16));
+        assert_eq!(plus_spellings("a b c d e f"), None);
+    }
+
+    /// A rule whose literal holds `spaces` spaces, reading the decoded query.
+    fn spaced_literal_rule(spaces: usize) -> RuleSet {
+        let literal = vec!["drop"; spaces + 1].join(" ");
+        let toml = format!(
+            "[[rule]]\nid = \"spaced\"\ndescription = \"d\"\ninputs = [\"access\"]\nseverity = \"low\"\n\
+             threshold = 1\nliterals = [\"{literal}\"]\nwhen = {{ query = '(?i){literal}' }}\n\
+             examples = ['{example}']\ncounterexamples = ['{counterexample}']\n",
+            example = access_line(&format!("/a?q={literal}")),
+            counterexample = access_line("/a?q=drop"),
+        );
+        RuleSet::from_files(vec![("spaced.toml".into(), toml)]).unwrap()
+    }
+
+    fn access_line(target: &str) -> String {
+        format!(r#"192.0.2.1 - - [15/Jan/2024:10:00:00 +0000] "GET {target} HTTP/1.1" 200 1 "-" "-""#)
+    }
+
+    #[test]
+    fn a_query_spelling_spaces_as_plus_hides_no_match() {
+        for spaces in [1, 4, 5] {
+            let set = spaced_literal_rule(spaces);
+            let query = vec!["DROP"; spaces + 1].join("+");
+            let line = access_line(&format!("/a?q={query}"));
+            let record = crate::parse::Parser::detecting(&[]).parse(b"f", line.as_bytes()).unwrap().0;
+            let (mut fast, mut naive) = (Vec::new(), Vec::new());
+            set.detect(line.as_bytes(), &record, &mut fast);
+            set.detect_unfiltered(line.as_bytes(), &record, 0, &mut naive);
+            assert_eq!((fast.len(), naive.len()), (1, 1), "{spaces} spaces: {line}");
+        }
     }
 
     proptest::proptest! {
