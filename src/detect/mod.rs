@@ -189,7 +189,7 @@ impl Prefilter {
         Ok((Prefilter { ac, owners, one_owner_set, encoded: None }, all_spelled))
     }
 
-    /// This prefilter, with `encoded` for targets that hold a `%` or `+`.
+    /// This prefilter, with `encoded` for the targets it must decode.
     fn with_encoded(self, encoded: EncodedTargets) -> Prefilter {
         Prefilter { encoded: Some(Box::new(encoded)), ..self }
     }
