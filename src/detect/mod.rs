@@ -208,6 +208,10 @@ impl Prefilter {
         }
     }
 
+    /// The search of one text. Inlined: `candidates` calls it for nearly every field value
+    /// the memo has not seen, and the call cost ~17 instructions each (the worker on 20 MB,
+    /// one thread: 463.7M -> 461.0M).
+    #[inline(always)]
     fn search(&self, text: &[u8], out: &mut Vec<RuleId>) {
         let Some(ac) = &self.ac else { return };
         if self.one_owner_set {
