@@ -482,16 +482,15 @@ impl RuleSet {
             Prefilter::build(single().filter(|(_, r)| reads(r, kind) && !reads_backend_message_only(r)))
         };
         let line = [line_of(KINDS[0])?, line_of(KINDS[1])?, line_of(KINDS[2])?];
-        let field = |f: RecordField| {
-            Prefilter::build(single().filter(|(_, r)| reads_access_fields_only(r) && f.searched_for(r)))
-        };
+        let in_field = |f: RecordField, r: &Rule| reads_access_fields_only(r) && f.searched_for(r);
+        let field = |f: RecordField| Prefilter::build(single().filter(|(_, r)| in_field(f, r)));
         let target = |decoded: bool| {
-            Prefilter::build(single().filter(|(_, r)| {
-                reads_access_fields_only(r) && RecordField::Path.searched_for(r) && reads_target(r) == decoded
-            }))
+            Prefilter::build(
+                single().filter(|(_, r)| in_field(RecordField::Path, r) && reads_target(r) == decoded),
+            )
         };
         let (path, plus_spelled) = Prefilter::build_spelled(
-            single().filter(|(_, r)| reads_access_fields_only(r) && RecordField::Path.searched_for(r)),
+            single().filter(|(_, r)| in_field(RecordField::Path, r)),
             plus_spellings,
         )?;
         let encoded = EncodedTargets { as_logged: target(false)?, decoded: target(true)?, plus_spelled };
