@@ -342,7 +342,7 @@ fn judge(
     let mut verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
     let over = !verdict.reasons.is_empty();
     let mut spared = over.then(|| spare.spare_reason(&key)).flatten();
-    if let Some(note) = forwarded_note(c.forwarded_lines).filter(|_| over) {
+    if let Some(note) = over.then(|| forwarded_note(c.forwarded_lines)).flatten() {
         match &mut spared {
             Some(why) => *why = format!("{why}; {note}"),
             None => verdict.reasons.push(note),
