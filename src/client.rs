@@ -3,7 +3,9 @@
 //! The client is `$remote_addr` unless that hop is a configured trusted proxy; then
 //! X-Forwarded-For is walked from the right, skipping trusted hops, the way nginx's realip
 //! module does with `real_ip_recursive on`. An X-Forwarded-For from any other hop is the
-//! client's own claim and is never believed. IPv6 clients are grouped per prefix (/64 by
+//! client's own claim and is never believed. A header naming the client alone (X-Real-IP,
+//! CF-Connecting-IP, True-Client-IP, a PROXY protocol address beside `$remote_addr`) is
+//! read as an X-Forwarded-For of one address where the line logs none. IPv6 clients are grouped per prefix (/64 by
 //! default: one host usually owns a whole /64, and rotating within it is free).
 
 use std::fmt;

@@ -358,7 +358,8 @@ fn judge(
 fn forwarded_note(lines: u64) -> Option<String> {
     (lines > 0).then(|| {
         format!(
-            "it sent X-Forwarded-For on {lines} line(s): if it is a proxy or load balancer of yours, pass \
+            "it sent X-Forwarded-For or a header naming the client (X-Real-IP, CF-Connecting-IP...) on {lines} \
+             line(s): if it is a proxy or load balancer of yours, pass \
              --trusted-proxy with its address or range to count the clients behind it (blocking it blocks them all)"
         )
     })

@@ -167,7 +167,7 @@ struct InputArgs {
     /// The log_format to take from --nginx-conf.
     #[arg(long, value_name = "NAME", requires = "nginx_conf")]
     log_format_name: Option<String>,
-    /// Believe X-Forwarded-For only from these hops (repeatable CIDR).
+    /// Believe X-Forwarded-For, X-Real-IP and the like only from these hops (repeatable CIDR).
     #[arg(long, value_name = "CIDR")]
     trusted_proxy: Vec<IpNet>,
     /// Group IPv6 clients per this prefix length.

@@ -157,7 +157,8 @@ fn failed_account<'s>(seen: &'s Seen<'_, '_>, rules: &'s RuleSet) -> (Option<&'s
     }
 }
 
-/// Whether `record` carried an X-Forwarded-For naming another address than the hop that
+/// Whether `record` carried an X-Forwarded-For (or a header naming the client, see
+/// [`Record::forwarded_for`]) naming another address than the hop that
 /// sent it, from a hop that is not a trusted proxy, so that the hop itself is the client
 /// ([`ClientPolicy::resolve`]). Behind nginx's realip module `$remote_addr` is already the
 /// header's last address: that client forwarded for no one.

@@ -111,9 +111,19 @@ fn apply<'a>(
         Var::RequestUri => record.path = Some(decoded()),
         Var::RemoteUser => record.user = Some(decoded()),
         Var::UserAgent => record.user_agent = Some(decoded()),
+        // X-Forwarded-For, when logged, is walked instead of a one-address header: behind
+        // two trusted hops it holds the client where X-Real-IP holds the first hop.
         Var::ForwardedFor => record.forwarded_for = Some(decoded()),
+        Var::ClientHeader => _ = record.forwarded_for.get_or_insert_with(decoded),
         Var::RequestTime => record.request_time = text(raw).parse().ok(),
-        Var::Uri | Var::Args | Var::Referer | Var::Host | Var::Other => {}
+        // The last two never reach here: `LogFormat::compile` gives them their roles.
+        Var::Uri
+        | Var::Args
+        | Var::Referer
+        | Var::Host
+        | Var::Other
+        | Var::RealipRemoteAddr
+        | Var::ProxyProtocolAddr => {}
     }
     Some(())
 }
@@ -244,6 +254,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn custom(definition: &str) -> LogFormat {
+        LogFormat::compile("custom", definition, Escape::Default).unwrap()
+    }
+
+    /// Behind nginx's realip module `$remote_addr` is the client and `$realip_remote_addr`
+    /// the hop it came through; whichever is logged first, the client is `$remote_addr`.
+    #[test]
+    fn remote_addr_is_the_client_whichever_order_realip_logs_it_in() {
+        let line = br#"198.51.100.23 (203.0.113.250) [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404"#;
+        let first = custom(r#"$remote_addr ($realip_remote_addr) [$time_local] "$request" $status"#);
+        let second = custom(r#"$realip_remote_addr ($remote_addr) [$time_local] "$request" $status"#);
+        assert_eq!(parse_with_format(&first, line).unwrap().remote_addr, "198.51.100.23".parse().ok());
+        assert_eq!(parse_with_format(&second, line).unwrap().remote_addr, "203.0.113.250".parse().ok());
+        let alone = custom(r#"$realip_remote_addr [$time_local] "$request" $status"#);
+        let line = br#"203.0.113.250 [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404"#;
+        assert_eq!(parse_with_format(&alone, line).unwrap().remote_addr, "203.0.113.250".parse().ok());
+    }
+
+    /// A header naming the client alone is the proxy's claim, kept where X-Forwarded-For
+    /// is kept; a logged X-Forwarded-For wins over it, in either order.
+    #[test]
+    fn a_client_header_is_a_forwarded_claim_unless_x_forwarded_for_is_logged() {
+        let line = br#"172.70.1.1 [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404 "198.51.100.7" "-""#;
+        for header in
+            ["http_x_real_ip", "http_cf_connecting_ip", "http_true_client_ip", "http_fastly_client_ip"]
+        {
+            let f = custom(&format!(
+                r#"$remote_addr [$time_local] "$request" $status "${header}" "$http_x_forwarded_for""#
+            ));
+            let r = parse_with_format(&f, line).unwrap();
+            assert_eq!(
+                (r.remote_addr, r.forwarded_for.as_deref()),
+                ("172.70.1.1".parse().ok(), Some("198.51.100.7"))
+            );
+        }
+        let both = br#"172.70.1.1 [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404 "198.51.100.7" "203.0.113.9, 10.0.0.1""#;
+        let header_first = custom(
+            r#"$remote_addr [$time_local] "$request" $status "$http_x_real_ip" "$http_x_forwarded_for""#,
+        );
+        let xff_first = custom(
+            r#"$remote_addr [$time_local] "$request" $status "$http_x_forwarded_for" "$http_x_real_ip""#,
+        );
+        let swapped = br#"172.70.1.1 [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404 "203.0.113.9, 10.0.0.1" "198.51.100.7""#;
+        for (f, line) in [(header_first, &both[..]), (xff_first, &swapped[..])] {
+            assert_eq!(
+                parse_with_format(&f, line).unwrap().forwarded_for.as_deref(),
+                Some("203.0.113.9, 10.0.0.1")
+            );
+        }
+    }
+
+    /// `$proxy_protocol_addr` is the line's address alone, and the balancer's claim beside
+    /// `$remote_addr`.
+    #[test]
+    fn a_proxy_protocol_address_beside_remote_addr_is_a_claim() {
+        let line = br#"198.51.100.7 10.0.0.9 [15/Jan/2024:10:23:45 +0000] "GET / HTTP/1.1" 404"#;
+        let both = custom(r#"$proxy_protocol_addr $remote_addr [$time_local] "$request" $status"#);
+        let r = parse_with_format(&both, line).unwrap();
+        assert_eq!(
+            (r.remote_addr, r.forwarded_for.as_deref()),
+            ("10.0.0.9".parse().ok(), Some("198.51.100.7"))
+        );
+        let alone = custom(r#"$proxy_protocol_addr $request_length [$time_local] "$request" $status"#);
+        let r = parse_with_format(&alone, line).unwrap();
+        assert_eq!((r.remote_addr, r.forwarded_for), ("198.51.100.7".parse().ok(), None));
+    }
+
+    #[test]
+    fn a_format_with_only_a_client_header_says_why_it_is_not_enough() {
+        let f = r#"$http_x_real_ip [$time_local] "$request" $status"#;
+        let err = LogFormat::compile("custom", f, Escape::Default).unwrap_err().to_string();
+        assert!(err.contains("$realip_remote_addr") && err.contains("--trusted-proxy"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::time;
 enum Slot {
     Client,
     ForwardedFor,
+    /// A header naming the client alone (X-Real-IP, CF-Connecting-IP...): read as an
+    /// X-Forwarded-For of one address when the line has none.
+    ClientHeader,
     User,
     Time,
     Level,
@@ -41,6 +44,17 @@ fn slot_of(key: &str) -> Option<Slot> {
         | "forwarded_for"
         | "xff"
         | "x-forward-for" => Slot::ForwardedFor,
+        "http_x_real_ip"
+        | "x_real_ip"
+        | "x-real-ip"
+        | "real_ip"
+        | "realIp"
+        | "http_cf_connecting_ip"
+        | "cf_connecting_ip"
+        | "cf-connecting-ip"
+        | "http_true_client_ip"
+        | "true_client_ip"
+        | "true-client-ip" => Slot::ClientHeader,
         "user" | "username" | "user_name" | "userName" | "login" | "account" | "email" | "user_email"
         | "remote_user" => Slot::User,
         "ts" | "time" | "timestamp" | "@timestamp" | "datetime" | "time_iso8601" | "time_local" | "date"
@@ -67,12 +81,21 @@ struct Fields<'r, 'a> {
     request_seen: bool,
     /// Two client fields named different addresses (see [`Fields::set_client`]).
     clients_differ: bool,
+    /// `record.forwarded_for` came from a one-address client header, which an
+    /// X-Forwarded-For field replaces (as [`crate::parse::logformat::Var::ClientHeader`]).
+    forwarded_from_header: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
     /// Fills `record`, which must be empty (default).
     fn new(record: &'r mut Record<'a>) -> Self {
-        Fields { record, status_seen: false, request_seen: false, clients_differ: false }
+        Fields {
+            record,
+            status_seen: false,
+            request_seen: false,
+            clients_differ: false,
+            forwarded_from_header: false,
+        }
     }
 
     /// Fills the slot for `key`; the first value for a slot wins.
@@ -113,7 +136,12 @@ impl<'r, 'a> Fields<'r, 'a> {
         match slot {
             _ if empty => {}
             Slot::Client => self.set_client(&value),
-            Slot::ForwardedFor if r.forwarded_for.is_none() => r.forwarded_for = Some(value),
+            Slot::ForwardedFor if r.forwarded_for.is_none() || self.forwarded_from_header => {
+                (r.forwarded_for, self.forwarded_from_header) = (Some(value), false);
+            }
+            Slot::ClientHeader if r.forwarded_for.is_none() => {
+                (r.forwarded_for, self.forwarded_from_header) = (Some(value), true);
+            }
             Slot::User if r.user.is_none() => r.user = Some(value),
             Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
             Slot::Level if r.level.is_none() => r.level = Some(lowercase(value)),
@@ -786,6 +814,23 @@ mod tests {
         assert_eq!((r.status, r.path.as_deref()), (Some(404), Some("/x")));
         let n = parse_json(br#"{"remote_addr":"1.2.3.4","uri":"/x","status":500}"#).unwrap();
         assert_eq!((n.kind, n.status), (Some(RecordKind::Access), Some(500)));
+    }
+
+    /// A header naming the client is kept as a one-address X-Forwarded-For, and an
+    /// X-Forwarded-For field replaces it, before or after it.
+    #[test]
+    fn json_client_header_is_a_forwarded_claim_that_x_forwarded_for_replaces() {
+        let forwarded =
+            |json: &str| parse_json(json.as_bytes()).unwrap().forwarded_for.map(|f| f.into_owned());
+        let head = r#"{"remote_addr":"172.70.1.1","uri":"/x","status":404"#;
+        assert_eq!(
+            forwarded(&format!(r#"{head},"cf_connecting_ip":"198.51.100.7"}}"#)).as_deref(),
+            Some("198.51.100.7")
+        );
+        let xff = r#""x_forwarded_for":"203.0.113.9""#;
+        for (a, b) in [(r#""x_real_ip":"198.51.100.7""#, xff), (xff, r#""x_real_ip":"198.51.100.7""#)] {
+            assert_eq!(forwarded(&format!("{head},{a},{b}}}")).as_deref(), Some("203.0.113.9"));
+        }
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub enum Var {
     UserAgent,
     Referer,
     ForwardedFor,
+    /// A header naming the client alone (`$http_x_real_ip`, `$http_cf_connecting_ip`...),
+    /// or `$proxy_protocol_addr` beside `$remote_addr`: the client a proxy claims, read as
+    /// an X-Forwarded-For of one address when the format logs none (see [`LogFormat::compile`]).
+    ClientHeader,
+    /// `$realip_remote_addr`: the address that connected, where nginx's realip module
+    /// replaced `$remote_addr` with the client. The hop only when `$remote_addr` is not
+    /// logged (see [`LogFormat::compile`]).
+    RealipRemoteAddr,
+    /// `$proxy_protocol_addr`: the client a PROXY protocol header named. The address of
+    /// the line when `$remote_addr` is not logged, else a [`Var::ClientHeader`].
+    ProxyProtocolAddr,
     Host,
     Other,
 }
@@ -49,7 +60,9 @@ pub enum Var {
 impl Var {
     fn from_name(name: &str) -> Var {
         match name {
-            "remote_addr" | "proxy_protocol_addr" | "realip_remote_addr" => Var::RemoteAddr,
+            "remote_addr" => Var::RemoteAddr,
+            "realip_remote_addr" => Var::RealipRemoteAddr,
+            "proxy_protocol_addr" => Var::ProxyProtocolAddr,
             "remote_user" => Var::RemoteUser,
             "time_local" => Var::TimeLocal,
             "time_iso8601" => Var::TimeIso8601,
@@ -64,6 +77,9 @@ impl Var {
             "http_user_agent" => Var::UserAgent,
             "http_referer" => Var::Referer,
             "http_x_forwarded_for" | "proxy_add_x_forwarded_for" => Var::ForwardedFor,
+            "http_x_real_ip" | "http_cf_connecting_ip" | "http_true_client_ip" | "http_fastly_client_ip" => {
+                Var::ClientHeader
+            }
             "host" | "http_host" | "server_name" => Var::Host,
             _ => Var::Other,
         }
@@ -182,13 +198,14 @@ pub const INGRESS: &str = r#"$remote_addr - $remote_user [$time_local] "$request
 impl LogFormat {
     /// Compiles a `log_format` string (the concatenated quoted parts of its definition).
     pub fn compile(name: &str, definition: &str, escape: Escape) -> Result<LogFormat> {
-        let items = tokenize(definition);
         let err = |message: &str| Error::LogFormat { name: name.to_string(), message: message.to_string() };
-        if !items.iter().any(|i| matches!(i, Item::Var(Var::RemoteAddr))) {
+        let Some(items) = with_hop(tokenize(definition)) else {
             return Err(err(
-                "has no $remote_addr (or $proxy_protocol_addr): logwarden needs the client address",
+                "has no $remote_addr (or $realip_remote_addr, $proxy_protocol_addr): logwarden needs the \
+                 address that connected; a client header such as $http_x_real_ip is believed only from a \
+                 --trusted-proxy, so it cannot stand in for it",
             ));
-        }
+        };
         if !items.iter().any(|i| matches!(i, Item::Var(Var::Status))) {
             return Err(err("has no $status: logwarden needs the response status"));
         }
@@ -440,6 +457,29 @@ fn match_combined_head(line: &[u8]) -> Option<(CombinedHead<'_>, usize)> {
         head_item(line, &mut at, COMBINED_HEAD[6])?,
     ];
     Some((CombinedHead { values }, at))
+}
+
+/// `items` with one variable as the address that connected ([`Var::RemoteAddr`]):
+/// `$remote_addr`, else `$realip_remote_addr`, else `$proxy_protocol_addr`; `None` when
+/// none is logged. Behind the realip module `$remote_addr` is the client nginx believed
+/// and `$realip_remote_addr` the hop it believed it from, so with both logged the client
+/// is `$remote_addr` (the last one logged was taken before, and a format logging the hop
+/// second blocked the load balancer). A PROXY protocol address beside `$remote_addr` is
+/// the client the balancer claims, believed as X-Forwarded-For is.
+fn with_hop(mut items: Vec<Item>) -> Option<Vec<Item>> {
+    let logged = |var: Var| items.contains(&Item::Var(var));
+    let hop =
+        [Var::RemoteAddr, Var::RealipRemoteAddr, Var::ProxyProtocolAddr].into_iter().find(|&v| logged(v))?;
+    for item in &mut items {
+        let Item::Var(var) = item else { continue };
+        *var = match *var {
+            v if v == hop => Var::RemoteAddr,
+            Var::ProxyProtocolAddr => Var::ClientHeader,
+            Var::RealipRemoteAddr => Var::Other,
+            v => v,
+        };
+    }
+    Some(items)
 }
 
 /// A line that begins as `combined` and goes on, after a space, with fields of a

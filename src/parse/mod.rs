@@ -52,7 +52,8 @@ pub struct Record<'a> {
     pub time: Option<i64>,
     /// The address that connected (`$remote_addr`, `client:`, a JSON `client_ip`...).
     pub remote_addr: Option<IpAddr>,
-    /// The X-Forwarded-For header as logged, untrusted until the client resolver says so.
+    /// The X-Forwarded-For header as logged, or where none is, a header naming the client
+    /// alone (X-Real-IP, CF-Connecting-IP...): untrusted until the client resolver says so.
     pub forwarded_for: Option<Cow<'a, str>>,
     /// The account named by the line (`$remote_user`, basic-auth user, JSON `user`...).
     pub user: Option<Cow<'a, str>>,
