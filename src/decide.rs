@@ -80,6 +80,10 @@ pub struct ClientReport {
     /// `--trusted-proxy`), counted from its full record on.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub forwarded_lines: u64,
+    /// The search engine's crawler its user agents claim to be (see [`CRAWLERS`]), from
+    /// its full record on: a claim anyone can make, never checked here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_crawler: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -348,6 +352,9 @@ fn judge(
             None => verdict.reasons.push(note),
         }
     }
+    if let Some(note) = (over && spared.is_none()).then(|| crawler_note(&c)).flatten() {
+        verdict.reasons.push(note);
+    }
     Judged { key, stats: c, verdict, spared }
 }
 
@@ -363,6 +370,36 @@ fn forwarded_note(lines: u64) -> Option<String> {
              --trusted-proxy with its address or range to count the clients behind it (blocking it blocks them all)"
         )
     })
+}
+
+/// Search engines' crawlers a user agent may claim, each with the domains a real one's
+/// address resolves back to (the way each vendor documents to verify its crawler).
+const CRAWLERS: [(&str, &str); 5] = [
+    ("Googlebot", "googlebot.com, google.com or googleusercontent.com"),
+    ("bingbot", "search.msn.com"),
+    ("Applebot", "applebot.apple.com"),
+    ("YandexBot", "yandex.ru, yandex.net or yandex.com"),
+    ("Baiduspider", "baidu.com or baidu.jp"),
+];
+
+/// What a proposed client whose user agent names a search engine's crawler must be read
+/// with. A real crawler following the links a deploy broke gets 404s at a scanner's
+/// rate, and blocking it drops the site from the search index; but the header is the
+/// client's to write and scanners often claim to be Googlebot, so it is said, not
+/// decided (as [`forwarded_note`]).
+fn crawler_note(c: &crate::aggregate::ClientStats) -> Option<String> {
+    let (name, domains) = claimed_crawler(c)?;
+    Some(format!(
+        "its user agent claims to be {name}: a real one's address resolves back to {domains} (`host` of \
+         the address, then `host` of the name it gives); scanners claim it too, so check before blocking"
+    ))
+}
+
+/// The crawler of [`CRAWLERS`] (and the domains that verify it) that a user agent of `c`'s
+/// top list names.
+fn claimed_crawler(c: &crate::aggregate::ClientStats) -> Option<(&'static str, &'static str)> {
+    let claims = |name: &str| c.user_agents.values().any(|ua| ua.contains(name));
+    CRAWLERS.iter().copied().find(|(name, _)| claims(name))
 }
 
 /// What the thresholds say about one client or account.
@@ -492,6 +529,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
     let block = j.block();
     let Judged { key: ip, stats: c, verdict, spared } = j;
     let Verdict { reasons, window_4xx, window_auth_failures: window_auth, window_at_least, .. } = verdict;
+    let claims_crawler = claimed_crawler(&c).map(|(name, _)| name.to_string());
     ClientReport {
         ip,
         requests: c.requests,
@@ -514,6 +552,7 @@ fn client_report(j: Judged, rules: &RuleSet) -> ClientReport {
         samples: c.samples.into_vec(),
         folded_evidence: c.folded_evidence,
         forwarded_lines: c.forwarded_lines,
+        claims_crawler,
     }
 }
 

@@ -55,7 +55,7 @@ pub fn project(doc: &Value) -> Value {
         "lock_accounts": doc["lock_accounts"],
         "spared": doc["spared"],
         "ips": doc["ips"].as_array().unwrap().iter()
-            .map(|c| pick(c, &["ip", "requests", "status_4xx", "status_5xx", "auth_failures", "rules", "first_seen", "last_seen", "block", "forwarded_lines"]))
+            .map(|c| pick(c, &["ip", "requests", "status_4xx", "status_5xx", "auth_failures", "rules", "first_seen", "last_seen", "block", "forwarded_lines", "claims_crawler"]))
             .collect::<Vec<_>>(),
         "accounts": doc["accounts"].as_array().unwrap().iter()
             .map(|a| pick(a, &["user", "realm", "auth_failures", "ips", "lock"]))

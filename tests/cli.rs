@@ -366,3 +366,24 @@ fn emit_refuses_to_lock_another_realms_account_in_the_users_table() {
     let sql = std::fs::read_to_string(dir.path().join("allowed/account-lock.sql")).unwrap();
     assert!(sql.contains("('erin')"), "{sql}");
 }
+
+/// A proposal whose user agent claims a search engine's crawler says how to verify the
+/// claim; a client under every threshold is not given the advice, and neither is one with
+/// no claim.
+#[test]
+fn a_proposed_client_claiming_a_crawler_says_how_to_check_it() {
+    let doc = scan_json(&["fixtures/hostile/crawler.log"], None);
+    let reasons = |ip: &str| -> String {
+        let c = doc["ips"].as_array().unwrap().iter().find(|c| c["ip"] == ip).unwrap();
+        c["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    for ip in ["66.249.66.1", "203.0.113.44"] {
+        assert!(
+            reasons(ip).contains("claims to be Googlebot") && reasons(ip).contains("googlebot.com"),
+            "{ip}"
+        );
+    }
+    for ip in ["198.51.100.61", "40.77.167.1"] {
+        assert!(!reasons(ip).contains("claims to be"), "{ip}: {}", reasons(ip));
+    }
+}

@@ -157,6 +157,11 @@ impl TopK {
         all
     }
 
+    /// The values held (as stored), in no order.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(v, _)| v.as_str())
+    }
+
     /// How many distinct values are held.
     pub fn len(&self) -> usize {
         self.keys.len()
