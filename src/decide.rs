@@ -151,6 +151,12 @@ pub struct IncidentReport {
     pub slow_threshold_seconds: f64,
     pub top_slow_endpoints: Vec<(String, u64)>,
     pub top_5xx_endpoints: Vec<(String, u64)>,
+    /// Requests the client closed before the answer (nginx's 499): never evidence against
+    /// the client, and a sign of a slow upstream.
+    #[serde(default)]
+    pub status_499: u64,
+    #[serde(default)]
+    pub top_499_endpoints: Vec<(String, u64)>,
 }
 
 /// One minute of traffic.
@@ -623,6 +629,8 @@ fn incident_report(mut i: IncidentStats) -> IncidentReport {
         slow_threshold_seconds: crate::aggregate::SLOW_REQUEST_SECONDS,
         top_slow_endpoints: i.slow_paths.top(10),
         top_5xx_endpoints: i.paths_5xx.top(10),
+        status_499: i.closed_by_client,
+        top_499_endpoints: i.paths_closed.top(10),
     }
 }
 

@@ -176,10 +176,16 @@ fn is_evidence(seen: &Seen<'_, '_>) -> bool {
     !seen.hits.is_empty() || (r.kind == Some(RecordKind::Access) && r.status.is_some_and(is_4xx))
 }
 
-/// A 4xx answer: the status class counted as evidence against a client.
+/// A 4xx answer counted as evidence against a client. Not 499: that is nginx's note that
+/// the client closed the connection before the answer, which a slow or failing upstream
+/// makes every patient client do (an API poller got a 499 every few seconds of an outage,
+/// and crossed the 4xx threshold for it). It is counted in the incident instead.
 fn is_4xx(status: u16) -> bool {
-    (400..500).contains(&status)
+    (400..500).contains(&status) && status != CLOSED_BY_CLIENT
 }
+
+/// nginx's status for a request whose client closed the connection before the answer.
+pub const CLOSED_BY_CLIENT: u16 = 499;
 
 /// Where a line came from.
 #[derive(Clone, Copy, Debug)]
@@ -805,6 +811,10 @@ pub struct IncidentStats {
     pub slow_requests: u64,
     pub slow_paths: TopK,
     pub paths_5xx: TopK,
+    /// Requests the client closed before the answer ([`CLOSED_BY_CLIENT`]), and their
+    /// endpoints: where `$request_time` is not logged, what clients gave up waiting on.
+    pub closed_by_client: u64,
+    pub paths_closed: TopK,
 }
 
 impl Default for IncidentStats {
@@ -816,6 +826,8 @@ impl Default for IncidentStats {
             slow_requests: 0,
             slow_paths: TopK::new(256),
             paths_5xx: TopK::new(256),
+            closed_by_client: 0,
+            paths_closed: TopK::new(256),
         }
     }
 }
@@ -831,6 +843,9 @@ impl IncidentStats {
         }
         if status >= 500 {
             self.paths_5xx.add(path());
+        } else if status == CLOSED_BY_CLIENT {
+            self.closed_by_client += 1;
+            self.paths_closed.add(path());
         }
         if let Some(rt) = record.request_time {
             self.timed_requests += 1;
@@ -886,6 +901,8 @@ impl IncidentStats {
         self.slow_requests += o.slow_requests;
         self.slow_paths.merge(o.slow_paths);
         self.paths_5xx.merge(o.paths_5xx);
+        self.closed_by_client += o.closed_by_client;
+        self.paths_closed.merge(o.paths_closed);
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! sum by (remote_addr) (count_over_time({sel} | pattern `<remote_addr> - <_> [<_>] "<_>" <status> <_>`
-//!     | status=~"4.." [RANGE])) >= N
+//!     | status=~"4([0-8][0-9]|9[0-8])" [RANGE])) >= N
 //! ```
 //!
 //! Facts this shape rests on (Loki docs, LogQL metric queries and the HTTP API):
@@ -16,6 +16,8 @@
 //!   that crossed the threshold can be missed (more may be named; the exact check runs
 //!   locally on their raw lines). `slack` absorbs the gap between Loki's entry timestamp
 //!   and the time written in the line.
+//! - 499 (the client closed the connection) is left out, as the local count leaves it; a
+//!   label matcher's regex is fully anchored, so `4([0-8][0-9]|9[0-8])` is 400 to 498.
 //! - a numeric label filter (`status >= 400`) fails the whole query on a non-numeric value
 //!   (`-` in a malformed line); a regex match on the string does not.
 //! - `max_query_series` (default 500) refuses answers with more series, so the threshold
@@ -66,7 +68,7 @@ pub fn count_4xx(
     let range_s = window_s + step_s + slack_s;
     let logql = format!(
         "sum by (remote_addr) (count_over_time({} | pattern `<remote_addr> - <_> [<_>] \"<_>\" <status> <_>` \
-         | status=~\"4..\" [{range_s}s])) >= {threshold}",
+         | status=~\"4([0-8][0-9]|9[0-8])\" [{range_s}s])) >= {threshold}",
         selector.trim()
     );
     let step_ns = step_s * 1_000_000_000;
@@ -112,7 +114,8 @@ mod tests {
         assert_eq!(q.step_ns, 60_000_000_000);
         assert!(q.logql.contains("[720s]"), "{}", q.logql);
         assert!(q.logql.ends_with(">= 60"));
-        assert!(q.logql.contains("status=~\"4..\""));
+        // 499 is the client giving up, never evidence (see `aggregate::is_4xx`).
+        assert!(q.logql.contains("status=~\"4([0-8][0-9]|9[0-8])\""));
         assert_eq!(q.end_ns, 3_660_000_000_000);
     }
 

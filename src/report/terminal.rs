@@ -227,6 +227,14 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     if !i.top_5xx_endpoints.is_empty() {
         writeln!(out, "  top 5xx endpoints: {}", pairs(&i.top_5xx_endpoints, 5))?;
     }
+    if i.status_499 > 0 {
+        writeln!(
+            out,
+            "  {} closed by the client before the answer (499), most on: {}",
+            i.status_499,
+            pairs(&i.top_499_endpoints, 5)
+        )?;
+    }
     if i.timed_requests > 0 {
         writeln!(
             out,
