@@ -35,6 +35,7 @@ fn config(threads: usize) -> ScanConfig {
         bytes_read: Default::default(),
         limits: Default::default(),
         summary: Default::default(),
+        time_range: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn config() -> &'static ScanConfig {
         bytes_read: Default::default(),
         limits: crate::aggregate::bounded::Limits { clients: 8, light: 8, accounts: 8, ..Default::default() },
         summary: Default::default(),
+        time_range: None,
     })
 }
 

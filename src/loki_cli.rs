@@ -39,7 +39,7 @@ impl LocalRules {
         LocalRules { window_s, client_4xx, trusted_proxies }
     }
 }
-use logwarden::time::parse_duration;
+use logwarden::time::{TimeRange, parse_duration};
 
 #[derive(Args)]
 pub struct LokiArgs {
@@ -57,14 +57,15 @@ pub struct LokiArgs {
     /// time written in it; the count's range is widened by it so no client is missed.
     #[arg(long, default_value = "1m", help_heading = "Loki")]
     pushdown_slack: String,
-    /// Read the last DURATION (e.g. 15m, 1h; default 1h, as Loki's own default).
-    #[arg(long, value_name = "DURATION", conflicts_with = "from", help_heading = "Loki")]
+    /// Only the last DURATION (e.g. 15m, 1h): by each line's own time in files and stdin
+    /// (default: all), by Loki's time with --loki (default 1h, as Loki's own).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from", help_heading = "Time range")]
     since: Option<String>,
-    /// Window start: RFC 3339, Unix seconds or Unix nanoseconds.
-    #[arg(long, value_name = "TIME", requires = "loki", help_heading = "Loki")]
+    /// Only from this time: RFC 3339, Unix seconds or Unix nanoseconds.
+    #[arg(long, value_name = "TIME", help_heading = "Time range")]
     from: Option<String>,
-    /// Window end, exclusive (default: now).
-    #[arg(long, value_name = "TIME", requires = "loki", help_heading = "Loki")]
+    /// Only before this time (exclusive; default: now with --loki, else no end).
+    #[arg(long, value_name = "TIME", help_heading = "Time range")]
     to: Option<String>,
     /// Tenant (X-Scope-OrgID) of a multi-tenant Loki.
     #[arg(long, value_name = "ID", env = "LOGWARDEN_LOKI_TENANT", help_heading = "Loki")]
@@ -125,6 +126,24 @@ pub struct LokiArgs {
 enum DirectionArg {
     Forward,
     Backward,
+}
+
+/// Now, in Unix nanoseconds.
+fn now_ns() -> anyhow::Result<i64> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?;
+    i64::try_from(now.as_nanos()).context("the clock is past 2262")
+}
+
+/// A time option's value in Unix nanoseconds.
+fn time_arg(s: &str, opt: &str) -> anyhow::Result<i64> {
+    parse_time_ns(s).with_context(|| format!("{opt} {s:?}: expected RFC 3339, Unix seconds or nanoseconds"))
+}
+
+fn check_order(start: i64, end: i64) -> anyhow::Result<()> {
+    if start >= end {
+        bail!("the window is empty: --from (or --to minus --since) must be before --to");
+    }
+    Ok(())
 }
 
 impl LokiArgs {
@@ -198,24 +217,41 @@ impl LokiArgs {
 
     /// `[start, end)` in nanoseconds.
     fn window(&self) -> anyhow::Result<(i64, i64)> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?;
-        let now = i64::try_from(now.as_nanos()).context("the clock is past 2262")?;
-        let time = |s: &str, opt: &str| {
-            parse_time_ns(s)
-                .with_context(|| format!("{opt} {s:?}: expected RFC 3339, Unix seconds or nanoseconds"))
-        };
-        let end = self.to.as_deref().map(|t| time(t, "--to")).transpose()?.unwrap_or(now);
-        let start = match (&self.from, &self.since) {
-            (Some(f), _) => time(f, "--from")?,
-            (None, since) => {
-                let since = duration(since.as_deref().unwrap_or("1h"), "--since")?;
-                end.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
-            }
-        };
-        if start >= end {
-            bail!("the window is empty: --from must be before --to");
-        }
+        let end = self.end_ns()?.unwrap_or(now_ns()?);
+        let start = self.start_ns(end, "1h")?.expect("a default --since is given");
+        check_order(start, end)?;
         Ok((start, end))
+    }
+
+    /// The event times a scan of files or stdin counts: `None` without `--since`, `--from`
+    /// or `--to`. `--since` counts back from `--to`, else from now.
+    pub fn file_time_range(&self) -> anyhow::Result<Option<TimeRange>> {
+        let end_ns = self.end_ns()?;
+        let start_ns = match (&self.since, end_ns) {
+            (Some(_), None) => self.start_ns(now_ns()?, "")?,
+            _ => self.start_ns(end_ns.unwrap_or(i64::MAX), "")?,
+        };
+        if let (Some(start), Some(end)) = (start_ns, end_ns) {
+            check_order(start, end)?;
+        }
+        Ok((start_ns.is_some() || end_ns.is_some()).then_some(TimeRange { start_ns, end_ns }))
+    }
+
+    /// `--to`, in nanoseconds.
+    fn end_ns(&self) -> anyhow::Result<Option<i64>> {
+        self.to.as_deref().map(|t| time_arg(t, "--to")).transpose()
+    }
+
+    /// `--from`, else `--since` (or `default_since`, unless empty) back from `end`.
+    fn start_ns(&self, end: i64, default_since: &str) -> anyhow::Result<Option<i64>> {
+        if let Some(f) = &self.from {
+            return time_arg(f, "--from").map(Some);
+        }
+        let Some(since) = self.since.as_deref().or(Some(default_since).filter(|d| !d.is_empty())) else {
+            return Ok(None);
+        };
+        let since = duration(since, "--since")?;
+        Ok(Some(end.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))))
     }
 
     fn client(&self, url: &str) -> anyhow::Result<ClientConfig> {

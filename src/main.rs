@@ -323,6 +323,7 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         explain: false,
         bytes_read: Default::default(),
         summary: Default::default(),
+        time_range: None,
         limits: logwarden::aggregate::bounded::Limits::for_memory(
             usize::try_from(input.max_memory).unwrap_or(usize::MAX).saturating_mul(1 << 20),
         ),
@@ -417,6 +418,9 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         args.remedy.out.is_some().then(|| remedy_config(&args.remedy, args.block_private)).transpose()?;
     let local = loki_cli::LocalRules::new(&thresholds, &config.rules, !args.input.trusted_proxy.is_empty());
     let loki = args.loki.build(&args.input.paths, &local)?;
+    if loki.is_none() {
+        config.time_range = args.loki.file_time_range()?;
+    }
     if loki.is_some() && args.follow {
         bail!("--follow reads a live stream; with --loki, run on a schedule with --state instead");
     }

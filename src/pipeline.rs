@@ -40,6 +40,9 @@ pub struct ScanConfig {
     pub limits: crate::aggregate::bounded::Limits,
     /// The memory summary's sketch, shared by the workers.
     pub summary: crate::aggregate::bounded::Summary,
+    /// Only lines of these event times are counted (`--since`, `--from`, `--to` on files
+    /// and stdin); the others are read, counted as outside it, and go no further.
+    pub time_range: Option<crate::time::TimeRange>,
 }
 
 /// A line that matched a detection, as `logwarden match` prints it.
@@ -121,6 +124,7 @@ pub struct Worker {
     pub matches: Option<Vec<MatchLine>>,
     rules: Arc<RuleSet>,
     explain: bool,
+    time_range: Option<crate::time::TimeRange>,
     /// Reused for every line's rule hits.
     hits: Vec<Hit>,
     prefilter_memo: crate::detect::PrefilterMemo,
@@ -142,6 +146,7 @@ impl Worker {
             matches: None,
             rules: config.rules.clone(),
             explain: config.explain,
+            time_range: config.time_range,
             hits: Vec::new(),
             prefilter_memo: crate::detect::PrefilterMemo::new(),
         }
@@ -201,6 +206,9 @@ impl Worker {
             self.agg.unparsed(stats_source, at, raw, UnparsedReason::Unrecognized);
             return;
         };
+        if self.time_range.is_some_and(|r| !r.holds(record.time)) {
+            return self.agg.outside_time_range(stats_source, self.parser.format(format).name());
+        }
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         self.rules.detect_memo(text, &record, &mut self.prefilter_memo, &mut hits);
@@ -460,6 +468,7 @@ mod tests {
                 ..Default::default()
             },
             summary: Default::default(),
+            time_range: None,
         };
         let lines: String = (0..3000)
             .map(|i| {

@@ -199,8 +199,37 @@ pub fn parse_duration(s: &str) -> Option<i64> {
     n.checked_mul(unit).filter(|&v| v > 0)
 }
 
+/// The event times a scan of files or stdin counts (`--since`, `--from`, `--to`): from
+/// `start_ns` inclusive to `end_ns` exclusive, Unix nanoseconds, either end open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_ns: Option<i64>,
+    pub end_ns: Option<i64>,
+}
+
+impl TimeRange {
+    /// Whether a line of event time `time` (Unix seconds, as records hold it) is inside.
+    /// A line without a time is: it counts in every window, so it can only make a scan
+    /// more cautious.
+    pub fn holds(&self, time: Option<i64>) -> bool {
+        let Some(t) = time else { return true };
+        let ns = t.saturating_mul(1_000_000_000);
+        self.start_ns.is_none_or(|s| ns >= s) && self.end_ns.is_none_or(|e| ns < e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_time_range_holds_its_start_not_its_end_and_every_untimed_line() {
+        let r = TimeRange { start_ns: Some(100_000_000_000), end_ns: Some(200_000_000_000) };
+        assert!(r.holds(Some(100)) && r.holds(Some(199)) && r.holds(None));
+        assert!(!r.holds(Some(99)) && !r.holds(Some(200)));
+        let open = TimeRange { start_ns: None, end_ns: Some(0) };
+        assert!(open.holds(Some(-1)) && !open.holds(Some(i64::MAX)));
+    }
+
     use super::*;
 
     #[test]

@@ -387,3 +387,24 @@ fn a_proposed_client_claiming_a_crawler_says_how_to_check_it() {
         assert!(!reasons(ip).contains("claims to be"), "{ip}: {}", reasons(ip));
     }
 }
+
+/// `--since` on files counts back from now by each line's own time: the bundled incident
+/// (January 2024) is all read and none of it counted, and the report says so. It was
+/// once accepted and ignored, and the whole file was counted.
+#[test]
+fn since_on_files_counts_only_lines_of_that_last_stretch() {
+    let doc = scan_json(&["--since", "1h", "fixtures/incident/nginx-access.log"], None);
+    let stats = &doc["stats"];
+    assert_eq!(stats["outside_time_range"], stats["parsed"], "{stats}");
+    assert_eq!(doc["blocklist"], serde_json::json!([]));
+    let piped = std::fs::read("fixtures/incident/nginx-access.log").unwrap();
+    let doc = scan_json(&["--since", "2h", "--to", "2024-01-15T10:10:00Z"], Some(piped));
+    assert_eq!(doc["blocklist"], serde_json::json!(["192.0.2.66", "198.51.100.23"]));
+    let empty = logwarden()
+        .args(["scan", "--from", "2024-01-15T10:10:00Z", "--to", "2024-01-15T10:00:00Z"])
+        .arg("fixtures/incident/nginx-access.log")
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("window is empty"));
+}

@@ -60,6 +60,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
         bytes_read: Default::default(),
         limits: Default::default(),
         summary: Default::default(),
+        time_range: None,
     }
 }
 

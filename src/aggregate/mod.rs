@@ -308,6 +308,10 @@ pub struct SourceStats {
     pub formats: BTreeMap<String, u64>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Scan-wide counts: every line is accounted for.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Stats {
@@ -323,8 +327,12 @@ pub struct Stats {
     pub untimed: u64,
     /// Detections on records with no client address.
     pub unattributed_detections: u64,
-    /// The latest event time seen (Unix seconds).
+    /// The latest event time seen (Unix seconds), of the lines counted.
     pub last_event_time: Option<i64>,
+    /// Parsed lines whose event time is outside `--since`/`--from`/`--to`: read, and in
+    /// no count but this one and `lines`, `parsed` and their source's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outside_time_range: u64,
     pub sources: BTreeMap<String, SourceStats>,
     /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
     #[serde(default)]
@@ -342,8 +350,24 @@ impl Stats {
     /// The notes both reports print about how the scan read its input, each with its
     /// heading, in order: the terminal and `report.md` say the same.
     pub fn reading_notes(&self) -> Vec<(&'static str, String)> {
-        let notes = [("Unattributed", self.unattributed_note()), ("Extra fields", self.extra_fields_note())];
+        let notes = [
+            ("Time range", self.time_range_note()),
+            ("Unattributed", self.unattributed_note()),
+            ("Extra fields", self.extra_fields_note()),
+        ];
         notes.into_iter().filter_map(|(heading, note)| note.map(|n| (heading, n))).collect()
+    }
+
+    /// What the reports say of lines left out by `--since`, `--from` or `--to`: a scan of
+    /// a week of rotated logs for the last hour must not read as one of a quiet week.
+    fn time_range_note(&self) -> Option<String> {
+        let n = self.outside_time_range;
+        (n > 0).then(|| {
+            format!(
+                "{n} parsed line(s) had an event time outside --since/--from/--to and were not counted; lines \
+                 without a time were"
+            )
+        })
     }
 
     /// What the reports say of lines read as `combined` with more fields after it
@@ -1071,11 +1095,23 @@ impl Aggregator {
         }
     }
 
+    /// Counts a parsed line whose event time is outside the scan's time range (see
+    /// [`crate::pipeline::ScanConfig::time_range`]): read, and in no aggregate.
+    pub fn outside_time_range(&mut self, source: &str, format: &str) {
+        self.stats.outside_time_range += 1;
+        self.count_parsed_line(source, format);
+    }
+
     fn count_parsed(&mut self, source: &str, format: &str, time: Option<i64>) {
-        self.stats.lines += 1;
-        self.stats.parsed += 1;
         self.stats.untimed += u64::from(time.is_none());
         self.stats.last_event_time = self.stats.last_event_time.max(time);
+        self.count_parsed_line(source, format);
+    }
+
+    /// Counts a parsed line in `lines`, `parsed` and its source's run.
+    fn count_parsed_line(&mut self, source: &str, format: &str) {
+        self.stats.lines += 1;
+        self.stats.parsed += 1;
         let same = |a: &str, b: &str| crate::parse::same_bytes(a.as_bytes(), b.as_bytes());
         if let Some(run) = self.runs.iter_mut().find(|r| same(&r.format, format) && same(&r.source, source)) {
             run.lines += 1;
@@ -1468,6 +1504,7 @@ impl Aggregator {
         s.unfinished_partial_lines += o.unfinished_partial_lines;
         s.untimed += o.untimed;
         s.unattributed_detections += o.unattributed_detections;
+        s.outside_time_range += o.outside_time_range;
         s.last_event_time = s.last_event_time.max(o.last_event_time);
         for (name, src) in o.sources {
             let mine = s.sources.entry(name).or_default();
