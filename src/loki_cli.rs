@@ -55,7 +55,7 @@ pub struct LokiArgs {
     pushdown_queries: Vec<String>,
     /// With --pushdown-query: the largest gap between Loki's timestamp of a line and the
     /// time written in it; the count's range is widened by it so no client is missed.
-    #[arg(long, default_value = "1m", help_heading = "Loki")]
+    #[arg(long, requires = "pushdown_queries", default_value = "1m", help_heading = "Loki")]
     pushdown_slack: String,
     /// Only the last DURATION (e.g. 15m, 1h): by each line's own time in files and stdin
     /// (default: all), by Loki's time with --loki (default 1h, as Loki's own).
@@ -71,46 +71,52 @@ pub struct LokiArgs {
     #[arg(long, value_name = "ID", env = "LOGWARDEN_LOKI_TENANT", help_heading = "Loki")]
     loki_tenant: Option<String>,
     /// Send the token in this file as `Authorization: Bearer`.
-    #[arg(long, value_name = "FILE", conflicts_with = "loki_user", help_heading = "Loki")]
+    #[arg(long, requires = "loki", value_name = "FILE", conflicts_with = "loki_user", help_heading = "Loki")]
     loki_token_file: Option<PathBuf>,
     /// Basic-auth user (password from --loki-password-file).
-    #[arg(long, value_name = "USER", requires = "loki_password_file", help_heading = "Loki")]
+    #[arg(
+        long,
+        requires = "loki",
+        value_name = "USER",
+        requires = "loki_password_file",
+        help_heading = "Loki"
+    )]
     loki_user: Option<String>,
     /// The basic-auth password, read from this file (one line; a password is never an
     /// argument, which `ps` would show).
     #[arg(long, value_name = "FILE", requires = "loki_user", help_heading = "Loki")]
     loki_password_file: Option<PathBuf>,
     /// Also trust the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE", help_heading = "Loki")]
+    #[arg(long, requires = "loki", value_name = "FILE", help_heading = "Loki")]
     loki_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires = "loki_key", help_heading = "Loki")]
+    #[arg(long, requires = "loki", value_name = "FILE", requires = "loki_key", help_heading = "Loki")]
     loki_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
     #[arg(long, value_name = "FILE", requires = "loki_cert", help_heading = "Loki")]
     loki_key: Option<PathBuf>,
     /// Entries per request.
-    #[arg(long, default_value_t = 1000, help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value_t = 1000, help_heading = "Loki")]
     loki_page_size: usize,
     /// The server's max_entries_limit_per_query (Loki's default 5000): the largest page
     /// it answers, used to read a nanosecond shared by many entries.
-    #[arg(long, default_value_t = 5000, help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value_t = 5000, help_heading = "Loki")]
     loki_max_entries: usize,
     /// The order pages are read in (Loki's `direction`). Either way every entry of the
     /// window is read once; backward reads the newest first.
-    #[arg(long, value_enum, default_value = "forward", help_heading = "Loki")]
+    #[arg(long, requires = "loki", value_enum, default_value = "forward", help_heading = "Loki")]
     loki_direction: DirectionArg,
     /// Attempts per request for 429, 5xx and network failures.
-    #[arg(long, default_value_t = 5, help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value_t = 5, help_heading = "Loki")]
     loki_attempts: u32,
     /// First retry delay (doubles per retry, with jitter, up to 30s).
-    #[arg(long, default_value = "1s", help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value = "1s", help_heading = "Loki")]
     loki_backoff: String,
     /// Timeout of one request.
-    #[arg(long, default_value = "60s", help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value = "60s", help_heading = "Loki")]
     loki_request_timeout: String,
     /// Timeout of the whole read.
-    #[arg(long, default_value = "30m", help_heading = "Loki")]
+    #[arg(long, requires = "loki", default_value = "30m", help_heading = "Loki")]
     loki_timeout: String,
     /// Scheduled runs: continue each query where the last complete run ended, and record
     /// where this one ends (written atomically, only when the run succeeded).
@@ -118,7 +124,7 @@ pub struct LokiArgs {
     pub state: Option<PathBuf>,
     /// With --state: read again this far before the last end, for lines that reach Loki
     /// late; what was counted before is recognised and skipped.
-    #[arg(long, default_value = "5m", help_heading = "Loki")]
+    #[arg(long, requires = "state", default_value = "5m", help_heading = "Loki")]
     state_overlap: String,
 }
 

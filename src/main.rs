@@ -95,55 +95,55 @@ struct RemedyArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Which ConfigMap holds the blocklist.
-    #[arg(long, value_enum, default_value = "runbook")]
+    #[arg(long, requires = "out", value_enum, default_value = "runbook")]
     preset: Preset,
     /// Namespace of the ConfigMap (and deployment).
-    #[arg(long, default_value = "default")]
+    #[arg(long, requires = "out", default_value = "default")]
     namespace: String,
     /// ConfigMap name (overrides the preset).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     configmap: Option<String>,
     /// ConfigMap key holding the comma-separated list (overrides the preset).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     configmap_key: Option<String>,
     /// Deployment to restart after patching (overrides the preset).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     deployment: Option<String>,
     /// Do not restart anything after patching.
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     no_restart: bool,
     /// The live ConfigMap, as `kubectl get configmap NAME -o json` prints it (`-`: stdin).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, requires = "out", value_name = "FILE")]
     current: Option<PathBuf>,
     /// Without --current, write a patch that replaces the value anyway.
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     replace: bool,
     /// Merge neighbouring entries into CIDRs (never broader than the bounds below).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     collapse: bool,
     /// Broadest IPv4 range --collapse may write.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+    #[arg(long, requires = "out", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
     collapse_max_v4: u8,
     /// Broadest IPv6 range --collapse may write.
-    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(16..=128))]
+    #[arg(long, requires = "out", default_value_t = 48, value_parser = clap::value_parser!(u8).range(16..=128))]
     collapse_max_v6: u8,
     /// Table of accounts (schema-qualified allowed).
-    #[arg(long, default_value = "users")]
+    #[arg(long, requires = "out", default_value = "users")]
     users_table: String,
     /// Column holding the account name.
-    #[arg(long, default_value = "username")]
+    #[arg(long, requires = "out", default_value = "username")]
     user_column: String,
     /// Boolean column that locks the account.
-    #[arg(long, default_value = "account_locked")]
+    #[arg(long, requires = "out", default_value = "account_locked")]
     lock_column: String,
     /// Table where the lock records what it changed (created if missing).
-    #[arg(long, default_value = "logwarden_account_locks")]
+    #[arg(long, requires = "out", default_value = "logwarden_account_locks")]
     lock_record_table: String,
     /// Also insert an `account_takeover` row per locked account into --events-table.
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     record_events: bool,
     /// Table for --record-events (columns event_type, username, details).
-    #[arg(long, default_value = "security_events")]
+    #[arg(long, requires = "out", default_value = "security_events")]
     events_table: String,
 }
 

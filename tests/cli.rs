@@ -62,6 +62,13 @@ fn bad_options_are_errors_that_say_what_to_write() {
         (&["scan", "--format", "apache"][..], "unknown format"),
         (&["scan", "--log-format", "$request $status"][..], "remote_addr"),
         (&["scan", "--threads", "0"][..], "--threads"),
+        // Options that shape only the review bundle or a Loki read were once accepted and
+        // ignored without it: a patch asked for and never written.
+        (&["scan", "--preset", "ingress-nginx"][..], "--out"),
+        (&["scan", "--current", "configmap.json"][..], "--out"),
+        (&["scan", "--collapse"][..], "--out"),
+        (&["scan", "--loki-page-size", "10"][..], "--loki"),
+        (&["scan", "--pushdown-slack", "2m"][..], "--loki"),
     ] {
         let out = logwarden().args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
