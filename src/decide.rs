@@ -157,6 +157,25 @@ pub struct IncidentReport {
     pub status_499: u64,
     #[serde(default)]
     pub top_499_endpoints: Vec<(String, u64)>,
+    /// Lines with a failed-login detection, the clients and accounts (of any realm) they
+    /// came from and named, and the minute with the most: a botnet that stays under every
+    /// per-client and per-account threshold shows here. Clients and accounts are those
+    /// the bounded tables held (`stats.memory_summary` says when some were folded).
+    #[serde(default)]
+    pub failed_logins: u64,
+    #[serde(default)]
+    pub failed_login_clients: u64,
+    #[serde(default)]
+    pub failed_login_accounts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busiest_failed_login_minute: Option<FailedLoginMinute>,
+}
+
+/// The minute with the most failed logins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedLoginMinute {
+    pub minute: String,
+    pub failed_logins: u64,
 }
 
 /// One minute of traffic.
@@ -203,6 +222,16 @@ pub struct ScanReport {
     pub loki: Vec<crate::loki::QueryCoverage>,
 }
 
+/// How many clients (full records and compact entries) and accounts of any realm held a
+/// failed login.
+fn failing_clients_and_accounts(agg: &Aggregator) -> (u64, u64) {
+    let records = agg.clients.values().filter(|c| c.auth_failures > 0).count();
+    let light = agg.light.values().filter(|l| l.events().iter().any(|e| e.rule().is_some())).count();
+    let accounts =
+        agg.accounts.values().flat_map(|users| users.values()).filter(|a| a.auth_failures > 0).count();
+    ((records + light) as u64, accounts as u64)
+}
+
 /// The least evidence on which any client threshold can fire.
 fn lowest_client_threshold(t: &Thresholds, rules: &RuleSet) -> u64 {
     let rule_thresholds = rules.rules().iter().filter_map(|r| r.threshold.map(u64::from));
@@ -222,6 +251,7 @@ pub fn decide(
     // judged only when a threshold is that low. The rest (most clients: they never sent any
     // evidence) can cross no threshold; only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
+    let failing = failing_clients_and_accounts(&agg);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     let mut judged: Vec<Judged> = agg
@@ -267,7 +297,7 @@ pub fn decide(
         blocklist,
         lock_accounts,
         spared,
-        incident: incident_report(agg.incident),
+        incident: incident_report(agg.incident, failing),
         rules: rules
             .rules()
             .iter()
@@ -605,7 +635,13 @@ fn account_report(
     }
 }
 
-fn incident_report(mut i: IncidentStats) -> IncidentReport {
+fn incident_report(
+    mut i: IncidentStats,
+    (failed_login_clients, failed_login_accounts): (u64, u64),
+) -> IncidentReport {
+    let busiest = i.failed_login_minutes.iter().max_by_key(|(m, n)| (**n, std::cmp::Reverse(**m)));
+    let busiest_failed_login_minute =
+        busiest.map(|(m, n)| FailedLoginMinute { minute: format_rfc3339(m * 60), failed_logins: *n });
     let mut minutes: Vec<_> = i.take_minutes().into_iter().collect();
     minutes.sort_unstable();
     let requests = minutes.iter().map(|m| m.1.0).sum();
@@ -631,6 +667,10 @@ fn incident_report(mut i: IncidentStats) -> IncidentReport {
         top_5xx_endpoints: i.paths_5xx.top(10),
         status_499: i.closed_by_client,
         top_499_endpoints: i.paths_closed.top(10),
+        failed_logins: i.failed_logins,
+        failed_login_clients,
+        failed_login_accounts,
+        busiest_failed_login_minute,
     }
 }
 

@@ -839,6 +839,11 @@ pub struct IncidentStats {
     /// endpoints: where `$request_time` is not logged, what clients gave up waiting on.
     pub closed_by_client: u64,
     pub paths_closed: TopK,
+    /// Lines with a failed-login detection, and per minute (Unix seconds / 60) those that
+    /// had a time: a credential-stuffing botnet below every per-client and per-account
+    /// threshold still shows as a rise here.
+    pub failed_logins: u64,
+    pub failed_login_minutes: HashMap<i64, u64>,
 }
 
 impl Default for IncidentStats {
@@ -852,6 +857,8 @@ impl Default for IncidentStats {
             paths_5xx: TopK::new(256),
             closed_by_client: 0,
             paths_closed: TopK::new(256),
+            failed_logins: 0,
+            failed_login_minutes: HashMap::default(),
         }
     }
 }
@@ -877,6 +884,14 @@ impl IncidentStats {
                 self.slow_requests += 1;
                 self.slow_paths.add(path());
             }
+        }
+    }
+
+    /// Counts a line with a failed-login detection at `time`.
+    fn failed_login(&mut self, time: Option<i64>) {
+        self.failed_logins += 1;
+        if let Some(t) = time {
+            *self.failed_login_minutes.entry(t.div_euclid(60)).or_default() += 1;
         }
     }
 
@@ -913,6 +928,7 @@ impl IncidentStats {
     fn retain_from(&mut self, minute: i64) {
         self.flush();
         self.minutes.retain(|m, _| *m >= minute);
+        self.failed_login_minutes.retain(|m, _| *m >= minute);
     }
 
     fn merge(&mut self, mut o: IncidentStats) {
@@ -927,6 +943,10 @@ impl IncidentStats {
         self.paths_5xx.merge(o.paths_5xx);
         self.closed_by_client += o.closed_by_client;
         self.paths_closed.merge(o.paths_closed);
+        self.failed_logins += o.failed_logins;
+        for (minute, n) in o.failed_login_minutes {
+            *self.failed_login_minutes.entry(minute).or_default() += n;
+        }
     }
 }
 
@@ -1083,6 +1103,9 @@ impl Aggregator {
         let key = remote.map(|ip| policy.key(policy.resolve(ip, record.forwarded_for.as_deref())));
         if record.kind == Some(RecordKind::Access) {
             self.incident.observe(record);
+        }
+        if seen.hits.iter().any(|h| rules.rule(h.rule).auth_failure) {
+            self.incident.failed_login(record.time);
         }
         let (user, counting) = failed_account(seen, rules);
         match key {

@@ -209,12 +209,14 @@ fn write_watchlist(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize
 
 fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result<()> {
     let i = &r.incident;
-    if i.requests == 0 {
+    if i.requests == 0 && i.failed_logins == 0 {
         return Ok(());
     }
     writeln!(out, "\n{}", p.head("Incident"))?;
-    let pct = i.status_5xx as f64 * 100.0 / i.requests as f64;
-    writeln!(out, "  {} requests, {} answered 5xx ({pct:.1}%)", i.requests, i.status_5xx)?;
+    if i.requests > 0 {
+        let pct = i.status_5xx as f64 * 100.0 / i.requests as f64;
+        writeln!(out, "  {} requests, {} answered 5xx ({pct:.1}%)", i.requests, i.status_5xx)?;
+    }
     if let (Some(first), Some(last)) = (i.minutes_over_5pct_5xx.first(), i.minutes_over_5pct_5xx.last()) {
         writeln!(
             out,
@@ -226,6 +228,17 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     }
     if !i.top_5xx_endpoints.is_empty() {
         writeln!(out, "  top 5xx endpoints: {}", pairs(&i.top_5xx_endpoints, 5))?;
+    }
+    if i.failed_logins > 0 {
+        let busiest = i.busiest_failed_login_minute.as_ref();
+        let peak = busiest
+            .map(|b| format!("; busiest minute {} ({})", b.minute, b.failed_logins))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {} failed logins from {} client(s) against {} account(s){peak}",
+            i.failed_logins, i.failed_login_clients, i.failed_login_accounts
+        )?;
     }
     if i.status_499 > 0 {
         writeln!(
