@@ -169,6 +169,19 @@ pub struct IncidentReport {
     pub failed_login_accounts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busiest_failed_login_minute: Option<FailedLoginMinute>,
+    /// The networks (IPv4 /24, IPv6 /48) of two or more clients with failed logins, most
+    /// failed logins first (at most five): where a botnet keeps every address under the
+    /// threshold, its addresses often share a few networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_login_networks: Vec<NetworkCount>,
+}
+
+/// Failed logins from the clients of one network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkCount {
+    pub network: String,
+    pub clients: u64,
+    pub failed_logins: u64,
 }
 
 /// The minute with the most failed logins.
@@ -222,14 +235,50 @@ pub struct ScanReport {
     pub loki: Vec<crate::loki::QueryCoverage>,
 }
 
+/// Who the failed logins came from and named, as the bounded tables held them.
+struct Failing {
+    clients: u64,
+    accounts: u64,
+    networks: Vec<NetworkCount>,
+}
+
 /// How many clients (full records and compact entries) and accounts of any realm held a
-/// failed login.
-fn failing_clients_and_accounts(agg: &Aggregator) -> (u64, u64) {
-    let records = agg.clients.values().filter(|c| c.auth_failures > 0).count();
-    let light = agg.light.values().filter(|l| l.events().iter().any(|e| e.rule().is_some())).count();
+/// failed login, and the networks with the most.
+fn failing_clients_and_accounts(agg: &Aggregator) -> Failing {
+    let records = agg.clients.iter().map(|(k, c)| (*k, c.auth_failures));
+    let light =
+        agg.light.iter().map(|(k, l)| (*k, l.events().iter().filter(|e| e.rule().is_some()).count() as u64));
+    let failing: Vec<(ClientKey, u64)> = records.chain(light).filter(|(_, n)| *n > 0).collect();
     let accounts =
         agg.accounts.values().flat_map(|users| users.values()).filter(|a| a.auth_failures > 0).count();
-    ((records + light) as u64, accounts as u64)
+    Failing { clients: failing.len() as u64, accounts: accounts as u64, networks: busiest_networks(&failing) }
+}
+
+/// Networks a block of addresses is usually handed out in, for [`NetworkCount`].
+const NETWORK_V4: u8 = 24;
+const NETWORK_V6: u8 = 48;
+
+/// The networks of two or more of `clients` (each with its failed logins), most failed
+/// logins first, then in address order; at most five.
+fn busiest_networks(clients: &[(ClientKey, u64)]) -> Vec<NetworkCount> {
+    let mut by_net: std::collections::BTreeMap<ipnet::IpNet, (u64, u64)> = Default::default();
+    for (key, n) in clients {
+        let prefix = if key.0.addr().is_ipv4() { NETWORK_V4 } else { NETWORK_V6 };
+        let net =
+            ipnet::IpNet::new(key.0.addr(), prefix.min(key.0.prefix_len())).expect("a valid prefix").trunc();
+        let entry = by_net.entry(net).or_default();
+        (entry.0, entry.1) = (entry.0 + 1, entry.1 + n);
+    }
+    let mut nets: Vec<_> = by_net.into_iter().filter(|(_, (clients, _))| *clients >= 2).collect();
+    nets.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+    nets.truncate(5);
+    nets.into_iter()
+        .map(|(net, (clients, failed_logins))| NetworkCount {
+            network: net.to_string(),
+            clients,
+            failed_logins,
+        })
+        .collect()
 }
 
 /// The least evidence on which any client threshold can fire.
@@ -635,10 +684,7 @@ fn account_report(
     }
 }
 
-fn incident_report(
-    mut i: IncidentStats,
-    (failed_login_clients, failed_login_accounts): (u64, u64),
-) -> IncidentReport {
+fn incident_report(mut i: IncidentStats, failing: Failing) -> IncidentReport {
     let busiest = i.failed_login_minutes.iter().max_by_key(|(m, n)| (**n, std::cmp::Reverse(**m)));
     let busiest_failed_login_minute =
         busiest.map(|(m, n)| FailedLoginMinute { minute: format_rfc3339(m * 60), failed_logins: *n });
@@ -668,9 +714,10 @@ fn incident_report(
         status_499: i.closed_by_client,
         top_499_endpoints: i.paths_closed.top(10),
         failed_logins: i.failed_logins,
-        failed_login_clients,
-        failed_login_accounts,
+        failed_login_clients: failing.clients,
+        failed_login_accounts: failing.accounts,
         busiest_failed_login_minute,
+        failed_login_networks: failing.networks,
     }
 }
 

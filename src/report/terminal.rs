@@ -239,6 +239,14 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
             "  {} failed logins from {} client(s) against {} account(s){peak}",
             i.failed_logins, i.failed_login_clients, i.failed_login_accounts
         )?;
+        if !i.failed_login_networks.is_empty() {
+            let nets: Vec<String> = i
+                .failed_login_networks
+                .iter()
+                .map(|n| format!("{} ({} clients, {})", n.network, n.clients, n.failed_logins))
+                .collect();
+            writeln!(out, "  failed logins most from: {}", nets.join(", "))?;
+        }
     }
     if i.status_499 > 0 {
         writeln!(
