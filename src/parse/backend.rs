@@ -29,6 +29,8 @@ enum Slot {
     Status,
     Method,
     Path,
+    /// A query string logged apart from the path (nginx's `$args`).
+    Query,
     Request,
     UserAgent,
     RequestTime,
@@ -66,6 +68,8 @@ fn slot_of(key: &str) -> Option<Slot> {
         "method" | "request_method" | "http_method" => Slot::Method,
         "request_uri" | "uri" | "path" | "url" | "request_path" => Slot::Path,
         "request" => Slot::Request,
+        // Not a bare `query`: applications log their database queries under it.
+        "args" | "query_string" | "request_query" | "querystring" => Slot::Query,
         "http_user_agent" | "user_agent" | "userAgent" | "ua" | "agent" => Slot::UserAgent,
         "request_time" => Slot::RequestTime,
         _ => return None,
@@ -84,6 +88,11 @@ struct Fields<'r, 'a> {
     /// `record.forwarded_for` came from a one-address client header, which an
     /// X-Forwarded-For field replaces (as [`crate::parse::logformat::Var::ClientHeader`]).
     forwarded_from_header: bool,
+    /// A query string logged apart from the path (`"path": "$uri", "args": "$args"`),
+    /// joined to a path field when the line ends (a whole request holds its own).
+    query: Option<Cow<'a, str>>,
+    /// `record.path` came from a path field, not from a whole request.
+    path_field: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
@@ -95,6 +104,8 @@ impl<'r, 'a> Fields<'r, 'a> {
             request_seen: false,
             clients_differ: false,
             forwarded_from_header: false,
+            query: None,
+            path_field: false,
         }
     }
 
@@ -154,8 +165,9 @@ impl<'r, 'a> Fields<'r, 'a> {
             Slot::Method if r.method.is_none() => r.method = Some(value),
             Slot::Path if r.path.is_none() => {
                 r.path = Some(value);
-                self.request_seen = true;
+                (self.request_seen, self.path_field) = (true, true);
             }
+            Slot::Query if self.query.is_none() => self.query = Some(value),
             Slot::Request => self.set_request(value),
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
@@ -182,11 +194,14 @@ impl<'r, 'a> Fields<'r, 'a> {
         let Ok((method, path)) = super::split_text(request, super::request_words) else { return };
         self.record.method.get_or_insert(method);
         self.record.path = Some(path);
-        self.request_seen = true;
+        (self.request_seen, self.path_field) = (true, false);
     }
 
     /// Decides the record's kind: an access record has a status, a request and a client.
     fn finish(self) -> RecordKind {
+        if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
+            self.record.path = Some(format!("{path}?{query}").into());
+        }
         let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
         let kind = if access { RecordKind::Access } else { RecordKind::Backend };
         self.record.kind = Some(kind);
@@ -831,6 +846,22 @@ mod tests {
         for (a, b) in [(r#""x_real_ip":"198.51.100.7""#, xff), (xff, r#""x_real_ip":"198.51.100.7""#)] {
             assert_eq!(forwarded(&format!("{head},{a},{b}}}")).as_deref(), Some("203.0.113.9"));
         }
+    }
+
+    /// A query logged apart from the path (`"path": "$uri", "args": "$args"`) is joined to
+    /// it, in either order; a whole request holds its own query, and wins.
+    #[test]
+    fn a_query_logged_apart_is_joined_to_its_path() {
+        let path = |json: &str| parse_json(json.as_bytes()).unwrap().path.map(|p| p.into_owned());
+        let head = r#"{"remote_addr":"203.0.113.9","status":200"#;
+        for pairs in [r#""path":"/p","args":"id=1""#, r#""request_query":"id=1","path":"/p""#] {
+            assert_eq!(path(&format!("{head},{pairs}}}")).as_deref(), Some("/p?id=1"));
+        }
+        assert_eq!(path(&format!(r#"{head},"path":"/p","args":""}}"#)).as_deref(), Some("/p"));
+        let request = format!(r#"{head},"args":"x=1","request":"GET /r?id=2 HTTP/1.1"}}"#);
+        assert_eq!(path(&request).as_deref(), Some("/r?id=2"));
+        let app = r#"{"level":"info","path":"/api/users","query":"SELECT * FROM users WHERE id = $1"}"#;
+        assert_eq!(path(app).as_deref(), Some("/api/users"));
     }
 
     #[test]
