@@ -50,7 +50,7 @@ pub fn project(doc: &Value) -> Value {
     };
     let stats = &doc["stats"];
     json!({
-        "stats": pick(stats, &["lines", "parsed", "unparsed", "unparsed_by_reason", "oversized", "unfinished_partial_lines", "untimed", "outside_time_range", "sources"]),
+        "stats": pick(stats, &["lines", "parsed", "unparsed", "unparsed_by_reason", "oversized", "unfinished_partial_lines", "untimed", "outside_time_range", "access_without_client", "unattributed_detections", "sources"]),
         "blocklist": doc["blocklist"],
         "lock_accounts": doc["lock_accounts"],
         "spared": doc["spared"],

@@ -333,6 +333,10 @@ pub struct Stats {
     /// no count but this one and `lines`, `parsed` and their source's.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub outside_time_range: u64,
+    /// JSON or logfmt lines shaped as access records whose client field held no usable
+    /// address (see [`Record::client_unreadable`]): read as application lines.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub access_without_client: u64,
     pub sources: BTreeMap<String, SourceStats>,
     /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
     #[serde(default)]
@@ -353,6 +357,7 @@ impl Stats {
         let notes = [
             ("Time range", self.time_range_note()),
             ("Unattributed", self.unattributed_note()),
+            ("No client address", self.access_without_client_note()),
             ("Extra fields", self.extra_fields_note()),
         ];
         notes.into_iter().filter_map(|(heading, note)| note.map(|n| (heading, n))).collect()
@@ -366,6 +371,21 @@ impl Stats {
             format!(
                 "{n} parsed line(s) had an event time outside --since/--from/--to and were not counted; lines \
                  without a time were"
+            )
+        })
+    }
+
+    /// What the reports say of access-shaped JSON or logfmt lines with an unusable client
+    /// field: a format that logs `"remote_addr": "$proxy_protocol_addr"` without PROXY
+    /// protocol writes `""` on every line, and a scan of a scanner's probes must not read
+    /// as a quiet scan.
+    fn access_without_client_note(&self) -> Option<String> {
+        let n = self.access_without_client;
+        (n > 0).then(|| {
+            format!(
+                "{n} line(s) had a status and a request but a client field with no usable address (empty, such \
+                 as $proxy_protocol_addr without PROXY protocol, not an address, or two fields naming two), so \
+                 they were read as application lines and counted for no client"
             )
         })
     }
@@ -1104,6 +1124,7 @@ impl Aggregator {
         if record.kind == Some(RecordKind::Access) {
             self.incident.observe(record);
         }
+        self.stats.access_without_client += u64::from(record.client_unreadable);
         if seen.hits.iter().any(|h| rules.rule(h.rule).auth_failure) {
             self.incident.failed_login(record.time);
         }
@@ -1528,6 +1549,7 @@ impl Aggregator {
         s.untimed += o.untimed;
         s.unattributed_detections += o.unattributed_detections;
         s.outside_time_range += o.outside_time_range;
+        s.access_without_client += o.access_without_client;
         s.last_event_time = s.last_event_time.max(o.last_event_time);
         for (name, src) in o.sources {
             let mine = s.sources.entry(name).or_default();

@@ -93,6 +93,9 @@ struct Fields<'r, 'a> {
     query: Option<Cow<'a, str>>,
     /// `record.path` came from a path field, not from a whole request.
     path_field: bool,
+    /// A client field was logged without a usable address (see
+    /// [`Record::client_unreadable`]).
+    client_field_unusable: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
@@ -106,6 +109,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             forwarded_from_header: false,
             query: None,
             path_field: false,
+            client_field_unusable: false,
         }
     }
 
@@ -145,6 +149,7 @@ impl<'r, 'a> Fields<'r, 'a> {
         let r = &mut *self.record;
         let empty = value.is_empty() || value == "-";
         match slot {
+            Slot::Client if empty => self.client_field_unusable = true,
             _ if empty => {}
             Slot::Client => self.set_client(&value),
             Slot::ForwardedFor if r.forwarded_for.is_none() || self.forwarded_from_header => {
@@ -180,7 +185,10 @@ impl<'r, 'a> Fields<'r, 'a> {
     /// name of `x ip=198.51.100.9` holds two `ip=` pairs, and the first one is the
     /// attacker's: taking either would let the line's author choose who is blocked.
     fn set_client(&mut self, value: &str) {
-        let Some(ip) = parse_ip(value.as_bytes()) else { return };
+        let Some(ip) = parse_ip(value.as_bytes()) else {
+            self.client_field_unusable = true;
+            return;
+        };
         let r = &mut *self.record;
         match r.remote_addr {
             _ if self.clients_differ => {}
@@ -202,7 +210,10 @@ impl<'r, 'a> Fields<'r, 'a> {
         if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
             self.record.path = Some(format!("{path}?{query}").into());
         }
-        let access = self.status_seen && self.request_seen && self.record.remote_addr.is_some();
+        let shaped = self.status_seen && self.request_seen;
+        let access = shaped && self.record.remote_addr.is_some();
+        self.record.client_unreadable =
+            shaped && !access && (self.client_field_unusable || self.clients_differ);
         let kind = if access { RecordKind::Access } else { RecordKind::Backend };
         self.record.kind = Some(kind);
         kind
@@ -862,6 +873,25 @@ mod tests {
         assert_eq!(path(&request).as_deref(), Some("/r?id=2"));
         let app = r#"{"level":"info","path":"/api/users","query":"SELECT * FROM users WHERE id = $1"}"#;
         assert_eq!(path(app).as_deref(), Some("/api/users"));
+    }
+
+    /// An access-shaped line whose client field holds no usable address says so; a line
+    /// with no client field at all (an application's own request log) does not.
+    #[test]
+    fn an_access_shaped_line_with_an_unusable_client_field_is_marked() {
+        let unreadable = |json: &str| parse_json(json.as_bytes()).unwrap().client_unreadable;
+        let request = r#""status":404,"path":"/.env""#;
+        for client in [
+            r#""remote_addr":"""#,
+            r#""remote_addr":"-""#,
+            r#""client_ip":"x""#,
+            r#""ip":"1.2.3.4","client_ip":"5.6.7.8""#,
+        ] {
+            assert!(unreadable(&format!("{{{client},{request}}}")), "{client}");
+        }
+        assert!(!unreadable(&format!("{{{request}}}")));
+        assert!(!unreadable(&format!(r#"{{"remote_addr":"1.2.3.4",{request}}}"#)));
+        assert!(!unreadable(r#"{"remote_addr":"","msg":"no request here"}"#));
     }
 
     #[test]

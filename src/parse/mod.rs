@@ -71,6 +71,10 @@ pub struct Record<'a> {
     /// Log level, lower-cased.
     pub level: Option<Cow<'a, str>>,
     pub error_event: Option<ErrorLogEvent>,
+    /// A JSON or logfmt line shaped as an access record (a status and a request) whose
+    /// client field held no usable address (empty, not an address, or two fields naming
+    /// two): read as an application line, so the report must say no client was counted.
+    pub client_unreadable: bool,
 }
 
 /// The formats logwarden reads.
