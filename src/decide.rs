@@ -480,6 +480,12 @@ fn crawler_note(c: &crate::aggregate::ClientStats) -> Option<String> {
     ))
 }
 
+/// The notes a proposal of `c` is read with ([`forwarded_note`], [`crawler_note`]), for
+/// a live announcement; [`judge`] adds the same to a scan's proposals.
+pub(crate) fn proposal_notes(c: &crate::aggregate::ClientStats) -> impl Iterator<Item = String> {
+    forwarded_note(c.forwarded_lines).into_iter().chain(crawler_note(c))
+}
+
 /// The crawler of [`CRAWLERS`] (and the domains that verify it) that a user agent of `c`'s
 /// top list names.
 fn claimed_crawler(c: &crate::aggregate::ClientStats) -> Option<(&'static str, &'static str)> {

@@ -132,10 +132,11 @@ impl Announcer {
             if self.clients.contains(key) {
                 continue;
             }
-            let v = client_verdict(c, t, rules);
+            let mut v = client_verdict(c, t, rules);
             if v.reasons.is_empty() || opts.spare.spare_reason(key).is_some() {
                 continue;
             }
+            v.reasons.extend(crate::decide::proposal_notes(c));
             self.clients.insert(*key);
             new.push(announcement("block", key.to_string(), c.last_seen, v));
         }

@@ -83,6 +83,25 @@ fn announces_a_block_once_while_the_stream_is_open_and_summarises_on_sigterm() {
     drop(stdin);
 }
 
+/// A live announcement is read with the same notes as the scan's proposal: here, that
+/// the client's user agent claims to be Googlebot and how to verify it.
+#[test]
+fn an_announcement_carries_the_notes_of_a_proposal() {
+    let mut child = spawn(&["--output", "ndjson"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    let log = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/hostile/crawler.log"))
+        .unwrap();
+    stdin.write_all(log.as_bytes()).unwrap();
+    drop(stdin);
+    let lines: Vec<serde_json::Value> = rx.iter().map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let google =
+        lines.iter().find(|l| l["type"] == "proposal" && l["subject"] == "66.249.66.1").expect("announced");
+    let reasons = google["reasons"].to_string();
+    assert!(reasons.contains("claims to be Googlebot"), "{reasons}");
+}
+
 #[test]
 fn end_of_input_ends_with_the_summary() {
     let mut child = spawn(&["--output", "ndjson"]);
