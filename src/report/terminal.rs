@@ -229,25 +229,7 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     if !i.top_5xx_endpoints.is_empty() {
         writeln!(out, "  top 5xx endpoints: {}", pairs(&i.top_5xx_endpoints, 5))?;
     }
-    if i.failed_logins > 0 {
-        let busiest = i.busiest_failed_login_minute.as_ref();
-        let peak = busiest
-            .map(|b| format!("; busiest minute {} ({})", b.minute, b.failed_logins))
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "  {} failed logins from {} client(s) against {} account(s){peak}",
-            i.failed_logins, i.failed_login_clients, i.failed_login_accounts
-        )?;
-        if !i.failed_login_networks.is_empty() {
-            let nets: Vec<String> = i
-                .failed_login_networks
-                .iter()
-                .map(|n| format!("{} ({} clients, {})", n.network, n.clients, n.failed_logins))
-                .collect();
-            writeln!(out, "  failed logins most from: {}", nets.join(", "))?;
-        }
-    }
+    write_failed_logins(out, i)?;
     if i.status_499 > 0 {
         writeln!(
             out,
@@ -267,6 +249,31 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
         }
     }
     Ok(())
+}
+
+/// The incident's failed logins, whoever crossed a threshold: a botnet that kept every
+/// address and account under them shows only here.
+fn write_failed_logins(out: &mut impl Write, i: &crate::decide::IncidentReport) -> io::Result<()> {
+    if i.failed_logins == 0 {
+        return Ok(());
+    }
+    let busiest = i.busiest_failed_login_minute.as_ref();
+    let peak =
+        busiest.map(|b| format!("; busiest minute {} ({})", b.minute, b.failed_logins)).unwrap_or_default();
+    writeln!(
+        out,
+        "  {} failed logins from {} client(s) against {} account(s){peak}",
+        i.failed_logins, i.failed_login_clients, i.failed_login_accounts
+    )?;
+    if i.failed_login_networks.is_empty() {
+        return Ok(());
+    }
+    let nets: Vec<String> = i
+        .failed_login_networks
+        .iter()
+        .map(|n| format!("{} ({} clients, {})", n.network, n.clients, n.failed_logins))
+        .collect();
+    writeln!(out, "  failed logins most from: {}", nets.join(", "))
 }
 
 fn write_unparsed(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Result<()> {
