@@ -74,20 +74,16 @@ pub struct ClientReport {
     pub samples: Vec<Sample>,
     /// Evidence this client had before it was folded into the memory summary and came
     /// back (an upper bound): its exact counts may miss up to this many events.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::aggregate::is_zero")]
     pub folded_evidence: u64,
     /// Lines of its that carried an X-Forwarded-For address not believed (it is not a
     /// `--trusted-proxy`), counted from its full record on.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::aggregate::is_zero")]
     pub forwarded_lines: u64,
     /// The search engine's crawler its user agents claim to be (see [`CRAWLERS`]), from
     /// its full record on: a claim anyone can make, never checked here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims_crawler: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl ClientReport {
@@ -120,7 +116,7 @@ pub struct AccountReport {
     pub samples: Vec<Sample>,
     /// Failed logins this account had before it was folded into the memory summary and
     /// came back (an upper bound): its exact counts may miss up to this many.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::aggregate::is_zero")]
     pub folded_evidence: u64,
 }
 

@@ -308,7 +308,8 @@ pub struct SourceStats {
     pub formats: BTreeMap<String, u64>,
 }
 
-fn is_zero(n: &u64) -> bool {
+/// For `skip_serializing_if`: a count of zero is left out of the document.
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

@@ -51,7 +51,8 @@ pub enum Var {
     /// logged (see [`LogFormat::compile`]).
     RealipRemoteAddr,
     /// `$proxy_protocol_addr`: the client a PROXY protocol header named. The address of
-    /// the line when `$remote_addr` is not logged, else a [`Var::ClientHeader`].
+    /// the line when neither `$remote_addr` nor `$realip_remote_addr` is logged, else a
+    /// [`Var::ClientHeader`].
     ProxyProtocolAddr,
     Host,
     Other,
