@@ -224,7 +224,7 @@ impl LokiArgs {
     /// `[start, end)` in nanoseconds.
     fn window(&self) -> anyhow::Result<(i64, i64)> {
         let end = self.end_ns()?.unwrap_or(now_ns()?);
-        let start = self.start_ns(end, "1h")?.expect("a default --since is given");
+        let start = self.start_ns(end, Some("1h"))?.expect("a default --since is given");
         check_order(start, end)?;
         Ok((start, end))
     }
@@ -234,8 +234,8 @@ impl LokiArgs {
     pub fn file_time_range(&self) -> anyhow::Result<Option<TimeRange>> {
         let end_ns = self.end_ns()?;
         let start_ns = match (&self.since, end_ns) {
-            (Some(_), None) => self.start_ns(now_ns()?, "")?,
-            _ => self.start_ns(end_ns.unwrap_or(i64::MAX), "")?,
+            (Some(_), None) => self.start_ns(now_ns()?, None)?,
+            _ => self.start_ns(end_ns.unwrap_or(i64::MAX), None)?,
         };
         if let (Some(start), Some(end)) = (start_ns, end_ns) {
             check_order(start, end)?;
@@ -248,14 +248,12 @@ impl LokiArgs {
         self.to.as_deref().map(|t| time_arg(t, "--to")).transpose()
     }
 
-    /// `--from`, else `--since` (or `default_since`, unless empty) back from `end`.
-    fn start_ns(&self, end: i64, default_since: &str) -> anyhow::Result<Option<i64>> {
+    /// `--from`, else `--since` (or `default_since`) back from `end`.
+    fn start_ns(&self, end: i64, default_since: Option<&str>) -> anyhow::Result<Option<i64>> {
         if let Some(f) = &self.from {
             return time_arg(f, "--from").map(Some);
         }
-        let Some(since) = self.since.as_deref().or(Some(default_since).filter(|d| !d.is_empty())) else {
-            return Ok(None);
-        };
+        let Some(since) = self.since.as_deref().or(default_since) else { return Ok(None) };
         let since = duration(since, "--since")?;
         Ok(Some(end.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))))
     }
