@@ -170,6 +170,21 @@ pub struct IncidentReport {
     /// threshold, its addresses often share a few networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_login_networks: Vec<NetworkCount>,
+    /// The clients that sent the most requests (at most five), whatever they were
+    /// answered: a flood answered 503 by `limit_req` or by a failing upstream counts
+    /// against no client, and the reader must still see who sent it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busiest_clients: Vec<BusyClient>,
+}
+
+/// A client among those that sent the most requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BusyClient {
+    pub ip: ClientKey,
+    pub requests: u64,
+    /// Its share of the requests of every client, rounded to 0.001.
+    pub share: f64,
+    pub status_5xx: u64,
 }
 
 /// Failed logins from the clients of one network.
@@ -250,6 +265,39 @@ fn failing_clients_and_accounts(agg: &Aggregator) -> Failing {
     Failing { clients: failing.len() as u64, accounts: accounts as u64, networks: busiest_networks(&failing) }
 }
 
+/// How many clients [`IncidentReport::busiest_clients`] names.
+const BUSIEST_CLIENTS: usize = 5;
+
+/// The clients (full records and compact entries) that sent the most requests, most
+/// first, then in address order. A heap of the few kept so far, not a list of every
+/// client: a scan may hold hundreds of thousands.
+fn busiest_clients(agg: &Aggregator) -> Vec<BusyClient> {
+    use std::cmp::Reverse;
+    let records = agg.clients.iter().map(|(k, c)| (*k, c.requests, c.status_5xx));
+    let five_xx = |l: &Light| l.statuses().filter(|(s, _)| *s >= 500).map(|(_, n)| n).sum::<u64>();
+    let light = agg.light.iter().map(|(k, l)| (*k, l.requests, five_xx(l)));
+    let (mut total, mut top) = (0u64, std::collections::BinaryHeap::new());
+    for (key, requests, status_5xx) in records.chain(light) {
+        total += requests;
+        top.push(Reverse((requests, Reverse(key), status_5xx)));
+        if top.len() > BUSIEST_CLIENTS {
+            top.pop();
+        }
+    }
+    let share = |n: u64| (n as f64 / total.max(1) as f64 * 1000.0).round() / 1000.0;
+    let mut busiest: Vec<_> = top.into_iter().map(|Reverse(entry)| entry).filter(|e| e.0 > 0).collect();
+    busiest.sort_by(|a, b| b.cmp(a));
+    busiest
+        .into_iter()
+        .map(|(requests, Reverse(ip), status_5xx)| BusyClient {
+            ip,
+            requests,
+            share: share(requests),
+            status_5xx,
+        })
+        .collect()
+}
+
 /// Networks a block of addresses is usually handed out in, for [`NetworkCount`].
 const NETWORK_V4: u8 = 24;
 const NETWORK_V6: u8 = 48;
@@ -297,6 +345,7 @@ pub fn decide(
     // evidence) can cross no threshold; only the few the report lists get a full record.
     let lowest = lowest_client_threshold(thresholds, rules);
     let failing = failing_clients_and_accounts(&agg);
+    let busiest = busiest_clients(&agg);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     let mut judged: Vec<Judged> = agg
@@ -342,7 +391,7 @@ pub fn decide(
         blocklist,
         lock_accounts,
         spared,
-        incident: incident_report(agg.incident, failing),
+        incident: incident_report(agg.incident, failing, busiest),
         rules: rules
             .rules()
             .iter()
@@ -686,7 +735,11 @@ fn account_report(
     }
 }
 
-fn incident_report(mut i: IncidentStats, failing: Failing) -> IncidentReport {
+fn incident_report(
+    mut i: IncidentStats,
+    failing: Failing,
+    busiest_clients: Vec<BusyClient>,
+) -> IncidentReport {
     let busiest = i.failed_login_minutes.iter().max_by_key(|(m, n)| (**n, std::cmp::Reverse(**m)));
     let busiest_failed_login_minute =
         busiest.map(|(m, n)| FailedLoginMinute { minute: format_rfc3339(m * 60), failed_logins: *n });
@@ -720,6 +773,7 @@ fn incident_report(mut i: IncidentStats, failing: Failing) -> IncidentReport {
         failed_login_accounts: failing.accounts,
         busiest_failed_login_minute,
         failed_login_networks: failing.networks,
+        busiest_clients,
     }
 }
 

@@ -229,6 +229,7 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
     if !i.top_5xx_endpoints.is_empty() {
         writeln!(out, "  top 5xx endpoints: {}", pairs(&i.top_5xx_endpoints, 5))?;
     }
+    write_busiest_clients(out, i)?;
     write_failed_logins(out, i)?;
     if i.status_499 > 0 {
         writeln!(
@@ -249,6 +250,19 @@ fn write_incident(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io::Resu
         }
     }
     Ok(())
+}
+
+/// Who sent the most requests, whatever they were answered: a flood answered 503 counts
+/// against no client, and this is where it shows.
+fn write_busiest_clients(out: &mut impl Write, i: &crate::decide::IncidentReport) -> io::Result<()> {
+    if i.busiest_clients.is_empty() {
+        return Ok(());
+    }
+    let show = |c: &crate::decide::BusyClient| {
+        format!("{} ({} requests, {:.1}%, {} 5xx)", c.ip, c.requests, c.share * 100.0, c.status_5xx)
+    };
+    let top: Vec<String> = i.busiest_clients.iter().take(3).map(show).collect();
+    writeln!(out, "  busiest clients: {}", top.join(", "))
 }
 
 /// The incident's failed logins, whoever crossed a threshold: a botnet that kept every
