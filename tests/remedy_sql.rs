@@ -129,6 +129,11 @@ fn lock_and_unlock_against_real_postgres() {
     got.sort();
     assert_eq!(got, expected, "exactly the proposed accounts are locked, plus the one locked before");
     assert!(printed.contains("alice"), "the lock prints what it changed: {printed}");
+    let not_found = printed.split("not_found").nth(1).unwrap_or_default();
+    assert!(
+        not_found.contains("not-in-table") && !not_found.contains("alice"),
+        "and what it found no row for: {printed}"
+    );
     assert!(!Path::new(PWNED).exists(), "a name ran a shell command");
     assert_eq!(
         pg.sql("SELECT count(*) FROM users WHERE username LIKE 'bystander%' AND account_locked"),
