@@ -483,14 +483,16 @@ fn judge(
     let mut verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
     let over = !verdict.reasons.is_empty();
     let mut spared = over.then(|| spare.spare_reason(&key)).flatten();
-    if let Some(note) = over.then(|| forwarded_note(c.forwarded_lines)).flatten() {
-        match &mut spared {
-            Some(why) => *why = format!("{why}; {note}"),
-            None => verdict.reasons.push(note),
+    // A spared client is told only that it may be a proxy of yours; a proposal is read
+    // with every note a live announcement carries.
+    match &mut spared {
+        Some(why) => {
+            if let Some(note) = forwarded_note(c.forwarded_lines) {
+                *why = format!("{why}; {note}");
+            }
         }
-    }
-    if let Some(note) = (over && spared.is_none()).then(|| crawler_note(&c)).flatten() {
-        verdict.reasons.push(note);
+        None if over => verdict.reasons.extend(proposal_notes(&c)),
+        None => {}
     }
     Judged { key, stats: c, verdict, spared }
 }
@@ -532,8 +534,8 @@ fn crawler_note(c: &crate::aggregate::ClientStats) -> Option<String> {
     ))
 }
 
-/// The notes a proposal of `c` is read with ([`forwarded_note`], [`crawler_note`]), for
-/// a live announcement; [`judge`] adds the same to a scan's proposals.
+/// The notes a proposal of `c` is read with ([`forwarded_note`], [`crawler_note`]), in a
+/// scan's document ([`judge`]) and in a live announcement alike.
 pub(crate) fn proposal_notes(c: &crate::aggregate::ClientStats) -> impl Iterator<Item = String> {
     forwarded_note(c.forwarded_lines).into_iter().chain(crawler_note(c))
 }
