@@ -36,6 +36,7 @@ fn config(threads: usize) -> ScanConfig {
         limits: Default::default(),
         summary: Default::default(),
         time_range: None,
+        account_case: Default::default(),
     }
 }
 

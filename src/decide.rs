@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::bounded::Light;
-use crate::aggregate::{Aggregator, ClientStats, IncidentStats, Sample, Stats};
+use crate::aggregate::{AccountCase, Aggregator, ClientStats, IncidentStats, Sample, Stats};
 use crate::client::{ClientKey, SparePolicy};
 use crate::detect::{APP_REALM, AggregateKind, RuleSet};
 use crate::time::format_rfc3339;
@@ -93,10 +93,20 @@ impl ClientReport {
     }
 }
 
+/// What a scan document without `account_case` was counted with.
+fn names_as_logged() -> AccountCase {
+    AccountCase::Sensitive
+}
+
 /// One account in the scan document.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AccountReport {
+    /// The name failed logins were counted under: lower-cased when
+    /// [`ScanReport::account_case`] is insensitive.
     pub user: String,
+    /// How lines spelled it, most first, when any spelled it otherwise than `user`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spellings: Vec<(String, u64)>,
     /// `app` (the application's accounts) or `nginx-basic-auth` (htpasswd users).
     pub realm: String,
     pub auth_failures: u64,
@@ -228,6 +238,10 @@ pub struct ScanReport {
     /// the busiest window's failed logins and 4xx, then by requests).
     pub ips_omitted: usize,
     pub accounts: Vec<AccountReport>,
+    /// How account names were told apart, and so how `account-lock.sql` finds them. A
+    /// document from before this field counted names as logged.
+    #[serde(default = "names_as_logged")]
+    pub account_case: AccountCase,
     pub blocklist: Vec<String>,
     pub lock_accounts: Vec<String>,
     pub spared: Vec<Spared>,
@@ -395,6 +409,7 @@ pub fn decide(
         ips,
         ips_omitted,
         accounts,
+        account_case: agg.account_case,
         blocklist,
         lock_accounts,
         spared,
@@ -727,6 +742,7 @@ fn account_report(
         reasons.push(not_locked_note(realm));
     }
     AccountReport {
+        spellings: a.spelled(),
         user,
         realm: realm.to_string(),
         auth_failures: a.auth_failures,

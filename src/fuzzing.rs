@@ -44,6 +44,7 @@ fn config() -> &'static ScanConfig {
         limits: crate::aggregate::bounded::Limits { clients: 8, light: 8, accounts: 8, ..Default::default() },
         summary: Default::default(),
         time_range: None,
+        account_case: Default::default(),
     })
 }
 
@@ -86,8 +87,13 @@ pub fn scan(data: &[u8]) {
 /// The bundle's report.md and SQL for `report`: no log line may add an HTML tag to the
 /// Markdown, and the SQL scripts hold no control character but newlines.
 fn bundle_texts(report: &crate::decide::ScanReport) {
-    let scripts = crate::remedy::sql::lock_scripts(&Default::default(), "lw-fuzz", &report.lock_accounts)
-        .expect("default target");
+    let scripts = crate::remedy::sql::lock_scripts(
+        &Default::default(),
+        "lw-fuzz",
+        &report.lock_accounts,
+        report.account_case,
+    )
+    .expect("default target");
     for script in [&scripts.lock, &scripts.unlock] {
         assert!(!script.chars().any(|c| c.is_control() && c != '\n'), "a control character in the SQL");
     }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use logwarden::aggregate::AccountCase;
 use logwarden::client::{ClientPolicy, Ranges, SparePolicy};
 use logwarden::decide::{ScanReport, Thresholds, decide};
 use logwarden::detect::RuleSet;
@@ -213,6 +214,10 @@ struct ScanArgs {
     /// Failed logins against one account within the window that propose a lock.
     #[arg(long, default_value_t = Thresholds::default().account_auth_failures)]
     max_account_failures: u64,
+    /// Whether `Admin` and `admin` are one account (insensitive: counted together, and
+    /// locked by `lower(name)`) or two (sensitive: as logged). Match your application's login.
+    #[arg(long, value_enum, default_value = "insensitive")]
+    account_case: AccountCaseArg,
     /// Never propose blocking these (repeatable CIDR).
     #[arg(long, value_name = "CIDR")]
     allow: Vec<IpNet>,
@@ -242,6 +247,21 @@ struct ScanArgs {
     remedy: RemedyArgs,
     #[command(flatten)]
     loki: loki_cli::LokiArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccountCaseArg {
+    Insensitive,
+    Sensitive,
+}
+
+impl From<AccountCaseArg> for AccountCase {
+    fn from(arg: AccountCaseArg) -> AccountCase {
+        match arg {
+            AccountCaseArg::Insensitive => AccountCase::Insensitive,
+            AccountCaseArg::Sensitive => AccountCase::Sensitive,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -324,6 +344,7 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
         bytes_read: Default::default(),
         summary: Default::default(),
         time_range: None,
+        account_case: Default::default(),
         limits: logwarden::aggregate::bounded::Limits::for_memory(
             usize::try_from(input.max_memory).unwrap_or(usize::MAX).saturating_mul(1 << 20),
         ),
@@ -408,6 +429,7 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     };
     let spare = spare_policy(&args)?;
     let mut config = scan_config(&args.input)?;
+    config.account_case = args.account_case.into();
     // A compact entry's events are 4xx answers and failed logins, so the lower bar caps them.
     config.limits = config.limits.below_threshold(thresholds.client_4xx.min(thresholds.client_auth_failures));
     let reads_stdin = args.input.paths.is_empty() || args.input.paths.iter().any(|p| p.as_os_str() == "-");

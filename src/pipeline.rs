@@ -43,6 +43,8 @@ pub struct ScanConfig {
     /// Only lines of these event times are counted (`--since`, `--from`, `--to` on files
     /// and stdin); the others are read, counted as outside it, and go no further.
     pub time_range: Option<crate::time::TimeRange>,
+    /// How account names are told apart (`--account-case`).
+    pub account_case: crate::aggregate::AccountCase,
 }
 
 /// A line that matched a detection, as `logwarden match` prints it.
@@ -141,6 +143,7 @@ impl Worker {
             agg: Aggregator {
                 limits: config.limits.share(config.threads),
                 summary: config.summary.sharing(),
+                account_case: config.account_case,
                 ..Aggregator::default()
             },
             matches: None,
@@ -381,7 +384,11 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
             // Sharing the workers' sketch: an empty aggregator with its own would copy
             // theirs into a new 8 MiB one at the first merge.
             .reduce(
-                || Aggregator { summary: config.summary.sharing(), ..Aggregator::default() },
+                || Aggregator {
+                    summary: config.summary.sharing(),
+                    account_case: config.account_case,
+                    ..Aggregator::default()
+                },
                 |mut a, b| {
                     a.merge(b);
                     a
@@ -469,6 +476,7 @@ mod tests {
             },
             summary: Default::default(),
             time_range: None,
+            account_case: Default::default(),
         };
         let lines: String = (0..3000)
             .map(|i| {

@@ -58,7 +58,7 @@ pub fn project(doc: &Value) -> Value {
             .map(|c| pick(c, &["ip", "requests", "status_4xx", "status_5xx", "auth_failures", "rules", "first_seen", "last_seen", "block", "forwarded_lines", "claims_crawler"]))
             .collect::<Vec<_>>(),
         "accounts": doc["accounts"].as_array().unwrap().iter()
-            .map(|a| pick(a, &["user", "realm", "auth_failures", "ips", "lock"]))
+            .map(|a| pick(a, &["user", "spellings", "realm", "auth_failures", "ips", "lock"]))
             .collect::<Vec<_>>(),
         "incident": pick(&doc["incident"], &["requests", "status_5xx", "timed_requests", "slow_requests", "top_5xx_endpoints", "status_499", "top_499_endpoints", "failed_logins", "failed_login_clients", "failed_login_accounts", "busiest_failed_login_minute", "failed_login_networks", "busiest_clients"]),
     })

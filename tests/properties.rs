@@ -61,6 +61,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
         limits: Default::default(),
         summary: Default::default(),
         time_range: None,
+        account_case: Default::default(),
     }
 }
 

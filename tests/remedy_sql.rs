@@ -205,3 +205,37 @@ fn record_events_and_custom_names() {
     ok(pg.run_file(&work.path().join("bundle/account-unlock.sql")), "unlock");
     assert_eq!(pg.sql("SELECT count(*) FROM app.\"Accounts\" WHERE disabled"), "0\n");
 }
+
+/// A brute force spread over a name's spellings. Counted as one account (the default
+/// `--account-case insensitive`), the lock finds the row however the table spells the
+/// name (`Admin` for `admin`, `ADMIN`), and a non-ASCII name as logged (`ÅSA`) even
+/// though this cluster's C locale lower-cases ASCII alone. With `sensitive`, only a name
+/// the table spells exactly as logged is locked.
+#[test]
+fn every_spelling_of_an_account_finds_its_row() {
+    let names: Vec<String> = ["admin", "ADMIN", "ÅSA"].map(String::from).to_vec();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE users (username text PRIMARY KEY, account_locked boolean NOT NULL DEFAULT false);
+         INSERT INTO users VALUES ('Admin', false), ('ÅSA', false), ('admin2', false), ('bystander', false);",
+    );
+    let locked = || pg.sql("SELECT username FROM users WHERE account_locked ORDER BY username");
+    let work = tempfile::tempdir().unwrap();
+    bundle(work.path(), &attack_log(&names), &[]);
+    let lock = work.path().join("bundle/account-lock.sql");
+    let printed = ok(pg.run_file(&lock), "lock ignoring case");
+    assert_eq!(locked(), "Admin\nÅSA\n", "{printed}");
+    let not_found = printed.split("not_found").nth(1).unwrap_or_default();
+    assert!(
+        !not_found.contains("admin") && !not_found.contains("ÅSA"),
+        "found every proposed name: {printed}"
+    );
+    ok(pg.run_file(&work.path().join("bundle/account-unlock.sql")), "unlock");
+    assert_eq!(locked(), "");
+
+    let exact = tempfile::tempdir().unwrap();
+    bundle(exact.path(), &attack_log(&names), &["--account-case", "sensitive"]);
+    let printed = ok(pg.run_file(&exact.path().join("bundle/account-lock.sql")), "lock as logged");
+    assert_eq!(locked(), "ÅSA\n", "{printed}");
+    assert!(printed.split("not_found").nth(1).unwrap_or_default().contains("ADMIN"), "{printed}");
+}

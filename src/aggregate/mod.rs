@@ -137,6 +137,31 @@ fn names_account(user: &&str) -> bool {
     user.bytes().any(|b| b != b'-')
 }
 
+/// How account names read from log lines are told apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountCase {
+    /// `Admin`, `ADMIN` and `admin` are one account, as most applications' logins and
+    /// every e-mail address treat them. Counted apart, an attacker who spreads guesses
+    /// over a name's spellings stays under the per-account threshold with each.
+    #[default]
+    Insensitive,
+    /// Names are compared as logged (an application whose `Bob` and `bob` are two people).
+    Sensitive,
+}
+
+impl AccountCase {
+    /// The name `user` is counted under: itself, or (case-insensitive) lower-cased. Only
+    /// lines with a failed login get here, so the allocation of a mixed-case name is rare.
+    pub fn key<'u>(self, user: &'u str) -> std::borrow::Cow<'u, str> {
+        let has_upper = |u: &str| u.chars().any(char::is_uppercase);
+        match self {
+            AccountCase::Insensitive if has_upper(user) => user.to_lowercase().into(),
+            _ => user.into(),
+        }
+    }
+}
+
 /// The account a line names, and the realm a failed login against it counts in (one per
 /// line): the record's own user field, else a rule's capture. The realm is that of the
 /// rule that captured the name when it counts accounts (its pattern read the name, and
@@ -738,6 +763,28 @@ pub struct AccountStats {
     /// Its [`account_hash`], the sketch's key, taken once for the same reason: a fold
     /// hashed every folded name again.
     hash: u64,
+    /// How the name was logged, with counts, once a line spelled it otherwise than the
+    /// name it is counted under (see [`AccountCase`]); `None` while every line spelled it
+    /// so, which is most accounts: a list for each would weigh on a spray of names.
+    pub spellings: Option<Box<TopK>>,
+}
+
+/// The most spellings of one account name an account record keeps.
+const SPELLINGS: usize = 8;
+
+/// The spellings of an account held under `name` with `failures` failed logins: its
+/// `list`, or, without one, `name` itself as every line spelled it.
+fn spellings_of(list: Option<Box<TopK>>, name: &str, failures: u64) -> TopK {
+    list.map_or_else(
+        || {
+            let mut one = TopK::new(SPELLINGS);
+            if failures > 0 {
+                one.add_n(name, failures);
+            }
+            one
+        },
+        |list| *list,
+    )
 }
 
 impl AccountStats {
@@ -761,7 +808,30 @@ impl AccountStats {
     pub fn bytes(&self, name: &str) -> usize {
         let series = self.times.heap_bytes() + self.client_times.heap_bytes();
         let clients = self.clients.heap_bytes();
-        ACCOUNT_BYTES + name.len() + series + clients + samples_bytes(&self.samples)
+        let spellings = self.spellings.as_ref().map_or(0, |s| std::mem::size_of::<TopK>() + s.heap_bytes());
+        ACCOUNT_BYTES + name.len() + series + clients + spellings + samples_bytes(&self.samples)
+    }
+
+    /// Counts one more failed login logged as `logged` against this account, counted
+    /// under `name` (already in `auth_failures`).
+    fn add_spelling(&mut self, name: &str, logged: &str) {
+        if self.spellings.is_none() && logged == name {
+            return;
+        }
+        let before = self.auth_failures - 1;
+        self.spellings_or_as(name, before).add(logged);
+    }
+
+    /// The spellings, made on first need: until then, each of `so_far` failed logins
+    /// spelled the name as `name`.
+    fn spellings_or_as(&mut self, name: &str, so_far: u64) -> &mut TopK {
+        self.spellings.get_or_insert_with(|| Box::new(spellings_of(None, name, so_far)))
+    }
+
+    /// The logged spellings of `name` and how often each was seen, when any differed from
+    /// it; most first.
+    pub fn spelled(&self) -> Vec<(String, u64)> {
+        self.spellings.as_ref().map_or_else(Vec::new, |s| s.top(SPELLINGS))
     }
 
     /// Charges this record, held under `name`, what it holds now; returns the change.
@@ -776,7 +846,13 @@ impl AccountStats {
         }
     }
 
-    fn merge(&mut self, o: AccountStats) {
+    /// Adds `o`, the same account's record from another part of the scan, held under
+    /// `name`.
+    fn merge(&mut self, name: &str, mut o: AccountStats) {
+        if self.spellings.is_some() || o.spellings.is_some() {
+            let theirs = spellings_of(o.spellings.take(), name, o.auth_failures);
+            self.spellings_or_as(name, self.auth_failures).merge(theirs);
+        }
         self.auth_failures += o.auth_failures;
         self.clients_overflow |= o.clients_overflow;
         for key in o.clients {
@@ -1002,6 +1078,8 @@ pub struct Aggregator {
     pub(crate) account_units: usize,
     /// What was folded out of the exact tables to stay within `limits`.
     pub summary: Summary,
+    /// How account names are told apart. Every part of one scan holds the same.
+    pub account_case: AccountCase,
     /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
     pub(crate) runs: Vec<ParsedRun>,
     /// Quiet lines of clients without a full record, not yet counted (see
@@ -1129,14 +1207,16 @@ impl Aggregator {
         if seen.hits.iter().any(|h| rules.rule(h.rule).auth_failure) {
             self.incident.failed_login(record.time);
         }
-        let (user, counting) = failed_account(seen, rules);
+        let (logged, counting) = failed_account(seen, rules);
+        let name = logged.map(|u| self.account_case.key(u));
+        let user = name.as_deref();
         match key {
             Some(key) => self.observe_client(key, seen, user, rules, forwarded_unbelieved(record, policy)),
             None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
             None => {}
         }
-        if let (Some(user), Some(realm)) = (user, counting) {
-            self.observe_account(realm, user, key, seen);
+        if let (Some(user), Some(logged), Some(realm)) = (user, logged, counting) {
+            self.observe_account(realm, user, logged, key, seen);
         }
     }
 
@@ -1401,7 +1481,16 @@ impl Aggregator {
         }
     }
 
-    fn observe_account(&mut self, realm: &str, user: &str, key: Option<ClientKey>, seen: &Seen<'_, '_>) {
+    /// Counts a failed login against `user` (the name it is counted under, see
+    /// [`AccountCase::key`]), logged as `logged`.
+    fn observe_account(
+        &mut self,
+        realm: &str,
+        user: &str,
+        logged: &str,
+        key: Option<ClientKey>,
+        seen: &Seen<'_, '_>,
+    ) {
         let time = seen.record.time;
         if !self.accounts.get(realm).is_some_and(|users| users.contains_key(user)) {
             self.new_account(realm, user);
@@ -1409,6 +1498,7 @@ impl Aggregator {
         let a = self.accounts.get_mut(realm).and_then(|users| users.get_mut(user)).expect("made above");
         a.auth_failures += 1;
         a.times.add(time);
+        a.add_spelling(user, logged);
         merge_seen(&mut a.first_seen, &mut a.last_seen, time, time);
         if let Some(key) = key {
             a.add_client(key);
@@ -1517,7 +1607,7 @@ impl Aggregator {
             let mine = self.accounts.entry(realm).or_default();
             for (user, a) in accounts {
                 match mine.get_mut(&user) {
-                    Some(m) => m.merge(a),
+                    Some(m) => m.merge(&user, a),
                     None => {
                         mine.insert(user, a);
                     }
@@ -2025,6 +2115,36 @@ mod tests {
         let seen =
             Seen { source: "app", at, format: "backend-json", raw: b"x", record: &record, hits: &[hit] };
         agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
+    }
+
+    /// Spellings of one name are one account (by default), each spelling counted, also
+    /// when the parts of a scan that saw them are merged; a part that saw only the
+    /// counted spelling holds no list and still adds its count to it.
+    #[test]
+    fn spellings_of_a_name_are_one_account_through_a_merge() {
+        let rules = RuleSet::builtin().unwrap();
+        let (mut a, mut b, mut c) = (Aggregator::default(), Aggregator::default(), Aggregator::default());
+        for t in 0..3 {
+            failed_login(&mut a, &rules, [198, 51, 100, 1], t, "admin");
+            failed_login(&mut b, &rules, [198, 51, 100, 2], t, "Admin");
+            failed_login(&mut c, &rules, [198, 51, 100, 3], t, "admin");
+        }
+        failed_login(&mut b, &rules, [198, 51, 100, 2], 4, "ADMIN");
+        let account =
+            |agg: &Aggregator| agg.accounts[crate::detect::APP_REALM].get("admin").cloned().unwrap();
+        assert!(account(&a).spellings.is_none(), "no list while every line spelled it so");
+        assert_eq!(account(&b).spelled(), [("Admin".to_string(), 3), ("ADMIN".to_string(), 1)]);
+        a.merge(b);
+        a.merge(c);
+        let merged = account(&a);
+        assert_eq!(merged.auth_failures, 10);
+        let spelled = merged.spelled();
+        assert_eq!(spelled, [("admin".to_string(), 6), ("Admin".to_string(), 3), ("ADMIN".to_string(), 1)]);
+
+        let mut exact = Aggregator { account_case: AccountCase::Sensitive, ..Aggregator::default() };
+        failed_login(&mut exact, &rules, [198, 51, 100, 2], 0, "Admin");
+        failed_login(&mut exact, &rules, [198, 51, 100, 2], 1, "admin");
+        assert_eq!(exact.accounts[crate::detect::APP_REALM].len(), 2);
     }
 
     /// The account's reason names how many clients failed on it, and says "at least"

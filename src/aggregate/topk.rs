@@ -65,7 +65,8 @@ impl TopK {
         self.add_n(value, 1)
     }
 
-    fn add_n(&mut self, value: &str, n: u64) -> bool {
+    /// Counts `n` occurrences of `value`, as [`TopK::add`].
+    pub fn add_n(&mut self, value: &str, n: u64) -> bool {
         let key = stable_hash(value.as_bytes());
         let held = self.count_held(key, n);
         if !held {

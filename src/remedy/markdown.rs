@@ -159,6 +159,7 @@ fn account(md: &mut String, a: &AccountReport) {
         if a.ips_at_least { "+" } else { "" }
     );
     seen(md, &a.first_seen, &a.last_seen);
+    top(md, "spelled in the logs", &a.spellings);
     let clients: Vec<String> = a.clients.iter().map(ToString::to_string).collect();
     let _ = writeln!(md, "- clients: {}", inline(&clients.join(", ")));
     samples(md, &a.samples);

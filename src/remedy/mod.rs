@@ -15,12 +15,13 @@ pub mod blocklist;
 pub mod markdown;
 pub mod sql;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::client::{ClientKey, Ranges};
-use crate::decide::ScanReport;
+use crate::decide::{AccountReport, ScanReport};
 use crate::error::{Error, Result};
 use blocklist::{BlocklistTarget, Collapse, CurrentConfigMap, MalformedEntry, MergedBlocklist};
 use sql::{LockTarget, RefusedName};
@@ -58,7 +59,8 @@ impl RemedyConfig {
                 "a ConfigMap key is letters, digits, '-', '_' and '.'",
             ));
         }
-        sql::lock_scripts(&self.lock, "check", &[]).map_err(|m| Error::option("--users-table", m))?;
+        sql::lock_scripts(&self.lock, "check", &[], Default::default())
+            .map_err(|m| Error::option("--users-table", m))?;
         Ok(self)
     }
 }
@@ -137,7 +139,7 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
         }
     }
     check_lock_realms(report)?;
-    let scripts = sql::lock_scripts(&cfg.lock, &bundle_id, &report.lock_accounts)
+    let scripts = sql::lock_scripts(&cfg.lock, &bundle_id, &lock_names(report), report.account_case)
         .map_err(|m| Error::option("--users-table", m))?;
     let mut plan = BundlePlan {
         bundle_id: bundle_id.clone(),
@@ -198,6 +200,28 @@ fn proposed_keys(report: &ScanReport, block_private: bool) -> Result<Vec<ClientK
         .iter()
         .map(|entry| check(entry).map_err(|e| Error::option("report blocklist", e)))
         .collect()
+}
+
+/// The names account-lock.sql looks for: each of `lock_accounts` and, when names were
+/// counted ignoring case, every spelling the logs gave it. `lower()` alone finds only
+/// what the database's own locale lower-cases (ASCII alone under the C locale), so a
+/// spelling as logged (`ÅSA`) must be found as itself.
+fn lock_names(report: &ScanReport) -> Vec<String> {
+    let app = |a: &&AccountReport| a.realm == crate::detect::APP_REALM;
+    let spelled: HashMap<&str, &AccountReport> =
+        report.accounts.iter().filter(app).map(|a| (a.user.as_str(), a)).collect();
+    let mut seen = HashSet::new();
+    let mut names = Vec::new();
+    for name in &report.lock_accounts {
+        let spellings =
+            spelled.get(name.as_str()).into_iter().flat_map(|a| a.spellings.iter().map(|(s, _)| s));
+        for n in std::iter::once(name).chain(spellings) {
+            if seen.insert(n.as_str()) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Refuses a (hand-edited) `lock_accounts` entry that the report knows only as an account

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::terminal_safe;
-use crate::decide::{ScanReport, human_window};
+use crate::decide::{AccountReport, ScanReport, human_window};
 
 /// Terminal rendering options.
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +135,7 @@ fn write_accounts(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize)
     writeln!(out, "\n{}", p.head(&format!("Accounts proposed for locking ({})", locks.len())))?;
     for a in locks.iter().take(top) {
         writeln!(out, "  {:<32} {}", p.alert(&terminal_safe(&a.user)), terminal_safe(&a.reasons.join("; ")))?;
+        write_spellings(out, a, p)?;
     }
     let basic: Vec<_> = r.accounts.iter().filter(|a| !a.lock && !a.reasons.is_empty()).collect();
     for a in basic.iter().take(top) {
@@ -157,6 +158,16 @@ fn write_accounts(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize)
         }
     }
     more(out, locks.len(), top)
+}
+
+/// How the logs spelled an account counted under one name (`--account-case insensitive`).
+fn write_spellings(out: &mut impl Write, a: &AccountReport, p: &Painter) -> io::Result<()> {
+    if a.spellings.is_empty() {
+        return Ok(());
+    }
+    let spelled: Vec<String> =
+        a.spellings.iter().map(|(s, n)| format!("{} x{n}", terminal_safe(s))).collect();
+    writeln!(out, "    {}", p.dim(&format!("spelled: {}", spelled.join(", "))))
 }
 
 fn write_spared(out: &mut impl Write, r: &ScanReport, p: &Painter, top: usize) -> io::Result<()> {
