@@ -154,10 +154,17 @@ impl AccountCase {
     /// The name `user` is counted under: itself, or (case-insensitive) lower-cased. Only
     /// lines with a failed login get here, so the allocation of a mixed-case name is rare.
     pub fn key<'u>(self, user: &'u str) -> std::borrow::Cow<'u, str> {
-        let has_upper = |u: &str| u.chars().any(char::is_uppercase);
         match self {
-            AccountCase::Insensitive if has_upper(user) => user.to_lowercase().into(),
-            _ => user.into(),
+            AccountCase::Sensitive => user.into(),
+            AccountCase::Insensitive if user.is_ascii() && !user.bytes().any(|b| b.is_ascii_uppercase()) => {
+                user.into()
+            }
+            AccountCase::Insensitive if user.is_ascii() => user.to_ascii_lowercase().into(),
+            // Not `is_uppercase` alone: a title-case letter (`ǅ`) also lower-cases.
+            AccountCase::Insensitive => match user.to_lowercase() {
+                lower if lower == user => user.into(),
+                lower => lower.into(),
+            },
         }
     }
 }
@@ -2141,6 +2148,8 @@ mod tests {
         let spelled = merged.spelled();
         assert_eq!(spelled, [("admin".to_string(), 6), ("Admin".to_string(), 3), ("ADMIN".to_string(), 1)]);
 
+        assert_eq!(AccountCase::Insensitive.key("ǅURO Ölaf"), "ǆuro ölaf");
+        assert!(matches!(AccountCase::Insensitive.key("ǆuro"), std::borrow::Cow::Borrowed(_)));
         let mut exact = Aggregator { account_case: AccountCase::Sensitive, ..Aggregator::default() };
         failed_login(&mut exact, &rules, [198, 51, 100, 2], 0, "Admin");
         failed_login(&mut exact, &rules, [198, 51, 100, 2], 1, "admin");
