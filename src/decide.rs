@@ -25,6 +25,12 @@ pub struct Thresholds {
     pub client_auth_failures: u64,
     /// Failed logins against one account.
     pub account_auth_failures: u64,
+    /// Requests a minute from one client, on average from its first to its last line (see
+    /// [`average_rate`]): a flood. Off unless given (`--max-request-rate`): how many
+    /// requests are too many is the site's to say, and an office behind one address, a
+    /// monitor or a partner's integration is busy without attacking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_rate: Option<u64>,
 }
 
 impl Default for Thresholds {
@@ -33,7 +39,13 @@ impl Default for Thresholds {
     /// hitting a few broken links, far below any scanner. 10 failures against one
     /// account is twice the per-client bar, because several honest users may share one.
     fn default() -> Self {
-        Thresholds { window: 600, client_4xx: 60, client_auth_failures: 5, account_auth_failures: 10 }
+        Thresholds {
+            window: 600,
+            client_4xx: 60,
+            client_auth_failures: 5,
+            account_auth_failures: 10,
+            client_request_rate: None,
+        }
     }
 }
 
@@ -367,7 +379,8 @@ pub fn decide(
     let lowest = lowest_client_threshold(thresholds, rules);
     let failing = failing_clients_and_accounts(&agg);
     let busiest = busiest_clients(&agg);
-    let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| l.evidence() >= lowest);
+    let judged_light = |l: &Light| l.evidence() >= lowest || light_over_rate(l, thresholds);
+    let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| judged_light(l));
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     let mut judged: Vec<Judged> = agg
         .clients
@@ -493,8 +506,10 @@ fn judge(
     spare: &SparePolicy,
     rules: &RuleSet,
 ) -> Judged {
-    // Aggregate rules look at failed logins and 4xx, which also set these counters.
+    // Aggregate rules look at failed logins and 4xx, which also set these counters; a
+    // flood may have neither.
     let has_evidence = c.status_4xx > 0 || c.auth_failures > 0 || !c.times_rules.is_empty();
+    let has_evidence = has_evidence || t.client_request_rate.is_some();
     let mut verdict = if has_evidence { client_verdict(&mut c, t, rules) } else { Verdict::default() };
     let over = !verdict.reasons.is_empty();
     let mut spared = over.then(|| spare.spare_reason(&key)).flatten();
@@ -615,6 +630,7 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
             t.client_auth_failures
         )
     });
+    check_rate(&mut v, t, c.requests, c.first_seen, c.last_seen);
     for (id, times) in c.times_rules.iter_mut() {
         let rule = rules.rule(*id);
         let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
@@ -802,6 +818,37 @@ fn incident_report(
     }
 }
 
+/// A client's requests a minute on average from `first` to `last` (its first and last
+/// line), counting a span shorter than a minute as one: exact, and mergeable across the
+/// parts of a scan, but a client busy all day and flooding for ten minutes of it averages
+/// low; `--since` (or `--from`/`--to`) narrows the scan to the flood. `None` without times.
+pub fn average_rate(requests: u64, first: Option<i64>, last: Option<i64>) -> Option<u64> {
+    let span = last? - first?;
+    let per_minute = u128::from(requests) * 60 / span.max(60) as u128;
+    Some(u64::try_from(per_minute).unwrap_or(u64::MAX))
+}
+
+/// Whether a compact entry's requests cross the request rate (so that it is judged).
+fn light_over_rate(l: &Light, t: &Thresholds) -> bool {
+    let rate = || average_rate(l.requests, l.first_seen(), l.last_seen());
+    t.client_request_rate.is_some_and(|limit| rate().is_some_and(|r| r >= limit))
+}
+
+/// Checks the request rate, when one is set, against a client's requests and times.
+fn check_rate(v: &mut Verdict, t: &Thresholds, requests: u64, first: Option<i64>, last: Option<i64>) {
+    let (Some(limit), Some(rate)) = (t.client_request_rate, average_rate(requests, first, last)) else {
+        return;
+    };
+    let span = |t: Option<i64>| t.map(format_rfc3339).unwrap_or_default();
+    v.check(rate, limit, || {
+        format!(
+            "{requests} requests from {} to {} ({rate} a minute on average; threshold {limit})",
+            span(first),
+            span(last)
+        )
+    });
+}
+
 fn since(start: Option<i64>) -> String {
     start.map(|s| format!(" from {}", format_rfc3339(s))).unwrap_or_default()
 }
@@ -818,6 +865,17 @@ pub fn human_window(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A span under a minute counts as one minute; a client without times has no rate.
+    #[test]
+    fn an_average_rate_is_per_minute_over_at_least_one() {
+        assert_eq!(average_rate(300, Some(0), Some(10)), Some(300));
+        assert_eq!(average_rate(300, Some(0), Some(60)), Some(300));
+        assert_eq!(average_rate(1200, Some(0), Some(599)), Some(120));
+        assert_eq!(average_rate(7, Some(100), Some(100 + 3600)), Some(0));
+        assert_eq!(average_rate(5, None, Some(10)), None);
+        assert_eq!(average_rate(u64::MAX, Some(0), Some(120)), Some(u64::MAX / 2));
+    }
     use super::*;
     use crate::aggregate::{LineRef, Seen};
     use crate::client::ClientPolicy;

@@ -66,8 +66,13 @@ pub fn scan(data: &[u8]) {
     let stats = &worker.agg.stats;
     assert_eq!(stats.lines, stats.parsed + stats.unparsed, "every line is parsed or unparsed");
     let spare = SparePolicy::default();
-    let thresholds =
-        Thresholds { window: 60, client_4xx: 2, client_auth_failures: 2, account_auth_failures: 2 };
+    let thresholds = Thresholds {
+        window: 60,
+        client_4xx: 2,
+        client_auth_failures: 2,
+        account_auth_failures: 2,
+        client_request_rate: Some(30),
+    };
     let report = decide(worker.agg, &thresholds, &spare, &config.rules);
     let mut text = Vec::new();
     crate::report::terminal::write_text(

@@ -214,6 +214,14 @@ struct ScanArgs {
     /// Failed logins against one account within the window that propose a lock.
     #[arg(long, default_value_t = Thresholds::default().account_auth_failures)]
     max_account_failures: u64,
+    /// Requests a minute from one client, on average from its first to its last line (a
+    /// minute at least), that propose a block: a flood. Off by default; narrow the scan to
+    /// the flood's minutes with --since or --from/--to, since a busy day averages it away.
+    /// Not with --follow (a stream's average runs from its start) or --pushdown-query
+    /// (which reads only the lines of clients with 4xx answers).
+    #[arg(long, value_name = "PER_MINUTE", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with_all = ["follow", "pushdown_queries"])]
+    max_request_rate: Option<u64>,
     /// Whether `Admin` and `admin` are one account (insensitive: counted together, and
     /// locked by `lower(name)`) or two (sensitive: as logged). Match your application's login.
     #[arg(long, value_enum, default_value = "insensitive")]
@@ -426,6 +434,7 @@ fn run_scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         client_4xx: args.max_4xx,
         client_auth_failures: args.max_auth_failures,
         account_auth_failures: args.max_account_failures,
+        client_request_rate: args.max_request_rate,
     };
     let spare = spare_policy(&args)?;
     let mut config = scan_config(&args.input)?;
