@@ -224,6 +224,7 @@ struct ScanArgs {
     max_request_rate: Option<u64>,
     /// Whether `Admin` and `admin` are one account (insensitive: counted together, and
     /// locked by `lower(name)`) or two (sensitive: as logged). Match your application's login.
+    /// htpasswd users (nginx-basic-auth) are always compared as logged.
     #[arg(long, value_enum, default_value = "insensitive")]
     account_case: AccountCaseArg,
     /// Never propose blocking these (repeatable CIDR).

@@ -1215,7 +1215,12 @@ impl Aggregator {
             self.incident.failed_login(record.time);
         }
         let (logged, counting) = failed_account(seen, rules);
-        let name = logged.map(|u| self.account_case.key(u));
+        // htpasswd compares names exactly: its `Admin` and `admin` are two users.
+        let case = match counting {
+            Some(crate::detect::BASIC_AUTH_REALM) => AccountCase::Sensitive,
+            _ => self.account_case,
+        };
+        let name = logged.map(|u| case.key(u));
         let user = name.as_deref();
         match key {
             Some(key) => self.observe_client(key, seen, user, rules, forwarded_unbelieved(record, policy)),
@@ -2150,6 +2155,22 @@ mod tests {
 
         assert_eq!(AccountCase::Insensitive.key("ǅURO Ölaf"), "ǆuro ölaf");
         assert!(matches!(AccountCase::Insensitive.key("ǆuro"), std::borrow::Cow::Borrowed(_)));
+        let mut basic_auth = Aggregator::default();
+        for user in ["Admin", "admin"] {
+            let record = Record {
+                kind: Some(RecordKind::ErrorLog),
+                time: Some(1_700_000_000),
+                remote_addr: Some([198, 51, 100, 2].into()),
+                user: Some(user.into()),
+                ..Record::default()
+            };
+            let hit = Hit { rule: rules.find("nginx-basic-auth-failure").unwrap(), user: None, ip: None };
+            let at = LineRef { source: &Arc::from("error.log"), line: 1 };
+            let seen =
+                Seen { source: "e", at, format: "nginx-error", raw: b"x", record: &record, hits: &[hit] };
+            basic_auth.observe(&seen, &rules, &crate::client::ClientPolicy::default());
+        }
+        assert_eq!(basic_auth.accounts[crate::detect::BASIC_AUTH_REALM].len(), 2, "htpasswd users as logged");
         let mut exact = Aggregator { account_case: AccountCase::Sensitive, ..Aggregator::default() };
         failed_login(&mut exact, &rules, [198, 51, 100, 2], 0, "Admin");
         failed_login(&mut exact, &rules, [198, 51, 100, 2], 1, "admin");
