@@ -415,3 +415,23 @@ fn since_on_files_counts_only_lines_of_that_last_stretch() {
     assert_eq!(empty.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("window is empty"));
 }
+
+/// An account counted under one name from several spellings says how the logs spelled it
+/// where a reviewer reads, since the lock finds each of them in the users table.
+#[test]
+fn an_account_spelled_several_ways_says_so_where_a_reviewer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile/account-case.log");
+    let out = logwarden().arg("scan").arg("--out").arg(&bundle).arg(&log).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("spelled: ADMIN x4, AdMiN x4, Admin x4"), "{text}");
+    let md = std::fs::read_to_string(bundle.join("report.md")).unwrap();
+    assert!(md.contains("## Lock account admin (app)"), "{md}");
+    assert!(md.contains("- spelled in the logs: ADMIN (4), AdMiN (4), Admin (4)"), "{md}");
+    let sql = std::fs::read_to_string(bundle.join("account-lock.sql")).unwrap();
+    for spelling in ["('admin')", "('ADMIN')", "('AdMiN')", "('admiN')"] {
+        assert!(sql.contains(spelling), "{spelling} in {sql}");
+    }
+}
