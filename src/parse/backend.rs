@@ -34,12 +34,39 @@ enum Slot {
     Request,
     UserAgent,
     RequestTime,
+    /// ECS's `event.outcome`: `failure` joins `event.action` (see [`Fields::finish`]).
+    Outcome,
 }
 
 fn slot_of(key: &str) -> Option<Slot> {
     Some(match key {
         "client_ip" | "clientip" | "clientIp" | "client_addr" | "client" | "remote_addr" | "remoteAddr"
         | "remote_ip" | "remoteip" | "remoteIp" | "ip" | "src_ip" | "source_ip" | "sourceIp" => Slot::Client,
+        // Nested objects are read as dotted keys (see `FieldSeed`): Elastic Common Schema
+        // (`client.ip`, `user.name`, `http.response.status_code`...), which its loggers
+        // also write flat, and Node's pino and bunyan (`req.method`, `res.statusCode`).
+        "client.ip"
+        | "client.address"
+        | "source.ip"
+        | "source.address"
+        | "req.remoteAddress"
+        | "req.ip"
+        | "request.remoteAddress"
+        | "request.ip" => Slot::Client,
+        "user.name" | "user.email" => Slot::User,
+        "log.level" => Slot::Level,
+        "error.message" => Slot::Message,
+        "event.action" => Slot::Event,
+        "event.outcome" => Slot::Outcome,
+        "http.response.status_code" | "res.statusCode" | "response.statusCode" | "response.status_code" => {
+            Slot::Status
+        }
+        "http.request.method" | "req.method" | "request.method" => Slot::Method,
+        // Not `url.original`: it may hold the query `url.query` holds too.
+        "url.path" | "req.url" | "request.url" => Slot::Path,
+        "url.query" => Slot::Query,
+        "user_agent.original" | "req.headers.user-agent" | "request.headers.user-agent" => Slot::UserAgent,
+        "req.headers.x-forwarded-for" | "request.headers.x-forwarded-for" => Slot::ForwardedFor,
         "http_x_forwarded_for"
         | "x_forwarded_for"
         | "x-forwarded-for"
@@ -76,6 +103,30 @@ fn slot_of(key: &str) -> Option<Slot> {
     })
 }
 
+/// Whether a JSON object under `key` (dotted from the top) holds fields [`slot_of`] reads.
+fn holds_fields(key: &str) -> bool {
+    matches!(
+        key,
+        "client"
+            | "source"
+            | "user"
+            | "log"
+            | "error"
+            | "event"
+            | "http"
+            | "http.request"
+            | "http.response"
+            | "url"
+            | "user_agent"
+            | "req"
+            | "req.headers"
+            | "request"
+            | "request.headers"
+            | "res"
+            | "response"
+    )
+}
+
 /// Fields gathered from a JSON object or logfmt pairs into the record they become, in
 /// place: a record is several hundred bytes, and moving it out of here and into the
 /// caller's was a tenth of a JSON access scan.
@@ -96,6 +147,8 @@ struct Fields<'r, 'a> {
     /// A client field was logged without a usable address (see
     /// [`Record::client_unreadable`]).
     client_field_unusable: bool,
+    /// ECS's `event.outcome` said `failure`.
+    failed: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
@@ -110,6 +163,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             query: None,
             path_field: false,
             client_field_unusable: false,
+            failed: false,
         }
     }
 
@@ -176,6 +230,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             Slot::Request => self.set_request(value),
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
+            Slot::Outcome => self.failed = value.eq_ignore_ascii_case("failure"),
             _ => {}
         }
     }
@@ -210,6 +265,14 @@ impl<'r, 'a> Fields<'r, 'a> {
         if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
             self.record.path = Some(format!("{path}?{query}").into());
         }
+        // ECS logs a failed login as an action (`user_login`) that failed: read as one
+        // event name (`user_login.failure`), which the rules match as any other. An
+        // action without a failed outcome, or one that already says it failed, is kept.
+        if let (true, Some(action)) = (self.failed, &self.record.event)
+            && !says_failed(action)
+        {
+            self.record.event = Some(format!("{action}.failure").into());
+        }
         let shaped = self.status_seen && self.request_seen;
         let access = shaped && self.record.remote_addr.is_some();
         self.record.client_unreadable =
@@ -218,6 +281,12 @@ impl<'r, 'a> Fields<'r, 'a> {
         self.record.kind = Some(kind);
         kind
     }
+}
+
+/// Whether an event name already says it failed (`auth.failed`, `LOGIN_ERROR`).
+fn says_failed(event: &str) -> bool {
+    let lower = event.to_ascii_lowercase();
+    ["fail", "error", "denied", "reject", "invalid"].iter().any(|word| lower.contains(word))
 }
 
 /// Parses a JSON object line (access-shaped or not).
@@ -318,13 +387,115 @@ impl<'de> serde::de::Visitor<'de> for PairsInto<'_, 'de> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(JsonText(key)) = map.next_key::<JsonText<'de>>()? {
             match slot_of(&key) {
-                Some(slot) => {
+                Some(slot) if !holds_fields(&key) => {
                     let JsonScalar(value) = map.next_value()?;
                     self.0.push((key, slot, value));
                 }
-                None => {
+                slot if slot.is_some() || holds_fields(&key) => {
+                    // Of a repeated key the last value counts, an object's fields with it.
+                    let nested =
+                        |k: &str| k.strip_prefix(key.as_ref()).is_some_and(|rest| rest.starts_with('.'));
+                    self.0.retain(|(k, _, _)| !nested(k));
+                    map.next_value_seed(FieldSeed { pairs: &mut *self.0, key, slot, depth: 1 })?;
+                }
+                _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How deep [`FieldSeed`] reads nested objects: `http.response.status_code`,
+/// `req.headers.user-agent`.
+const NESTED_DEPTH: u8 = 3;
+
+/// The value of `key`, which may be a field ([`slot_of`] gives `slot`) or an object of
+/// fields (`"client": {"ip": ...}` for `client.ip`), or one of either in different
+/// loggers (`"user": "bob"` and `"user": {"name": "bob"}`).
+struct FieldSeed<'p, 'de> {
+    pairs: &'p mut JsonPairs<'de>,
+    key: Cow<'de, str>,
+    slot: Option<Slot>,
+    depth: u8,
+}
+
+impl<'de> FieldSeed<'_, 'de> {
+    fn push<E>(self, value: Option<Scalar<'de>>) -> Result<(), E> {
+        if let Some(slot) = self.slot {
+            self.pairs.push((self.key, slot, value));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        self.push(Some(Scalar::Text(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.push(Some(Scalar::Text(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.push(Some(Scalar::Text(Cow::Owned(v))))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.push(Some(Scalar::Unsigned(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.push(Some(Scalar::Signed(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.push(Some(Scalar::Float(v)))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.push(Some(Scalar::Bool(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.push(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        self.push(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // An object where a field's value was expected is still that field's value, no
+        // scalar: of a repeated key the last value counts, and this one reads as none.
+        if let Some(slot) = self.slot {
+            self.pairs.push((self.key.clone(), slot, None));
+        }
+        while let Some(JsonText(name)) = map.next_key::<JsonText<'de>>()? {
+            let key = format!("{}.{name}", self.key);
+            let slot = slot_of(&key);
+            if self.depth < NESTED_DEPTH && (slot.is_some() || holds_fields(&key)) {
+                let depth = self.depth + 1;
+                map.next_value_seed(FieldSeed { pairs: &mut *self.pairs, key: key.into(), slot, depth })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
         Ok(())
@@ -710,17 +881,36 @@ mod tests {
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
         let mut record = Record::default();
         let mut fields = Fields::new(&mut record);
+        let mut flat = Vec::new();
         for (key, value) in object {
-            let value: Cow<'static, str> = match value {
-                serde_json::Value::String(s) => s.into(),
-                serde_json::Value::Number(n) => n.to_string().into(),
-                serde_json::Value::Bool(b) => b.to_string().into(),
-                _ => continue,
-            };
+            flatten(key, value, 1, &mut flat);
+        }
+        for (key, value) in flat {
             fields.set(&key, value);
         }
         fields.finish();
         Some(record)
+    }
+
+    /// `value` under `key` as dotted keys and scalar texts, in key order: an object's
+    /// fields where [`holds_fields`] or [`slot_of`] says so, down to [`NESTED_DEPTH`].
+    fn flatten(key: String, value: serde_json::Value, depth: u8, out: &mut Vec<(String, Cow<'static, str>)>) {
+        let text: Cow<'static, str> = match value {
+            serde_json::Value::String(s) => s.into(),
+            serde_json::Value::Number(n) => n.to_string().into(),
+            serde_json::Value::Bool(b) => b.to_string().into(),
+            serde_json::Value::Object(map) if depth < NESTED_DEPTH => {
+                for (name, v) in map {
+                    let full = format!("{key}.{name}");
+                    if slot_of(&full).is_some() || holds_fields(&full) {
+                        flatten(full, v, depth + 1, out);
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        out.push((key, text));
     }
 
     proptest::proptest! {
@@ -736,13 +926,16 @@ mod tests {
                 proptest::sample::select(vec![
                     "remote_addr", "client_ip", "status", "status_code", "request", "uri", "path",
                     "request_method", "request_time", "user", "level", "msg", "ts", "time_iso8601",
-                    "http_user_agent", "event", "x",
+                    "http_user_agent", "event", "x", "client", "http", "source", "req",
                 ]),
                 proptest::sample::select(vec![
                     r#""1.2.3.4""#, r#""GET /a HTTP/1.1""#, r#""a \"b\" \u00e9 \\""#, "404", "-1", "0.25", "1e3",
                     "404.0", "99", "600", "-0.0", "1.5e-7", "9007199254740993",
                     "18446744073709551615", "99999999999999999999", "true", "null", r#"{"a":[1,"x"]}"#, r#"[1,"x"]"#,
                     r#""""#, r#""-""#, r#""2024-01-15T10:23:45Z""#,
+                    r#"{"ip":"5.6.7.8","name":"bob"}"#, r#"{"action":"user_login","outcome":"failure"}"#,
+                    r#"{"response":{"status_code":404},"request":{"method":"GET","x":{"y":1}}}"#,
+                    r#"{"remoteAddress":"5.6.7.8","method":"POST","url":"/login","headers":{"user-agent":"x"}}"#,
                 ]),
             ), 0..8),
             tail in proptest::sample::select(vec!["", " ", "x", "}"]),
