@@ -38,41 +38,42 @@ enum Slot {
     Outcome,
 }
 
-fn slot_of(key: &str) -> Option<Slot> {
-    Some(match key {
-        "client_ip" | "clientip" | "clientIp" | "client_addr" | "client" | "remote_addr" | "remoteAddr"
-        | "remote_ip" | "remoteip" | "remoteIp" | "ip" | "src_ip" | "source_ip" | "sourceIp" => Slot::Client,
-        // Nested objects are read as dotted keys (see `FieldSeed`): Elastic Common Schema
-        // (`client.ip`, `user.name`, `http.response.status_code`...), which its loggers
-        // also write flat, and Node's pino and bunyan (`req.method`, `res.statusCode`).
-        "client.ip"
-        | "client.address"
-        | "source.ip"
-        | "source.address"
-        | "req.remoteAddress"
-        | "req.ip"
-        | "request.remoteAddress"
-        | "request.ip" => Slot::Client,
-        "user.name" | "user.email" => Slot::User,
-        "log.level" => Slot::Level,
-        "error.message" => Slot::Message,
-        "event.action" => Slot::Event,
-        "event.outcome" => Slot::Outcome,
-        "http.response.status_code" | "res.statusCode" | "response.statusCode" | "response.status_code" => {
-            Slot::Status
-        }
-        "http.request.method" | "req.method" | "request.method" => Slot::Method,
-        // Not `url.original`: it may hold the query `url.query` holds too.
-        "url.path" | "req.url" | "request.url" => Slot::Path,
-        "url.query" => Slot::Query,
-        "user_agent.original" | "req.headers.user-agent" | "request.headers.user-agent" => Slot::UserAgent,
-        "req.headers.x-forwarded-for" | "request.headers.x-forwarded-for" => Slot::ForwardedFor,
+/// What a JSON key is to the reader: the field it fills, if any, and whether an object
+/// under it holds fields (read as dotted keys, see [`FieldSeed`]).
+#[derive(Clone, Copy)]
+struct Role {
+    slot: Option<Slot>,
+    object: bool,
+}
+
+/// The role of a key, flat or dotted. One match: a second one for the dotted names, or for
+/// the objects, cost a JSON access line ~70 instructions in compares of keys it lacks.
+/// Dotted names are fields of nested objects, and the same names written flat: Elastic
+/// Common Schema (`client.ip`, `user.name`, `http.response.status_code`...) and Node's
+/// pino and bunyan request logs (`req.method`, `res.statusCode`).
+fn role_of(key: &str) -> Option<Role> {
+    use Slot::*;
+    let (slot, object) = match key {
+        // Objects of fields; the first ones are also a field when their value is a scalar.
+        "client" => (Some(Client), true),
+        "user" => (Some(User), true),
+        "event" => (Some(Event), true),
+        "error" => (Some(Message), true),
+        "url" => (Some(Path), true),
+        "user_agent" => (Some(UserAgent), true),
+        "source" | "log" | "http" | "req" | "res" | "response" | "http.request" | "http.response"
+        | "req.headers" => (None, true),
+        "client_ip" | "clientip" | "clientIp" | "client_addr" | "remote_addr" | "remoteAddr"
+        | "remote_ip" | "remoteip" | "remoteIp" | "ip" | "src_ip" | "source_ip" | "sourceIp"
+        | "client.ip" | "client.address" | "source.ip" | "source.address" | "req.remoteAddress"
+        | "req.ip" => (Some(Client), false),
         "http_x_forwarded_for"
         | "x_forwarded_for"
         | "x-forwarded-for"
         | "forwarded_for"
         | "xff"
-        | "x-forward-for" => Slot::ForwardedFor,
+        | "x-forward-for"
+        | "req.headers.x-forwarded-for" => (Some(ForwardedFor), false),
         "http_x_real_ip"
         | "x_real_ip"
         | "x-real-ip"
@@ -83,48 +84,42 @@ fn slot_of(key: &str) -> Option<Slot> {
         | "cf-connecting-ip"
         | "http_true_client_ip"
         | "true_client_ip"
-        | "true-client-ip" => Slot::ClientHeader,
-        "user" | "username" | "user_name" | "userName" | "login" | "account" | "email" | "user_email"
-        | "remote_user" => Slot::User,
+        | "true-client-ip" => (Some(ClientHeader), false),
+        "username" | "user_name" | "userName" | "login" | "account" | "email" | "user_email"
+        | "remote_user" | "user.name" | "user.email" => (Some(User), false),
         "ts" | "time" | "timestamp" | "@timestamp" | "datetime" | "time_iso8601" | "time_local" | "date"
-        | "msec" => Slot::Time,
-        "level" | "severity" | "lvl" | "loglevel" | "log_level" => Slot::Level,
-        "msg" | "message" | "error" | "err" => Slot::Message,
-        "event" | "event_type" | "eventType" | "action" => Slot::Event,
-        "status" | "status_code" | "statusCode" | "response_code" | "http_status" => Slot::Status,
-        "method" | "request_method" | "http_method" => Slot::Method,
-        "request_uri" | "uri" | "path" | "url" | "request_path" => Slot::Path,
-        "request" => Slot::Request,
+        | "msec" => (Some(Time), false),
+        "level" | "severity" | "lvl" | "loglevel" | "log_level" | "log.level" => (Some(Level), false),
+        "msg" | "message" | "err" | "error.message" => (Some(Message), false),
+        "event_type" | "eventType" | "action" | "event.action" => (Some(Event), false),
+        "event.outcome" => (Some(Outcome), false),
+        "status"
+        | "status_code"
+        | "statusCode"
+        | "response_code"
+        | "http_status"
+        | "http.response.status_code"
+        | "res.statusCode"
+        | "response.statusCode"
+        | "response.status_code" => (Some(Status), false),
+        "method" | "request_method" | "http_method" | "http.request.method" | "req.method" => {
+            (Some(Method), false)
+        }
+        // Not `url.original`: it may hold the query `url.query` holds too.
+        "request_uri" | "uri" | "path" | "request_path" | "url.path" | "req.url" => (Some(Path), false),
+        "request" => (Some(Request), false),
         // Not a bare `query`: applications log their database queries under it.
-        "args" | "query_string" | "request_query" | "querystring" => Slot::Query,
-        "http_user_agent" | "user_agent" | "userAgent" | "ua" | "agent" => Slot::UserAgent,
-        "request_time" => Slot::RequestTime,
+        "args" | "query_string" | "request_query" | "querystring" | "url.query" => (Some(Query), false),
+        "http_user_agent"
+        | "userAgent"
+        | "ua"
+        | "agent"
+        | "user_agent.original"
+        | "req.headers.user-agent" => (Some(UserAgent), false),
+        "request_time" => (Some(RequestTime), false),
         _ => return None,
-    })
-}
-
-/// Whether a JSON object under `key` (dotted from the top) holds fields [`slot_of`] reads.
-fn holds_fields(key: &str) -> bool {
-    matches!(
-        key,
-        "client"
-            | "source"
-            | "user"
-            | "log"
-            | "error"
-            | "event"
-            | "http"
-            | "http.request"
-            | "http.response"
-            | "url"
-            | "user_agent"
-            | "req"
-            | "req.headers"
-            | "request"
-            | "request.headers"
-            | "res"
-            | "response"
-    )
+    };
+    Some(Role { slot, object })
 }
 
 /// Fields gathered from a JSON object or logfmt pairs into the record they become, in
@@ -169,7 +164,7 @@ impl<'r, 'a> Fields<'r, 'a> {
 
     /// Fills the slot for `key`; the first value for a slot wins.
     fn set(&mut self, key: &str, value: Cow<'a, str>) {
-        if let Some(slot) = slot_of(key) {
+        if let Some(slot) = role_of(key).and_then(|role| role.slot) {
             self.set_slot(slot, value);
         }
     }
@@ -385,23 +380,27 @@ impl<'de> serde::de::Visitor<'de> for PairsInto<'_, 'de> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Set once an object's fields were read: only then can a repeated key have left
+        // any behind (most lines hold no object a field is read from).
+        let mut nested = false;
         while let Some(JsonText(key)) = map.next_key::<JsonText<'de>>()? {
-            match slot_of(&key) {
-                Some(slot) if !holds_fields(&key) => {
-                    let JsonScalar(value) = map.next_value()?;
-                    self.0.push((key, slot, value));
-                }
-                slot if slot.is_some() || holds_fields(&key) => {
-                    // Of a repeated key the last value counts, an object's fields with it.
-                    let nested =
-                        |k: &str| k.strip_prefix(key.as_ref()).is_some_and(|rest| rest.starts_with('.'));
-                    self.0.retain(|(k, _, _)| !nested(k));
-                    map.next_value_seed(FieldSeed { pairs: &mut *self.0, key, slot, depth: 1 })?;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
+            let Some(Role { slot, object }) = role_of(&key) else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            if nested {
+                // Of a repeated key the last value counts, an object's fields with it.
+                let under = |k: &str| k.strip_prefix(key.as_ref()).is_some_and(|rest| rest.starts_with('.'));
+                self.0.retain(|(k, _, _)| !under(k));
             }
+            if let (Some(slot), false) = (slot, object) {
+                let JsonScalar(value) = map.next_value()?;
+                self.0.push((key, slot, value));
+                continue;
+            }
+            let before = self.0.len();
+            map.next_value_seed(FieldSeed { pairs: &mut *self.0, key, slot, depth: 1 })?;
+            nested |= self.0.len() > before + usize::from(slot.is_some());
         }
         Ok(())
     }
@@ -411,7 +410,7 @@ impl<'de> serde::de::Visitor<'de> for PairsInto<'_, 'de> {
 /// `req.headers.user-agent`.
 const NESTED_DEPTH: u8 = 3;
 
-/// The value of `key`, which may be a field ([`slot_of`] gives `slot`) or an object of
+/// The value of `key`, which may be a field ([`role_of`] gives `slot`) or an object of
 /// fields (`"client": {"ip": ...}` for `client.ip`), or one of either in different
 /// loggers (`"user": "bob"` and `"user": {"name": "bob"}`).
 struct FieldSeed<'p, 'de> {
@@ -490,12 +489,14 @@ impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, 'de> {
         }
         while let Some(JsonText(name)) = map.next_key::<JsonText<'de>>()? {
             let key = format!("{}.{name}", self.key);
-            let slot = slot_of(&key);
-            if self.depth < NESTED_DEPTH && (slot.is_some() || holds_fields(&key)) {
-                let depth = self.depth + 1;
-                map.next_value_seed(FieldSeed { pairs: &mut *self.pairs, key: key.into(), slot, depth })?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
+            match role_of(&key) {
+                Some(Role { slot, .. }) if self.depth < NESTED_DEPTH => {
+                    let depth = self.depth + 1;
+                    map.next_value_seed(FieldSeed { pairs: &mut *self.pairs, key: key.into(), slot, depth })?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
         }
         Ok(())
@@ -517,6 +518,12 @@ impl<'de> serde::Deserialize<'de> for JsonText<'de> {
 /// A string, number or boolean; `None` for anything else.
 struct JsonScalar<'a>(Option<Scalar<'a>>);
 
+impl<'de> serde::Deserialize<'de> for JsonScalar<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(JsonScalar)
+    }
+}
+
 /// A JSON string, number or boolean as read.
 enum Scalar<'a> {
     Text(Cow<'a, str>),
@@ -536,12 +543,6 @@ impl<'a> Scalar<'a> {
             Scalar::Float(v) => serde_json::Number::from_f64(v).map(|n| n.to_string().into()),
             Scalar::Bool(b) => Some(b.to_string().into()),
         }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for JsonScalar<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor).map(JsonScalar)
     }
 }
 
@@ -883,7 +884,9 @@ mod tests {
         let mut fields = Fields::new(&mut record);
         let mut flat = Vec::new();
         for (key, value) in object {
-            flatten(key, value, 1, &mut flat);
+            if let Some(role) = role_of(&key) {
+                flatten(key, value, role.object, 1, &mut flat);
+            }
         }
         for (key, value) in flat {
             fields.set(&key, value);
@@ -892,18 +895,25 @@ mod tests {
         Some(record)
     }
 
-    /// `value` under `key` as dotted keys and scalar texts, in key order: an object's
-    /// fields where [`holds_fields`] or [`slot_of`] says so, down to [`NESTED_DEPTH`].
-    fn flatten(key: String, value: serde_json::Value, depth: u8, out: &mut Vec<(String, Cow<'static, str>)>) {
+    /// `value` under `key` as dotted keys and scalar texts, in key order: the fields
+    /// [`role_of`] names of an object that holds fields (`object`; below the top,
+    /// any), down to [`NESTED_DEPTH`].
+    fn flatten(
+        key: String,
+        value: serde_json::Value,
+        object: bool,
+        depth: u8,
+        out: &mut Vec<(String, Cow<'static, str>)>,
+    ) {
         let text: Cow<'static, str> = match value {
             serde_json::Value::String(s) => s.into(),
             serde_json::Value::Number(n) => n.to_string().into(),
             serde_json::Value::Bool(b) => b.to_string().into(),
-            serde_json::Value::Object(map) if depth < NESTED_DEPTH => {
+            serde_json::Value::Object(map) if object && depth < NESTED_DEPTH => {
                 for (name, v) in map {
                     let full = format!("{key}.{name}");
-                    if slot_of(&full).is_some() || holds_fields(&full) {
-                        flatten(full, v, depth + 1, out);
+                    if role_of(&full).is_some() {
+                        flatten(full, v, true, depth + 1, out);
                     }
                 }
                 return;
