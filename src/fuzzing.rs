@@ -106,6 +106,7 @@ fn bundle_texts(report: &crate::decide::ScanReport) {
         bundle_id: "lw-fuzz".into(),
         added: report.blocklist.clone(),
         already_blocked: Vec::new(),
+        lock_names: scripts.locked.len(),
         locked: scripts.locked,
         refused: scripts.refused,
         malformed: Vec::new(),

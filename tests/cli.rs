@@ -430,6 +430,12 @@ fn an_account_spelled_several_ways_says_so_where_a_reviewer_reads() {
     let md = std::fs::read_to_string(bundle.join("report.md")).unwrap();
     assert!(md.contains("## Lock account admin (app)"), "{md}");
     assert!(md.contains("- spelled in the logs: ADMIN (4), AdMiN (4), Admin (4)"), "{md}");
+    assert!(md.contains("- Accounts proposed for locking: **1**"), "{md}");
+    let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    assert!(
+        readme.contains("locks 1 account(s) (found by 8 names: their spellings in the logs too)"),
+        "{readme}"
+    );
     let sql = std::fs::read_to_string(bundle.join("account-lock.sql")).unwrap();
     for spelling in ["('admin')", "('ADMIN')", "('AdMiN')", "('admiN')"] {
         assert!(sql.contains(spelling), "{spelling} in {sql}");

@@ -109,6 +109,8 @@ pub struct BundlePlan {
     pub already_blocked: Vec<(String, String)>,
     /// Accounts written into `account-lock.sql`.
     pub locked: Vec<String>,
+    /// Names it looks for: those accounts and the spellings the logs gave them.
+    pub lock_names: usize,
     pub refused: Vec<RefusedName>,
     pub malformed: Vec<MalformedEntry>,
     /// What happened to the ConfigMap patch, in one sentence.
@@ -150,7 +152,8 @@ pub fn write_bundle(dir: &Path, report: &ScanReport, cfg: &RemedyConfig) -> Resu
             .map(|a| (a.ip.to_string(), a.by.clone()))
             .chain(merged.already_blocked.iter().cloned())
             .collect(),
-        locked: scripts.locked.clone(),
+        locked: written_accounts(report, &scripts.locked),
+        lock_names: scripts.locked.len(),
         refused: scripts.refused.clone(),
         malformed: merged.malformed.clone(),
         blocklist_note: match &patch {
@@ -222,6 +225,13 @@ fn lock_names(report: &ScanReport) -> Vec<String> {
         }
     }
     names
+}
+
+/// The proposed accounts whose names were written into the lock (`written`, which also
+/// holds their spellings), in the report's order.
+fn written_accounts(report: &ScanReport, written: &[String]) -> Vec<String> {
+    let written: HashSet<&str> = written.iter().map(String::as_str).collect();
+    report.lock_accounts.iter().filter(|name| written.contains(name.as_str())).cloned().collect()
 }
 
 /// Refuses a (hand-edited) `lock_accounts` entry that the report knows only as an account
@@ -390,8 +400,13 @@ fn bundle_readme(cfg: &RemedyConfig, plan: &BundlePlan, patch: bool) -> String {
         "- Plain nginx: include `blocklist.nginx.conf` (undo: `blocklist-rollback.nginx.conf`, when the live value \
          was given with --current), then `nginx -t && nginx -s reload`.\n\n## Accounts\n\n",
     );
+    let spellings = if plan.lock_names > plan.locked.len() {
+        format!(" (found by {} names: their spellings in the logs too)", plan.lock_names)
+    } else {
+        String::new()
+    };
     s.push_str(&format!(
-        "- Lock: `psql -f account-lock.sql` locks {} account(s) not locked yet and records them in `{}` \
+        "- Lock: `psql -f account-lock.sql` locks {} account(s){spellings} not locked yet and records them in `{}` \
          under this bundle's id; it prints the accounts it changed. Running it twice changes nothing more.\n\
          - Undo: `psql -f account-unlock.sql` restores exactly the accounts the lock changed; an account that was \
          locked before stays locked.\n",
