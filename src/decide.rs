@@ -823,7 +823,8 @@ fn incident_report(
 /// parts of a scan, but a client busy all day and flooding for ten minutes of it averages
 /// low; `--since` (or `--from`/`--to`) narrows the scan to the flood. `None` without times.
 pub fn average_rate(requests: u64, first: Option<i64>, last: Option<i64>) -> Option<u64> {
-    let span = last? - first?;
+    // Saturating: an application's own time field can be any number.
+    let span = last?.saturating_sub(first?);
     let per_minute = u128::from(requests) * 60 / span.max(60) as u128;
     Some(u64::try_from(per_minute).unwrap_or(u64::MAX))
 }
@@ -875,6 +876,7 @@ mod tests {
         assert_eq!(average_rate(7, Some(100), Some(100 + 3600)), Some(0));
         assert_eq!(average_rate(5, None, Some(10)), None);
         assert_eq!(average_rate(u64::MAX, Some(0), Some(120)), Some(u64::MAX / 2));
+        assert_eq!(average_rate(1, Some(i64::MIN), Some(i64::MAX)), Some(0));
     }
     use super::*;
     use crate::aggregate::{LineRef, Seen};
