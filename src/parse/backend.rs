@@ -46,8 +46,8 @@ struct Role {
     object: bool,
 }
 
-/// The role of a key, flat or dotted. One match: a second one for the dotted names, or for
-/// the objects, cost a JSON access line ~70 instructions in compares of keys it lacks.
+/// The role of a key, flat or dotted, in one table (three lookups in turn measured the
+/// same within half a percent of a JSON access scan's parsing, and read less plainly).
 /// Dotted names are fields of nested objects, and the same names written flat: Elastic
 /// Common Schema (`client.ip`, `user.name`, `http.response.status_code`...) and Node's
 /// pino and bunyan request logs (`req.method`, `res.statusCode`).
