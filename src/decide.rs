@@ -284,7 +284,7 @@ struct Failing {
 fn failing_clients_and_accounts(agg: &Aggregator) -> Failing {
     let records = agg.clients.iter().map(|(k, c)| (*k, c.auth_failures));
     let light =
-        agg.light.iter().map(|(k, l)| (*k, l.events().iter().filter(|e| e.rule().is_some()).count() as u64));
+        agg.light.iter().map(|(k, l)| (*k, l.events().iter().filter(|e| e.is_failed_login()).count() as u64));
     let failing: Vec<(ClientKey, u64)> = records.chain(light).filter(|(_, n)| *n > 0).collect();
     let accounts =
         agg.accounts.values().flat_map(|users| users.values()).filter(|a| a.auth_failures > 0).count();
@@ -456,7 +456,7 @@ fn drop_elsewhere<T: Send + 'static>(garbage: T) {
 /// record would count them ([`client_verdict`]'s `window_auth_failures`, `window_4xx`).
 fn light_window(l: &Light, window: i64, failed: bool) -> u64 {
     let mut times = crate::aggregate::window::EventTimes::default();
-    l.events().iter().filter(|e| e.rule().is_some() == failed).for_each(|e| times.add(e.time()));
+    l.events().iter().filter(|e| e.is_failed_login() == failed).for_each(|e| times.add(e.time()));
     times.busiest(window).0
 }
 

@@ -486,6 +486,11 @@ impl LightEvent {
         self.rule
     }
 
+    /// Whether this is a failed login (else a 4xx answer).
+    pub fn is_failed_login(&self) -> bool {
+        self.rule.is_some()
+    }
+
     pub fn time(&self) -> Option<i64> {
         (self.time != NO_TIME).then_some(self.time)
     }
