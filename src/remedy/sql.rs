@@ -127,36 +127,27 @@ struct Idents {
     lock: String,
     record: String,
     events: Option<String>,
-    /// How a row's name is compared with a proposed one (`u` is the row's alias).
-    same_name: SameName,
-}
-
-/// How the scripts compare the users table's names with the proposed ones.
-#[derive(Clone, Copy)]
-enum SameName {
-    Exact,
-    /// `lower()` of both: the scan counted `Admin` and `admin` as one account, so the
-    /// proposed name (lower-cased) must find the row however the table spells it.
-    IgnoringCase,
+    /// How the scan told names apart, and so how a row's name is compared with a
+    /// proposed one.
+    case: AccountCase,
 }
 
 impl Idents {
-    /// The SQL condition that the row `u` holds the proposed name `proposed`.
+    /// The SQL condition that the row `u` holds the proposed name `proposed`: ignoring
+    /// case, `lower()` of both, so that the proposed name (lower-cased) finds the row
+    /// however the table spells it.
     fn holds(&self, proposed: &str) -> String {
         let user = &self.user;
-        match self.same_name {
-            SameName::Exact => format!("u.{user} = {proposed}"),
-            SameName::IgnoringCase => format!("lower(u.{user}) = lower({proposed})"),
+        match self.case {
+            AccountCase::Sensitive => format!("u.{user} = {proposed}"),
+            AccountCase::Insensitive => format!("lower(u.{user}) = lower({proposed})"),
         }
     }
 }
 
 fn idents(t: &LockTarget, case: AccountCase) -> Result<Idents, String> {
     Ok(Idents {
-        same_name: match case {
-            AccountCase::Insensitive => SameName::IgnoringCase,
-            AccountCase::Sensitive => SameName::Exact,
-        },
+        case,
         table: quote_identifier(&t.table, "--users-table")?,
         user: quote_identifier(&t.user_column, "--user-column")?,
         lock: quote_identifier(&t.lock_column, "--lock-column")?,
@@ -202,9 +193,9 @@ pub fn lock_scripts(
 
 fn lock_sql(id: &Idents, bundle: &str, literals: &[String]) -> String {
     let Idents { table, user, lock, record, .. } = id;
-    let case_note = match id.same_name {
-        SameName::Exact => String::new(),
-        SameName::IgnoringCase => format!(
+    let case_note = match id.case {
+        AccountCase::Sensitive => String::new(),
+        AccountCase::Insensitive => format!(
             "-- Names are found ignoring case (lower() of both), as the scan counted them
 -- (--account-case insensitive): every spelling of a name in {table} is locked.
 "
