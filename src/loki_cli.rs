@@ -233,10 +233,7 @@ impl LokiArgs {
     /// or `--to`. `--since` counts back from `--to`, else from now.
     pub fn file_time_range(&self) -> anyhow::Result<Option<TimeRange>> {
         let end_ns = self.end_ns()?;
-        let start_ns = match (&self.since, end_ns) {
-            (Some(_), None) => self.start_ns(now_ns()?, None)?,
-            _ => self.start_ns(end_ns.unwrap_or(i64::MAX), None)?,
-        };
+        let start_ns = self.start_ns(end_ns.map_or_else(now_ns, Ok)?, None)?;
         if let (Some(start), Some(end)) = (start_ns, end_ns) {
             check_order(start, end)?;
         }
