@@ -36,6 +36,9 @@ enum Slot {
     RequestTime,
     /// ECS's `event.outcome`: `failure` joins `event.action` (see [`Fields::finish`]).
     Outcome,
+    /// ECS's `event.category`, an array: `authentication` with a failed outcome is a
+    /// failed login, whatever the action is called (see [`Fields::finish`]).
+    Category,
 }
 
 /// What a JSON key is to the reader: the field it fills, if any, and whether an object
@@ -93,6 +96,8 @@ fn role_of(key: &str) -> Option<Role> {
         "msg" | "message" | "err" | "error.message" => (Some(Message), false),
         "event_type" | "eventType" | "action" | "event.action" => (Some(Event), false),
         "event.outcome" => (Some(Outcome), false),
+        // An array, so read as an object's value is (through `FieldSeed`, which reads it).
+        "event.category" => (Some(Category), true),
         "status"
         | "status_code"
         | "statusCode"
@@ -144,6 +149,8 @@ struct Fields<'r, 'a> {
     client_field_unusable: bool,
     /// ECS's `event.outcome` said `failure`.
     failed: bool,
+    /// ECS's `event.category` held `authentication`.
+    authentication: bool,
 }
 
 impl<'r, 'a> Fields<'r, 'a> {
@@ -159,6 +166,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             path_field: false,
             client_field_unusable: false,
             failed: false,
+            authentication: false,
         }
     }
 
@@ -226,6 +234,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
             Slot::Outcome => self.failed = value.eq_ignore_ascii_case("failure"),
+            Slot::Category => self.authentication |= is_authentication(&value),
             _ => {}
         }
     }
@@ -256,18 +265,11 @@ impl<'r, 'a> Fields<'r, 'a> {
     }
 
     /// Decides the record's kind: an access record has a status, a request and a client.
-    fn finish(self) -> RecordKind {
+    fn finish(mut self) -> RecordKind {
         if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
             self.record.path = Some(format!("{path}?{query}").into());
         }
-        // ECS logs a failed login as an action (`user_login`) that failed: read as one
-        // event name (`user_login.failure`), which the rules match as any other. An
-        // action without a failed outcome, or one that already says it failed, is kept.
-        if let (true, Some(action)) = (self.failed, &self.record.event)
-            && !says_failed(action)
-        {
-            self.record.event = Some(format!("{action}.failure").into());
-        }
+        self.name_failed_event();
         let shaped = self.status_seen && self.request_seen;
         let access = shaped && self.record.remote_addr.is_some();
         self.record.client_unreadable =
@@ -276,6 +278,34 @@ impl<'r, 'a> Fields<'r, 'a> {
         self.record.kind = Some(kind);
         kind
     }
+}
+
+impl Fields<'_, '_> {
+    /// ECS logs a failed login as an event that failed (`event.outcome: failure`). Of
+    /// the category `authentication` it is a failed login whatever its action is called
+    /// (`user.session.start` in Okta's, `logon-failed` in Windows', or none): read as the
+    /// event `authentication.failure`. Otherwise the action that failed is read as one
+    /// event name (`user_login.failure`), which the rules match as any other. An action
+    /// without a failed outcome, or one that already says it failed, is kept.
+    fn name_failed_event(&mut self) {
+        let r = &mut *self.record;
+        match (self.failed, &r.event) {
+            (false, _) => {}
+            (true, _) if self.authentication => r.event = Some(AUTHENTICATION_FAILURE.into()),
+            (true, Some(action)) if !says_failed(action) => {
+                r.event = Some(format!("{action}.failure").into())
+            }
+            (true, _) => {}
+        }
+    }
+}
+
+/// The event a failed ECS authentication reads as (see [`Fields::name_failed_event`]).
+const AUTHENTICATION_FAILURE: &str = "authentication.failure";
+
+/// Whether an ECS `event.category` value is `authentication`.
+fn is_authentication(category: &str) -> bool {
+    category.eq_ignore_ascii_case("authentication")
 }
 
 /// Whether an event name already says it failed (`auth.failed`, `LOGIN_ERROR`).
@@ -309,12 +339,12 @@ pub fn parse_json_into<'a>(line: &'a [u8], out: &mut Record<'a>) -> Option<Recor
     // and of a repeated key the last value counts. Order only matters between keys that
     // fill the same fields, so a line without such keys (the usual one) is not sorted.
     if fills_overlap(&pairs) {
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.sort_by(|a, b| a.0.cmp(&b.0).then(a.3.cmp(&b.3)));
     }
     let mut fields = Fields::new(out);
     let mut pairs = pairs.into_iter().peekable();
-    while let Some((key, slot, value)) = pairs.next() {
-        let repeated = pairs.peek().is_some_and(|next| next.0 == key);
+    while let Some((key, slot, value, top)) = pairs.next() {
+        let repeated = pairs.peek().is_some_and(|next| next.0 == key && next.3 == top);
         if let (false, Some(value)) = (repeated, value) {
             fields.set_scalar(slot, value);
         }
@@ -326,7 +356,7 @@ pub fn parse_json_into<'a>(line: &'a [u8], out: &mut Record<'a>) -> Option<Recor
 /// of one field, or a request and a path), so the order they are applied in matters.
 fn fills_overlap(pairs: &[JsonPair<'_>]) -> bool {
     let mut seen = 0u32;
-    for (_, slot, _) in pairs {
+    for (_, slot, _, _) in pairs {
         // A request line fills the method and the path.
         let bit = match slot {
             Slot::Method | Slot::Path | Slot::Request => 1 << Slot::Request as u32,
@@ -347,8 +377,13 @@ fn fills_overlap(pairs: &[JsonPair<'_>]) -> bool {
 /// names a handful of fields, and a vector grew twice or three times for every line.
 type JsonPairs<'a> = smallvec::SmallVec<[JsonPair<'a>; 8]>;
 
-/// A key that names a field, the field, and its value when it is a scalar.
-type JsonPair<'a> = (Cow<'a, str>, Slot, Option<Scalar<'a>>);
+/// A key that names a field, the field, its value when it is a scalar, and the length of
+/// the line's own key it was read under (`event` for `event.outcome` in `"event":
+/// {"outcome": ...}`). A map holds that and `"event.outcome"` as two keys, the shorter
+/// first: so of two pairs of one dotted key, the one from the shorter key is applied
+/// first, and only one from the same key is a repeat. Keys with a role are short
+/// ([`role_of`]), so the length fits.
+type JsonPair<'a> = (Cow<'a, str>, Slot, Option<Scalar<'a>>, u8);
 
 /// Reads one JSON object's pairs from `reader` into `pairs`; `None` when the text is no
 /// single object (nothing but whitespace may follow it, as `serde_json::from_slice` has it).
@@ -388,18 +423,19 @@ impl<'de> serde::de::Visitor<'de> for PairsInto<'_, 'de> {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             };
+            let top = key.len() as u8;
             if nested {
                 // Of a repeated key the last value counts, an object's fields with it.
                 let under = |k: &str| k.strip_prefix(key.as_ref()).is_some_and(|rest| rest.starts_with('.'));
-                self.0.retain(|(k, _, _)| !under(k));
+                self.0.retain(|(k, _, _, t)| *t != top || !under(k));
             }
             if let (Some(slot), false) = (slot, object) {
                 let JsonScalar(value) = map.next_value()?;
-                self.0.push((key, slot, value));
+                self.0.push((key, slot, value, top));
                 continue;
             }
             let before = self.0.len();
-            map.next_value_seed(FieldSeed { pairs: &mut *self.0, key, slot, depth: 1 })?;
+            map.next_value_seed(FieldSeed { pairs: &mut *self.0, key, slot, depth: 1, top })?;
             nested |= self.0.len() > before + usize::from(slot.is_some());
         }
         Ok(())
@@ -418,12 +454,14 @@ struct FieldSeed<'p, 'de> {
     key: Cow<'de, str>,
     slot: Option<Slot>,
     depth: u8,
+    /// The length of the line's own key this value is under (see [`JsonPair`]).
+    top: u8,
 }
 
 impl<'de> FieldSeed<'_, 'de> {
     fn push<E>(self, value: Option<Scalar<'de>>) -> Result<(), E> {
         if let Some(slot) = self.slot {
-            self.pairs.push((self.key, slot, value));
+            self.pairs.push((self.key, slot, value, self.top));
         }
         Ok(())
     }
@@ -477,22 +515,36 @@ impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, 'de> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        self.push(None)
+        // Of an array only ECS's categories are read, for the one that names a failed login.
+        if self.slot != Some(Slot::Category) {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return self.push(None);
+        }
+        let mut authentication = false;
+        while let Some(JsonScalar(value)) = seq.next_element::<JsonScalar<'de>>()? {
+            authentication |= matches!(value, Some(Scalar::Text(t)) if is_authentication(&t));
+        }
+        self.push(authentication.then_some(Scalar::Text(Cow::Borrowed("authentication"))))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // An object where a field's value was expected is still that field's value, no
         // scalar: of a repeated key the last value counts, and this one reads as none.
         if let Some(slot) = self.slot {
-            self.pairs.push((self.key.clone(), slot, None));
+            self.pairs.push((self.key.clone(), slot, None, self.top));
         }
         while let Some(JsonText(name)) = map.next_key::<JsonText<'de>>()? {
             let key = format!("{}.{name}", self.key);
             match role_of(&key) {
                 Some(Role { slot, .. }) if self.depth < NESTED_DEPTH => {
                     let depth = self.depth + 1;
-                    map.next_value_seed(FieldSeed { pairs: &mut *self.pairs, key: key.into(), slot, depth })?;
+                    map.next_value_seed(FieldSeed {
+                        pairs: &mut *self.pairs,
+                        key: key.into(),
+                        slot,
+                        depth,
+                        top: self.top,
+                    })?;
                 }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -909,6 +961,13 @@ mod tests {
             serde_json::Value::String(s) => s.into(),
             serde_json::Value::Number(n) => n.to_string().into(),
             serde_json::Value::Bool(b) => b.to_string().into(),
+            // ECS's categories: an array, read for the one that names a failed login.
+            serde_json::Value::Array(items) if role_of(&key).and_then(|r| r.slot) == Some(Slot::Category) => {
+                if !items.iter().any(|v| v.as_str().is_some_and(is_authentication)) {
+                    return;
+                }
+                "authentication".into()
+            }
             serde_json::Value::Object(map) if object && depth < NESTED_DEPTH => {
                 for (name, v) in map {
                     let full = format!("{key}.{name}");
@@ -937,6 +996,7 @@ mod tests {
                     "remote_addr", "client_ip", "status", "status_code", "request", "uri", "path",
                     "request_method", "request_time", "user", "level", "msg", "ts", "time_iso8601",
                     "http_user_agent", "event", "x", "client", "http", "source", "req",
+                    "event.category", "event.outcome", "user.name", "http.request",
                 ]),
                 proptest::sample::select(vec![
                     r#""1.2.3.4""#, r#""GET /a HTTP/1.1""#, r#""a \"b\" \u00e9 \\""#, "404", "-1", "0.25", "1e3",
@@ -944,6 +1004,9 @@ mod tests {
                     "18446744073709551615", "99999999999999999999", "true", "null", r#"{"a":[1,"x"]}"#, r#"[1,"x"]"#,
                     r#""""#, r#""-""#, r#""2024-01-15T10:23:45Z""#,
                     r#"{"ip":"5.6.7.8","name":"bob"}"#, r#"{"action":"user_login","outcome":"failure"}"#,
+                    r#""failure""#, r#""Authentication""#, r#"["session","AUTHENTICATION"]"#, r#"["authentication\u0000"]"#,
+                    r#"{"category":["authentication"],"outcome":"failure"}"#, r#"{"category":[["authentication"]]}"#,
+                    r#"{"method":"POST"}"#,
                     r#"{"response":{"status_code":404},"request":{"method":"GET","x":{"y":1}}}"#,
                     r#"{"remoteAddress":"5.6.7.8","method":"POST","url":"/login","headers":{"user-agent":"x"}}"#,
                 ]),
