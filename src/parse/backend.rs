@@ -521,8 +521,8 @@ impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, 'de> {
             return self.push(None);
         }
         let mut authentication = false;
-        while let Some(JsonScalar(value)) = seq.next_element::<JsonScalar<'de>>()? {
-            authentication |= matches!(value, Some(Scalar::Text(t)) if is_authentication(&t));
+        while let Some(Category(named)) = seq.next_element::<Category>()? {
+            authentication |= named;
         }
         self.push(authentication.then_some(Scalar::Text(Cow::Borrowed("authentication"))))
     }
@@ -552,6 +552,61 @@ impl<'de> serde::de::Visitor<'de> for FieldSeed<'_, 'de> {
             }
         }
         Ok(())
+    }
+}
+
+/// An element of ECS's `event.category`: whether it is `authentication`. A type of its
+/// own, not a [`JsonScalar`]: read in a second place, that one was no longer inlined where
+/// every field is read (+2.6% instructions on JSON access lines).
+struct Category(bool);
+
+impl<'de> serde::Deserialize<'de> for Category {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CategoryVisitor).map(Category)
+    }
+}
+
+struct CategoryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CategoryVisitor {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(is_authentication(v))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(false)
     }
 }
 
