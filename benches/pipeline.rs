@@ -37,6 +37,7 @@ fn config(threads: usize) -> ScanConfig {
         summary: Default::default(),
         time_range: None,
         account_case: Default::default(),
+        request_times: false,
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::bounded::Light;
+use crate::aggregate::requests::RequestTimes;
 use crate::aggregate::{AccountCase, Aggregator, ClientStats, IncidentStats, Sample, Stats};
 use crate::client::{ClientKey, SparePolicy};
 use crate::detect::{APP_REALM, AggregateKind, RuleSet};
@@ -25,10 +26,11 @@ pub struct Thresholds {
     pub client_auth_failures: u64,
     /// Failed logins against one account.
     pub account_auth_failures: u64,
-    /// Requests a minute from one client, on average from its first to its last line (see
-    /// [`average_rate`]): a flood. Off unless given (`--max-request-rate`): how many
+    /// Requests a minute from one client over the busiest window (see
+    /// [`requests_in_window`]): a flood. Off unless given (`--max-request-rate`): how many
     /// requests are too many is the site's to say, and an office behind one address, a
-    /// monitor or a partner's integration is busy without attacking.
+    /// monitor or a partner's integration is busy without attacking. A client whose
+    /// request times were not kept is judged on its average (see [`average_rate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_rate: Option<u64>,
 }
@@ -379,20 +381,24 @@ pub fn decide(
     let lowest = lowest_client_threshold(thresholds, rules);
     let failing = failing_clients_and_accounts(&agg);
     let busiest = busiest_clients(&agg);
-    let judged_light = |l: &Light| l.evidence() >= lowest || light_over_rate(l, thresholds);
-    let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(_, l)| judged_light(l));
+    let mut times = agg.request_times.take();
+    let mut judged_light =
+        |key: &ClientKey, l: &Light| l.evidence() >= lowest || over_rate(times.as_mut(), key, l, thresholds);
+    let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(k, l)| judged_light(k, l));
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
-    let mut judged: Vec<Judged> = agg
-        .clients
-        .into_iter()
-        .chain(heavy)
-        .map(|(key, c)| judge(key, c, thresholds, spare, rules))
-        .collect();
+    let mut judge_timed = |key: ClientKey, mut c: Box<ClientStats>| {
+        // Where the scan kept request times, a client without any (its series dropped to
+        // stay within the bound) has none in its window, never an average instead.
+        c.times_requests = times.as_mut().map(|t| Box::new(t.take(&key).unwrap_or_default()));
+        judge(key, c, thresholds, spare, rules)
+    };
+    let mut judged: Vec<Judged> =
+        agg.clients.into_iter().chain(heavy).map(|(k, c)| judge_timed(k, c)).collect();
     let quiet_total = quiet.len();
     let listed = most_notable_quiet(quiet, thresholds);
     let quiet_omitted = quiet_total - listed.len();
     let listed = listed.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
-    judged.extend(listed.map(|(key, c)| judge(key, c, thresholds, spare, rules)));
+    judged.extend(listed.map(|(k, c)| judge_timed(k, c)));
     judged.sort_by(|a, b| b.rank().cmp(&a.rank()).then_with(|| a.key.cmp(&b.key)));
     let blocklist = judged.iter().filter(|j| j.block()).map(|j| j.key.to_string()).collect();
     let spared =
@@ -416,6 +422,7 @@ pub fn decide(
     let lock_accounts = accounts.iter().filter(|a| a.lock).map(|a| a.user.clone()).collect();
     let mut stats = agg.stats;
     stats.memory_summary = crate::aggregate::MemorySummary::of(&agg.summary);
+    stats.request_times_dropped += times.map_or(0, |t| t.dropped);
     ScanReport {
         stats,
         thresholds: thresholds.clone(),
@@ -630,7 +637,7 @@ pub fn client_verdict(c: &mut crate::aggregate::ClientStats, t: &Thresholds, rul
             t.client_auth_failures
         )
     });
-    check_rate(&mut v, t, c.requests, c.first_seen, c.last_seen);
+    check_rate(&mut v, t, c);
     for (id, times) in c.times_rules.iter_mut() {
         let rule = rules.rule(*id);
         let (Some(threshold), w) = (rule.threshold, rule.window.unwrap_or(t.window)) else { continue };
@@ -819,9 +826,9 @@ fn incident_report(
 }
 
 /// A client's requests a minute on average from `first` to `last` (its first and last
-/// line), counting a span shorter than a minute as one: exact, and mergeable across the
-/// parts of a scan, but a client busy all day and flooding for ten minutes of it averages
-/// low; `--since` (or `--from`/`--to`) narrows the scan to the flood. `None` without times.
+/// line), counting a span shorter than a minute as one: what a client whose request times
+/// were not kept is judged on (a client busy all day and flooding for ten minutes of it
+/// averages low). `None` without times.
 pub fn average_rate(requests: u64, first: Option<i64>, last: Option<i64>) -> Option<u64> {
     // Saturating: an application's own time field can be any number.
     let span = last?.saturating_sub(first?);
@@ -829,17 +836,59 @@ pub fn average_rate(requests: u64, first: Option<i64>, last: Option<i64>) -> Opt
     Some(u64::try_from(per_minute).unwrap_or(u64::MAX))
 }
 
-/// Whether a compact entry's requests cross the request rate (so that it is judged).
-fn light_over_rate(l: &Light, t: &Thresholds) -> bool {
-    let rate = || average_rate(l.requests, l.first_seen(), l.last_seen());
-    t.client_request_rate.is_some_and(|limit| rate().is_some_and(|r| r >= limit))
+/// Whether a compact entry's requests cross the request rate (so that it is judged): in
+/// the busiest window of its request times where the scan kept them, else on average.
+fn over_rate(times: Option<&mut RequestTimes>, key: &ClientKey, l: &Light, t: &Thresholds) -> bool {
+    let Some(limit) = t.client_request_rate else { return false };
+    match times {
+        Some(times) => {
+            times.get_mut(key).is_some_and(|s| s.busiest(t.window).0 >= requests_in_window(limit, t.window))
+        }
+        None => average_rate(l.requests, l.first_seen(), l.last_seen()).is_some_and(|r| r >= limit),
+    }
 }
 
-/// Checks the request rate, when one is set, against a client's requests and times.
-fn check_rate(v: &mut Verdict, t: &Thresholds, requests: u64, first: Option<i64>, last: Option<i64>) {
-    let (Some(limit), Some(rate)) = (t.client_request_rate, average_rate(requests, first, last)) else {
-        return;
-    };
+/// Requests in a window of `window` seconds that make `per_minute` a minute, rounded up
+/// (at least one): 100 a minute is 1,000 in 10 minutes, 150 in 90 seconds.
+pub fn requests_in_window(per_minute: u64, window: i64) -> u64 {
+    let window = u128::try_from(window.max(1)).unwrap_or(1);
+    let n = (u128::from(per_minute) * window).div_ceil(60);
+    u64::try_from(n).unwrap_or(u64::MAX).max(1)
+}
+
+/// Checks the request rate, when one is set: over the busiest window of the client's
+/// request times where they were kept, else on its average.
+fn check_rate(v: &mut Verdict, t: &Thresholds, c: &mut crate::aggregate::ClientStats) {
+    let Some(limit) = t.client_request_rate else { return };
+    match c.times_requests.as_deref_mut() {
+        Some(times) => check_window_rate(v, t, limit, times),
+        None => check_average_rate(v, limit, c.requests, c.first_seen, c.last_seen),
+    }
+}
+
+/// [`check_rate`] over the busiest window of `times`.
+fn check_window_rate(
+    v: &mut Verdict,
+    t: &Thresholds,
+    limit: u64,
+    times: &mut crate::aggregate::window::EventTimes,
+) {
+    let (n, start) = times.busiest(t.window);
+    let least = at_least(times.is_coarse());
+    v.window_at_least |= times.is_coarse();
+    let per_minute = u128::from(n) * 60 / u128::try_from(t.window.max(1)).unwrap_or(1);
+    v.check(n, requests_in_window(limit, t.window), || {
+        format!(
+            "{least}{n} requests within {}{} ({least}{per_minute} a minute; threshold {limit} a minute)",
+            human_window(t.window),
+            since(start)
+        )
+    });
+}
+
+/// [`check_rate`] on a client's average from its first to its last line.
+fn check_average_rate(v: &mut Verdict, limit: u64, requests: u64, first: Option<i64>, last: Option<i64>) {
+    let Some(rate) = average_rate(requests, first, last) else { return };
     let span = |t: Option<i64>| t.map(format_rfc3339).unwrap_or_default();
     v.check(rate, limit, || {
         format!(
@@ -877,6 +926,37 @@ mod tests {
         assert_eq!(average_rate(5, None, Some(10)), None);
         assert_eq!(average_rate(u64::MAX, Some(0), Some(120)), Some(u64::MAX / 2));
         assert_eq!(average_rate(1, Some(i64::MIN), Some(i64::MAX)), Some(0));
+    }
+
+    /// A rate a minute is a count over the window, rounded up, never zero, and saturates.
+    #[test]
+    fn a_rate_a_minute_is_a_count_in_the_window() {
+        assert_eq!(requests_in_window(100, 600), 1000);
+        assert_eq!(requests_in_window(100, 90), 150);
+        assert_eq!(requests_in_window(1, 30), 1);
+        assert_eq!(requests_in_window(7, 0), 1);
+        assert_eq!(requests_in_window(u64::MAX, i64::MAX), u64::MAX);
+    }
+
+    /// A client asking once a minute for three hours and 300 times in five minutes of
+    /// them crosses 30 a minute over its busiest ten minutes (310 requests), though it
+    /// averages under 3: proposed where its request times are kept, not where they are not.
+    #[test]
+    fn a_request_rate_is_judged_over_the_busiest_window_where_times_are_kept() {
+        let rules = RuleSet::builtin().unwrap();
+        let t = Thresholds { client_request_rate: Some(30), ..Thresholds::default() };
+        for request_times in [true, false] {
+            let times = request_times.then(|| RequestTimes::new(usize::MAX));
+            let mut agg = Aggregator { request_times: times, ..Aggregator::default() };
+            (0..180).for_each(|m| request(&mut agg, &rules, [203, 0, 113, 1], m * 60, 200, "/"));
+            (0..300).for_each(|i| request(&mut agg, &rules, [203, 0, 113, 1], 3600 + i, 200, "/s"));
+            let report = decide(agg, &t, &SparePolicy::default(), &rules);
+            assert_eq!(
+                report.blocklist == ["203.0.113.1"],
+                request_times,
+                "request times kept: {request_times}"
+            );
+        }
     }
     use super::*;
     use crate::aggregate::{LineRef, Seen};

@@ -45,6 +45,7 @@ fn config() -> &'static ScanConfig {
         summary: Default::default(),
         time_range: None,
         account_case: Default::default(),
+        request_times: false,
     })
 }
 
@@ -54,6 +55,9 @@ fn config() -> &'static ScanConfig {
 pub fn scan(data: &[u8]) {
     let config = config();
     let mut worker = Worker::new(config);
+    // Request times kept (every client a full record) or not, by the input's first byte.
+    let keep_times = data.first().is_some_and(|b| b & 1 == 1);
+    worker.agg.request_times = keep_times.then(|| crate::aggregate::requests::RequestTimes::new(4096));
     let pool = BufferPool::new();
     // Every frame stands for at least one input byte (one more for a read error), so this
     // channel never blocks; sized to the input, not preallocated for 65,536 frames.

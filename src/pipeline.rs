@@ -45,6 +45,9 @@ pub struct ScanConfig {
     pub time_range: Option<crate::time::TimeRange>,
     /// How account names are told apart (`--account-case`).
     pub account_case: crate::aggregate::AccountCase,
+    /// Keep every client's request times (`--max-request-rate`; see
+    /// [`Aggregator::request_times`]), within `limits.request_bytes`.
+    pub request_times: bool,
 }
 
 /// A line that matched a detection, as `logwarden match` prints it.
@@ -144,6 +147,11 @@ impl Worker {
                 limits: config.limits.share(config.threads),
                 summary: config.summary.sharing(),
                 account_case: config.account_case,
+                request_times: config.request_times.then(|| {
+                    crate::aggregate::requests::RequestTimes::new(
+                        config.limits.share(config.threads).request_bytes,
+                    )
+                }),
                 ..Aggregator::default()
             },
             matches: None,
@@ -477,6 +485,7 @@ mod tests {
             summary: Default::default(),
             time_range: None,
             account_case: Default::default(),
+            request_times: false,
         };
         let lines: String = (0..3000)
             .map(|i| {

@@ -109,6 +109,29 @@ fn sprayed_addresses_keep_memory_bounded_and_attackers_are_still_found() {
     assert!(peak_kb < 110 * 1024, "peak {peak_kb} KiB");
 }
 
+/// With request rates judged, the spray's one-request clients fill the table of request
+/// times again and again: the clients with the fewest requests are dropped, memory stays
+/// bounded, and the three attackers (70 requests in ten minutes) still cross 6 a minute
+/// over their busiest ten minutes.
+#[test]
+fn sprayed_addresses_keep_request_times_bounded_and_floods_are_still_found() {
+    let (file, attackers) = spray(300_000);
+    let mut cmd = logwarden();
+    cmd.args(["scan", "--output", "json", "--max-memory", "64", "--threads", "2", "--max-request-rate", "6"]);
+    cmd.arg(file.path());
+    let (out, peak_kb) = run_measured(cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for ip in &attackers {
+        let c = doc["ips"].as_array().unwrap().iter().find(|c| &c["ip"] == ip).unwrap();
+        let reasons = c["reasons"].to_string();
+        assert!(reasons.contains("requests within 10m"), "{ip}: {reasons}");
+    }
+    let dropped = doc["stats"]["request_times_dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 250_000, "dropped {dropped}");
+    assert!(peak_kb < 110 * 1024, "peak {peak_kb} KiB");
+}
+
 /// Pipes `data` to `scan --output json` on stdin; the document and the peak RSS in KiB.
 fn scan_stdin(data: Vec<u8>) -> (serde_json::Value, u64) {
     let mut cmd = logwarden();

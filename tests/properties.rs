@@ -62,6 +62,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
         summary: Default::default(),
         time_range: None,
         account_case: Default::default(),
+        request_times: false,
     }
 }
 
@@ -69,8 +70,10 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
 /// lists may differ once a client has more distinct values than they hold.
 fn document(input: Input, cfg: &ScanConfig) -> Value {
     let agg = scan(vec![input], cfg).unwrap();
-    // With a request rate, so that it too is held to the same answer.
-    let thresholds = Thresholds { client_request_rate: Some(20), ..Thresholds::default() };
+    // With a request rate, so that it too is held to the same answer: on averages, 20 a
+    // minute proposes clients of this corpus; over the busiest ten minutes, 3 does.
+    let rate = if cfg.request_times { 3 } else { 20 };
+    let thresholds = Thresholds { client_request_rate: Some(rate), ..Thresholds::default() };
     let report = decide(agg, &thresholds, &SparePolicy::default(), &cfg.rules);
     let doc = serde_json::to_value(&report).unwrap();
     without(doc, &["accounts", "top_paths", "top_user_agents"])
@@ -86,10 +89,18 @@ fn without(mut doc: Value, keys: &[&str]) -> Value {
     doc
 }
 
-fn baseline() -> &'static Value {
-    static BASE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    BASE.get_or_init(|| {
-        document(Input::from_reader("corpus", std::io::Cursor::new(fixture_corpus())), &config(1 << 20, 1))
+/// `config` with every client's request times kept (`--max-request-rate`) or not.
+fn timed(mut config: ScanConfig, request_times: bool) -> ScanConfig {
+    config.request_times = request_times;
+    config
+}
+
+/// The document of one thread reading the corpus whole, with request times or without.
+fn baseline(request_times: bool) -> &'static Value {
+    static BASE: [std::sync::OnceLock<Value>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    BASE[usize::from(request_times)].get_or_init(|| {
+        let cfg = timed(config(1 << 20, 1), request_times);
+        document(Input::from_reader("corpus", std::io::Cursor::new(fixture_corpus())), &cfg)
     })
 }
 
@@ -101,16 +112,18 @@ proptest! {
         chunk in 16usize..20_000,
         sizes in prop::collection::vec(1usize..9000, 1..8),
         threads in 1usize..4,
+        request_times in any::<bool>(),
     ) {
         let reader = Choppy { data: fixture_corpus(), pos: 0, sizes, turn: 0 };
-        let doc = document(Input::from_reader("corpus", reader), &config(chunk, threads));
+        let doc = document(Input::from_reader("corpus", reader), &timed(config(chunk, threads), request_times));
         // On more than one thread, samples are left out: they come from a client's full
         // record, which starts with the piece of evidence after its first four 4xx
         // answers, and which line that is for the worker that builds the record depends
         // on how the chunks were shared out. Every count, window and decision is exact.
         let order_dependent: &[&str] = if threads > 1 { &["samples"] } else { &[] };
-        let (doc, base) = (without(doc, order_dependent), without(baseline().clone(), order_dependent));
-        prop_assert!(doc == base, "document differs for chunk {chunk}, threads {threads}");
+        let base = baseline(request_times).clone();
+        let (doc, base) = (without(doc, order_dependent), without(base, order_dependent));
+        prop_assert!(doc == base, "document differs for chunk {chunk}, threads {threads}, times {request_times}");
     }
 
     #[test]

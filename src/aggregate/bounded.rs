@@ -46,6 +46,9 @@ pub struct Limits {
     /// Pieces of evidence a compact entry keeps as events, at most [`LIGHT_EVENTS`]: fewer
     /// when a threshold is that low ([`Limits::below_threshold`]).
     pub light_events: usize,
+    /// Bytes of request times (see [`super::requests`]), kept only by a scan that judges
+    /// request rates ([`Limits::with_request_times`]).
+    pub request_bytes: usize,
 }
 
 /// Evidence events a [`Light`] entry keeps exactly. Four: on the 1 GB benchmark corpus
@@ -72,8 +75,13 @@ pub const FIXED_BYTES: usize = 40 << 20;
 
 impl Limits {
     /// No limit (library default; the command line always sets one).
-    pub const UNBOUNDED: Limits =
-        Limits { clients: usize::MAX, light: usize::MAX, accounts: usize::MAX, light_events: LIGHT_EVENTS };
+    pub const UNBOUNDED: Limits = Limits {
+        clients: usize::MAX,
+        light: usize::MAX,
+        accounts: usize::MAX,
+        light_events: LIGHT_EVENTS,
+        request_bytes: usize::MAX,
+    };
 
     /// Limits that keep a scan near `bytes` of memory: of what is left after the fixed
     /// part, half for full client records, a quarter for light ones, a quarter for accounts.
@@ -84,6 +92,19 @@ impl Limits {
             light: (room / 4 / BYTES_PER_LIGHT).max(64),
             accounts: (room / 4 / BYTES_PER_ENTRY).max(64),
             light_events: LIGHT_EVENTS,
+            request_bytes: room / 4,
+        }
+    }
+
+    /// These limits for a scan that keeps request times: a quarter of the room for them,
+    /// taken from the others in proportion, so that the scan stays near its bound.
+    pub fn with_request_times(self) -> Limits {
+        let three_quarters = |n: usize| if n == usize::MAX { n } else { (n / 4 * 3).max(64) };
+        Limits {
+            clients: three_quarters(self.clients),
+            light: three_quarters(self.light),
+            accounts: three_quarters(self.accounts),
+            ..self
         }
     }
 
@@ -104,6 +125,7 @@ impl Limits {
             light: (self.light / w).max(16),
             accounts: (self.accounts / w).max(16),
             light_events: self.light_events,
+            request_bytes: self.request_bytes / w,
         }
     }
 }

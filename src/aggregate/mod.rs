@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod dense;
+pub mod requests;
 pub mod shared;
 pub mod topk;
 pub mod window;
@@ -370,6 +371,10 @@ pub struct Stats {
     /// address (see [`Record::client_unreadable`]): read as application lines.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub access_without_client: u64,
+    /// Clients whose request times were dropped to stay within `--max-memory` (see
+    /// [`requests`]): their busiest windows are lower bounds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub request_times_dropped: u64,
     pub sources: BTreeMap<String, SourceStats>,
     /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
     #[serde(default)]
@@ -392,6 +397,7 @@ impl Stats {
             ("Unattributed", self.unattributed_note()),
             ("No client address", self.access_without_client_note()),
             ("Extra fields", self.extra_fields_note()),
+            ("Request times", self.request_times_note()),
         ];
         notes.into_iter().filter_map(|(heading, note)| note.map(|n| (heading, n))).collect()
     }
@@ -433,6 +439,19 @@ impl Stats {
                 "{n} line(s) were read as combined followed by fields of a log_format logwarden was not given \
                  (format {extra}); those fields were not read. If one of them names the client (X-Forwarded-For \
                  behind a proxy), give the log_format (--log-format, or --nginx-conf and --log-format-name)"
+            )
+        })
+    }
+
+    /// What the reports say of request times dropped to stay within the memory bound: a
+    /// flood may then be counted short, and a scan that proposed none must say so.
+    fn request_times_note(&self) -> Option<String> {
+        let n = self.request_times_dropped;
+        (n > 0).then(|| {
+            format!(
+                "the request times of {n} client(s) with the fewest requests were dropped to stay within --max-memory, \
+                 so their busiest windows count only the requests after that: a flood may be counted short \
+                 (raise --max-memory to keep them all)"
             )
         })
     }
@@ -526,6 +545,9 @@ pub struct ClientStats {
     pub times_4xx: EventTimes,
     pub times_auth: EventTimes,
     pub times_rules: LiteMap<RuleId, EventTimes>,
+    /// Its requests' times, when the scan kept them ([`Aggregator::request_times`]):
+    /// given to the record when it is judged, for the busiest window of a flood.
+    pub times_requests: Option<Box<EventTimes>>,
     /// Accounts failed on, with times (credential stuffing).
     pub auth_accounts: DistinctTimes,
     /// Paths answered 4xx, with times (probing).
@@ -560,6 +582,7 @@ impl Default for ClientStats {
             times_4xx: EventTimes::default(),
             times_auth: EventTimes::default(),
             times_rules: LiteMap::new(),
+            times_requests: None,
             auth_accounts: DistinctTimes::default(),
             paths_4xx: DistinctTimes::default(),
             samples: Samples::new(),
@@ -1087,6 +1110,9 @@ pub struct Aggregator {
     pub summary: Summary,
     /// How account names are told apart. Every part of one scan holds the same.
     pub account_case: AccountCase,
+    /// Every client's request times, when the scan judges request rates
+    /// (`--max-request-rate`; see [`requests`]).
+    pub request_times: Option<requests::RequestTimes>,
     /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
     pub(crate) runs: Vec<ParsedRun>,
     /// Quiet lines of clients without a full record, not yet counted (see
@@ -1222,6 +1248,11 @@ impl Aggregator {
         };
         let name = logged.map(|u| case.key(u));
         let user = name.as_deref();
+        if let (Some(times), Some(key), Some(RecordKind::Access)) =
+            (&mut self.request_times, key, record.kind)
+        {
+            times.add(key, record.time);
+        }
         match key {
             Some(key) => self.observe_client(key, seen, user, rules, forwarded_unbelieved(record, policy)),
             None if !seen.hits.is_empty() => self.stats.unattributed_detections += 1,
@@ -1600,6 +1631,11 @@ impl Aggregator {
             std::mem::swap(&mut self.accounts, &mut other.accounts);
         }
         self.merge_stats(other.stats);
+        match (&mut self.request_times, other.request_times) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
         for (key, mut c) in other.clients {
             if let Some(l) = self.light.remove(&key) {
                 c.absorb(l);
@@ -1653,6 +1689,7 @@ impl Aggregator {
         s.unattributed_detections += o.unattributed_detections;
         s.outside_time_range += o.outside_time_range;
         s.access_without_client += o.access_without_client;
+        s.request_times_dropped += o.request_times_dropped;
         s.last_event_time = s.last_event_time.max(o.last_event_time);
         for (name, src) in o.sources {
             let mine = s.sources.entry(name).or_default();

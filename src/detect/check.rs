@@ -102,6 +102,7 @@ fn aggregate_fires(set: &Arc<RuleSet>, rule_id: &str, block: &str) -> Result<boo
         summary: Default::default(),
         time_range: None,
         account_case: Default::default(),
+        request_times: false,
     };
     let input = Input::from_reader("example", std::io::Cursor::new(block.as_bytes().to_vec()));
     let agg = scan(vec![input], &config).map_err(|e| e.to_string())?;

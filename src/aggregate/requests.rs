@@ -1,0 +1,139 @@
+//! Every client's request times, for request rates over a window (`--max-request-rate`).
+//! A compact entry counts a client's requests but keeps no times, and a full record is
+//! made only for evidence, so the times of a flood of plain `200`s would be nowhere: they
+//! are kept here, one series per client, beside whichever entry counts the client. Only a
+//! scan that judges request rates keeps them (the cost is a lookup per line).
+//!
+//! Series are [`EventTimes`]: per-second counts, coarsened past their cap, whose busiest
+//! window depends only on the set of times, so that the parts of a scan merge exactly.
+//! The table is bounded in bytes: when full, the series with the fewest requests are
+//! dropped, down to 3/4 of the bound. A client that floods after its series was dropped
+//! gets a new one, which holds the flood; only its earlier times are lost, so a window's
+//! count is a lower bound, and the scan says how many series were dropped.
+
+use super::HashMap;
+use super::window::EventTimes;
+use crate::client::ClientKey;
+
+/// Bytes a series is charged besides its heap: its key, its map slot and the map's spare
+/// room.
+const ENTRY_BYTES: usize = std::mem::size_of::<(ClientKey, EventTimes)>() * 2;
+
+/// Request times per client, within a bound in bytes.
+#[derive(Clone, Debug)]
+pub struct RequestTimes {
+    series: HashMap<ClientKey, EventTimes>,
+    /// Bytes the series are charged ([`ENTRY_BYTES`] each plus their heap).
+    bytes: usize,
+    limit: usize,
+    /// Series dropped to stay within the bound.
+    pub dropped: u64,
+}
+
+impl RequestTimes {
+    /// An empty table that holds at most about `limit` bytes.
+    pub fn new(limit: usize) -> RequestTimes {
+        RequestTimes { series: HashMap::default(), bytes: 0, limit, dropped: 0 }
+    }
+
+    /// Counts a request of `key`'s at `time`.
+    pub fn add(&mut self, key: ClientKey, time: Option<i64>) {
+        let entry = self.series.entry(key);
+        let new = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
+        let series = entry.or_default();
+        let held = series.heap_bytes();
+        series.add(time);
+        self.bytes = self.bytes + series.heap_bytes() + if new { ENTRY_BYTES } else { 0 } - held;
+        if self.bytes > self.limit {
+            self.shrink();
+        }
+    }
+
+    /// Adds every series of `other`, and its bound to this one's (the parts of one scan
+    /// share the scan's bound).
+    pub fn merge(&mut self, other: RequestTimes) {
+        self.limit = self.limit.saturating_add(other.limit);
+        self.dropped += other.dropped;
+        for (key, times) in other.series {
+            let mine = self.series.entry(key).or_default();
+            mine.merge(times);
+        }
+        self.bytes = self.series.values().map(|s| ENTRY_BYTES + s.heap_bytes()).sum();
+        if self.bytes > self.limit {
+            self.shrink();
+        }
+    }
+
+    /// Takes out the series of `key`.
+    pub fn take(&mut self, key: &ClientKey) -> Option<EventTimes> {
+        let series = self.series.remove(key)?;
+        self.bytes -= ENTRY_BYTES + series.heap_bytes();
+        Some(series)
+    }
+
+    /// The series of `key`.
+    pub fn get_mut(&mut self, key: &ClientKey) -> Option<&mut EventTimes> {
+        self.series.get_mut(key)
+    }
+
+    /// Drops the series with the fewest requests (ties: the same order in every run, see
+    /// [`super::tie_order`]) until the rest fit in 3/4 of the bound.
+    fn shrink(&mut self) {
+        let target = self.limit / 4 * 3;
+        let mut least: Vec<(u64, u64, ClientKey, usize)> = self
+            .series
+            .iter()
+            .map(|(k, s)| (s.total(), super::tie_order(k), *k, ENTRY_BYTES + s.heap_bytes()))
+            .collect();
+        least.sort_unstable();
+        for (_, _, key, bytes) in least {
+            if self.bytes <= target {
+                break;
+            }
+            self.series.remove(&key);
+            self.bytes -= bytes;
+            self.dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> ClientKey {
+        ClientKey(ipnet::IpNet::from(std::net::IpAddr::from(i.to_be_bytes())))
+    }
+
+    /// Two parts' series merge into the series of all the requests.
+    #[test]
+    fn parts_merge_into_the_whole_series() {
+        let (mut a, mut b, mut whole) =
+            (RequestTimes::new(1 << 20), RequestTimes::new(1 << 20), RequestTimes::new(1 << 21));
+        for t in 0..100 {
+            let part = if t % 3 == 0 { &mut a } else { &mut b };
+            part.add(key(1), Some(t));
+            whole.add(key(1), Some(t));
+        }
+        a.merge(b);
+        let (mut merged, mut all) = (a.take(&key(1)).unwrap(), whole.take(&key(1)).unwrap());
+        assert_eq!(merged.busiest(60), all.busiest(60));
+        assert_eq!(merged.busiest(60), (60, Some(0)));
+        assert_eq!((a.bytes, a.dropped), (0, 0));
+    }
+
+    /// A spray of one-request clients stays within the bound; a client with many requests
+    /// keeps its series, and the dropped ones are counted.
+    #[test]
+    fn a_spray_stays_within_the_bound_and_keeps_the_busiest() {
+        let limit = 64 * ENTRY_BYTES;
+        let mut table = RequestTimes::new(limit);
+        (0..50).for_each(|t| table.add(key(0), Some(t)));
+        (1..10_000).for_each(|i| table.add(key(i), Some(i64::from(i))));
+        assert!(table.bytes <= limit, "{} bytes held, bound {limit}", table.bytes);
+        assert!(table.series.len() < 64 && table.dropped > 9_000);
+        assert_eq!(table.get_mut(&key(0)).map(|s| s.total()), Some(50));
+        let held: usize = table.series.values().map(|s| ENTRY_BYTES + s.heap_bytes()).sum();
+        assert_eq!(held, table.bytes, "the charge is what the series hold");
+    }
+}
