@@ -1294,9 +1294,13 @@ impl Aggregator {
     /// Adds the pending runs of parsed lines to `stats.sources`. The pipeline's workers
     /// settle after every chunk, and merging and deciding settle first; a caller that
     /// reads `stats.sources`, `clients` or `light` of an aggregator it fed itself settles
-    /// before. Also counts the held quiet lines (see [`QuietLine`]).
+    /// before. Also counts the held quiet lines (see [`QuietLine`]) and requests (see
+    /// [`requests::RequestTimes::flush`]).
     pub fn settle(&mut self) {
         self.count_quiet();
+        if let Some(times) = &mut self.request_times {
+            times.flush();
+        }
         for run in std::mem::take(&mut self.runs) {
             let source = self.source(&run.source);
             source.lines += run.lines;
