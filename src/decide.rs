@@ -866,6 +866,16 @@ fn check_rate(v: &mut Verdict, t: &Thresholds, c: &mut crate::aggregate::ClientS
     }
 }
 
+/// The verdict of a client's request times alone (for `--follow`, which checks them as
+/// they come, apart from the client's other counts): empty without a request rate.
+pub fn rate_verdict(times: &mut crate::aggregate::window::EventTimes, t: &Thresholds) -> Verdict {
+    let mut v = Verdict::default();
+    if let Some(limit) = t.client_request_rate {
+        check_window_rate(&mut v, t, limit, times);
+    }
+    v
+}
+
 /// [`check_rate`] over the busiest window of `times`.
 fn check_window_rate(
     v: &mut Verdict,

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::aggregate::Aggregator;
 use crate::client::{ClientKey, SparePolicy};
-use crate::decide::{ScanReport, Thresholds, account_verdict, client_verdict, decide};
+use crate::decide::{ScanReport, Thresholds, account_verdict, client_verdict, decide, rate_verdict};
 use crate::detect::{APP_REALM, RuleSet};
 use crate::framing::BufferPool;
 use crate::pipeline::{ScanConfig, Worker, spawn_reader};
@@ -127,18 +127,32 @@ impl Announcer {
         out: &mut dyn Write,
     ) -> crate::Result<()> {
         let t = &opts.thresholds;
+        // A record holds no request times (they are kept apart, below): judged without
+        // the rate here, never on an average.
+        let records = Thresholds { client_request_rate: None, ..t.clone() };
         let mut new = Vec::new();
         for (key, c) in agg.clients.iter_mut() {
             if self.clients.contains(key) {
                 continue;
             }
-            let mut v = client_verdict(c, t, rules);
+            let mut v = client_verdict(c, &records, rules);
             if v.reasons.is_empty() || opts.spare.spare_reason(key).is_some() {
                 continue;
             }
             v.reasons.extend(crate::decide::proposal_notes(c));
             self.clients.insert(*key);
             new.push(announcement("block", key.to_string(), c.last_seen, v));
+        }
+        // Request times are kept apart from the records (a flood may have none).
+        for (key, times) in agg.request_times.iter_mut().flat_map(|t| t.iter_mut()) {
+            if self.clients.contains(key) || opts.spare.spare_reason(key).is_some() {
+                continue;
+            }
+            let v = rate_verdict(times, t);
+            if !v.reasons.is_empty() {
+                self.clients.insert(*key);
+                new.push(announcement("block", key.to_string(), times.latest(), v));
+            }
         }
         for (user, a) in agg.accounts.get_mut(APP_REALM).into_iter().flat_map(|users| users.iter_mut()) {
             if self.accounts.contains(user.as_str()) {

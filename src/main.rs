@@ -216,10 +216,10 @@ struct ScanArgs {
     max_account_failures: u64,
     /// Requests a minute from one client, over its busiest --window (100 a minute: 1000
     /// requests in 10 minutes), that propose a block: a flood. Off by default. Keeps every
-    /// client's request times, in a quarter of --max-memory. Not with --follow or
-    /// --pushdown-query (which reads only the lines of clients with 4xx answers).
+    /// client's request times, in a quarter of --max-memory. Not with --pushdown-query
+    /// (which reads only the lines of clients with 4xx answers).
     #[arg(long, value_name = "PER_MINUTE", value_parser = clap::value_parser!(u64).range(1..),
-          conflicts_with_all = ["follow", "pushdown_queries"])]
+          conflicts_with = "pushdown_queries")]
     max_request_rate: Option<u64>,
     /// Whether `Admin` and `admin` are one account (insensitive: counted together, and
     /// locked by `lower(name)`) or two (sensitive: as logged). Match your application's login.

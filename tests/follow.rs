@@ -119,3 +119,33 @@ fn end_of_input_ends_with_the_summary() {
     assert_eq!(proposals[0]["subject"], "198.51.100.23");
     assert_eq!(lines.last().unwrap()["type"], "stats");
 }
+
+/// A flood of plain `200`s is announced by its request rate while the stream is open: its
+/// 200 requests in one minute cross 10 a minute (100 in the ten-minute window); a
+/// visitor's few requests do not.
+#[test]
+fn a_flood_is_announced_by_its_request_rate_while_the_stream_is_open() {
+    let mut child = spawn(&["--max-request-rate", "10"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    let line = |ip: &str, s: u32| {
+        format!(
+            "{ip} - - [15/Jan/2024:10:00:{s:02} +0000] \"GET /search?q={s} HTTP/1.1\" 200 512 \"-\" \"x\"\n"
+        )
+    };
+    for i in 0..200 {
+        stdin.write_all(line("203.0.113.200", i % 60).as_bytes()).unwrap();
+        if i % 20 == 0 {
+            stdin.write_all(line("198.51.100.7", i % 60).as_bytes()).unwrap();
+        }
+    }
+    stdin.flush().unwrap();
+    let seen = wait_for(&rx, "BLOCK 203.0.113.200");
+    let announced = seen.last().unwrap();
+    assert!(announced.contains("200 requests within 10m"), "{announced}");
+    assert!(!seen.iter().any(|l| l.contains("198.51.100.7")), "{seen:#?}");
+    drop(stdin);
+    let rest: Vec<String> = rx.iter().collect();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!rest.iter().any(|l| l.contains("BLOCK 198.51.100.7")), "{rest:#?}");
+}

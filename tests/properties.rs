@@ -134,9 +134,13 @@ proptest! {
     }
 
     #[test]
-    fn log_shaped_garbage_never_panics(lines in prop::collection::vec(log_shaped_line(), 0..60)) {
+    fn log_shaped_garbage_never_panics(
+        lines in prop::collection::vec(log_shaped_line(), 0..60),
+        request_times in any::<bool>(),
+    ) {
         let data = lines.join("\n").into_bytes();
-        let agg = scan(vec![Input::from_reader("fuzz", std::io::Cursor::new(data))], &config(64, 2)).unwrap();
+        let cfg = timed(config(64, 2), request_times);
+        let agg = scan(vec![Input::from_reader("fuzz", std::io::Cursor::new(data))], &cfg).unwrap();
         prop_assert_eq!(agg.stats.lines, agg.stats.parsed + agg.stats.unparsed);
     }
 }

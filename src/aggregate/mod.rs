@@ -1731,6 +1731,9 @@ impl Aggregator {
                 a.last_seen.is_none_or(|t| t >= cutoff)
             });
         }
+        if let Some(times) = &mut self.request_times {
+            times.evict_before(cutoff);
+        }
         let day_ago = (cutoff - 86_400).div_euclid(60);
         self.incident.retain_from(day_ago);
         self.recount_clients();

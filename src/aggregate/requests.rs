@@ -104,6 +104,23 @@ impl RequestTimes {
         self.series.get_mut(key)
     }
 
+    /// Every client's series.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ClientKey, &mut EventTimes)> + '_ {
+        self.flush();
+        self.series.iter_mut()
+    }
+
+    /// Drops the times before `cutoff` (for `--follow`, so memory stays flat), and the
+    /// series left empty.
+    pub fn evict_before(&mut self, cutoff: i64) {
+        self.flush();
+        self.series.retain(|_, s| {
+            s.evict_before(cutoff);
+            s.total() > 0
+        });
+        self.bytes = self.series.values().map(|s| ENTRY_BYTES + s.heap_bytes()).sum();
+    }
+
     /// Drops the series with the fewest requests (ties: the same order in every run, see
     /// [`super::tie_order`]) until the rest fit in 3/4 of the bound.
     fn shrink(&mut self) {

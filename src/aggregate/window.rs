@@ -169,6 +169,11 @@ impl EventTimes {
         self.sorted = self.entries.len();
     }
 
+    /// The start of the latest bucket that holds an event.
+    pub fn latest(&self) -> Option<i64> {
+        self.entries.iter().map(|e| e.0).max()
+    }
+
     /// Total timed events.
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.1)).sum::<u64>() + self.untimed
