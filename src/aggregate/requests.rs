@@ -2,7 +2,8 @@
 //! A compact entry counts a client's requests but keeps no times, and a full record is
 //! made only for evidence, so the times of a flood of plain `200`s would be nowhere: they
 //! are kept here, one series per client, beside whichever entry counts the client. Only a
-//! scan that judges request rates keeps them (the cost is a lookup per line).
+//! scan that judges request rates keeps them: the cost is a lookup per line, made in
+//! batches ([`BATCH`]). Under `--follow`, times older than the window are dropped.
 //!
 //! Series are [`EventTimes`]: per-second counts, coarsened past their cap, whose busiest
 //! window depends only on the set of times, so that the parts of a scan merge exactly.
