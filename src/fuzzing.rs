@@ -55,7 +55,7 @@ fn config() -> &'static ScanConfig {
 pub fn scan(data: &[u8]) {
     let config = config();
     let mut worker = Worker::new(config);
-    // Request times kept (every client a full record) or not, by the input's first byte.
+    // Request times kept (in a table of 4 KiB, so it drops series) or not, by the first byte.
     let keep_times = data.first().is_some_and(|b| b & 1 == 1);
     worker.agg.request_times = keep_times.then(|| crate::aggregate::requests::RequestTimes::new(4096));
     let pool = BufferPool::new();
