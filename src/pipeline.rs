@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::aggregate::requests::{RequestTimes, SharedRequestTimes};
 use crate::aggregate::shared::SharedLights;
 use crate::aggregate::{Aggregator, LineRef, ReadError};
 use crate::aggregate::{Seen, UnparsedReason};
@@ -374,6 +375,9 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
     // One table of quiet clients for all workers (each sees nearly every client); with
     // one worker its own table does the same without locks.
     let lights = (config.threads > 1).then(|| Arc::new(SharedLights::new(config.limits.light)));
+    // Request times likewise: one table for all workers.
+    let shared_times = (config.request_times && config.threads > 1)
+        .then(|| Arc::new(SharedRequestTimes::new(config.limits.request_bytes)));
     let mut agg = threads.install(|| {
         rx.into_iter()
             .par_bridge()
@@ -381,6 +385,9 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
                 || {
                     let mut w = Worker::new(config);
                     w.agg.shared_light = lights.clone();
+                    if let Some(times) = w.agg.request_times.as_mut() {
+                        times.shared = shared_times.clone();
+                    }
                     w
                 },
                 |mut w, frame| {
@@ -405,6 +412,11 @@ pub fn scan_frames(rx: Receiver<Frame>, pool: &BufferPool, config: &ScanConfig) 
     });
     if let Some(lights) = lights {
         agg.absorb_lights(&lights);
+    }
+    if let Some(times) = shared_times {
+        // The merged result's own table is empty: its requests went to the shared one.
+        agg.request_times.as_mut().into_iter().for_each(RequestTimes::flush);
+        agg.request_times = Some(times.drain());
     }
     Ok(agg)
 }
