@@ -10,7 +10,9 @@
 //! The table is bounded in bytes: when full, the series with the fewest requests are
 //! dropped, down to 3/4 of the bound. A client that floods after its series was dropped
 //! gets a new one, which holds the flood; only its earlier times are lost, so a window's
-//! count is a lower bound, and the scan says how many series were dropped.
+//! count is a lower bound, and the scan says how many series were dropped. On several
+//! threads the workers share one table ([`SharedRequestTimes`]), so each client's series
+//! is held once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
