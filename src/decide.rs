@@ -29,8 +29,8 @@ pub struct Thresholds {
     /// Requests a minute from one client over the busiest window (see
     /// [`requests_in_window`]): a flood. Off unless given (`--max-request-rate`): how many
     /// requests are too many is the site's to say, and an office behind one address, a
-    /// monitor or a partner's integration is busy without attacking. A client whose
-    /// request times were not kept is judged on its average (see [`average_rate`]).
+    /// monitor or a partner's integration is busy without attacking. Judged where the scan
+    /// kept request times ([`Aggregator::request_times`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_rate: Option<u64>,
 }
@@ -383,13 +383,11 @@ pub fn decide(
     let busiest = busiest_clients(&agg);
     let mut times = agg.request_times.take();
     let mut judged_light =
-        |key: &ClientKey, l: &Light| l.evidence() >= lowest || over_rate(times.as_mut(), key, l, thresholds);
+        |key: &ClientKey, l: &Light| l.evidence() >= lowest || over_rate(times.as_mut(), key, thresholds);
     let (heavy, quiet): (Vec<_>, Vec<_>) = agg.light.into_iter().partition(|(k, l)| judged_light(k, l));
     let heavy = heavy.into_iter().map(|(key, l)| (key, Box::new(ClientStats::from_light(l))));
     let mut judge_timed = |key: ClientKey, mut c: Box<ClientStats>| {
-        // Where the scan kept request times, a client without any (its series dropped to
-        // stay within the bound) has none in its window, never an average instead.
-        c.times_requests = times.as_mut().map(|t| Box::new(t.take(&key).unwrap_or_default()));
+        c.times_requests = times.as_mut().and_then(|t| t.take(&key)).map(Box::new);
         judge(key, c, thresholds, spare, rules)
     };
     let mut judged: Vec<Judged> =
@@ -825,27 +823,13 @@ fn incident_report(
     }
 }
 
-/// A client's requests a minute on average from `first` to `last` (its first and last
-/// line), counting a span shorter than a minute as one: what a client whose request times
-/// were not kept is judged on (a client busy all day and flooding for ten minutes of it
-/// averages low). `None` without times.
-pub fn average_rate(requests: u64, first: Option<i64>, last: Option<i64>) -> Option<u64> {
-    // Saturating: an application's own time field can be any number.
-    let span = last?.saturating_sub(first?);
-    let per_minute = u128::from(requests) * 60 / span.max(60) as u128;
-    Some(u64::try_from(per_minute).unwrap_or(u64::MAX))
-}
-
-/// Whether a compact entry's requests cross the request rate (so that it is judged): in
-/// the busiest window of its request times where the scan kept them, else on average.
-fn over_rate(times: Option<&mut RequestTimes>, key: &ClientKey, l: &Light, t: &Thresholds) -> bool {
-    let Some(limit) = t.client_request_rate else { return false };
-    match times {
-        Some(times) => {
-            times.get_mut(key).is_some_and(|s| s.busiest(t.window).0 >= requests_in_window(limit, t.window))
-        }
-        None => average_rate(l.requests, l.first_seen(), l.last_seen()).is_some_and(|r| r >= limit),
-    }
+/// Whether a compact entry's request times cross the request rate (so that it is judged).
+fn over_rate(times: Option<&mut RequestTimes>, key: &ClientKey, t: &Thresholds) -> bool {
+    let (Some(limit), Some(series)) = (t.client_request_rate, times.and_then(|times| times.get_mut(key)))
+    else {
+        return false;
+    };
+    series.busiest(t.window).0 >= requests_in_window(limit, t.window)
 }
 
 /// Requests in a window of `window` seconds that make `per_minute` a minute, rounded up
@@ -856,13 +840,11 @@ pub fn requests_in_window(per_minute: u64, window: i64) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
 }
 
-/// Checks the request rate, when one is set: over the busiest window of the client's
-/// request times where they were kept, else on its average.
+/// Checks the request rate, when one is set, over the busiest window of the client's
+/// request times, where the scan kept them.
 fn check_rate(v: &mut Verdict, t: &Thresholds, c: &mut crate::aggregate::ClientStats) {
-    let Some(limit) = t.client_request_rate else { return };
-    match c.times_requests.as_deref_mut() {
-        Some(times) => check_window_rate(v, t, limit, times),
-        None => check_average_rate(v, limit, c.requests, c.first_seen, c.last_seen),
+    if let (Some(limit), Some(times)) = (t.client_request_rate, c.times_requests.as_deref_mut()) {
+        check_window_rate(v, t, limit, times);
     }
 }
 
@@ -896,19 +878,6 @@ fn check_window_rate(
     });
 }
 
-/// [`check_rate`] on a client's average from its first to its last line.
-fn check_average_rate(v: &mut Verdict, limit: u64, requests: u64, first: Option<i64>, last: Option<i64>) {
-    let Some(rate) = average_rate(requests, first, last) else { return };
-    let span = |t: Option<i64>| t.map(format_rfc3339).unwrap_or_default();
-    v.check(rate, limit, || {
-        format!(
-            "{requests} requests from {} to {} ({rate} a minute on average; threshold {limit})",
-            span(first),
-            span(last)
-        )
-    });
-}
-
 fn since(start: Option<i64>) -> String {
     start.map(|s| format!(" from {}", format_rfc3339(s))).unwrap_or_default()
 }
@@ -925,18 +894,6 @@ pub fn human_window(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-
-    /// A span under a minute counts as one minute; a client without times has no rate.
-    #[test]
-    fn an_average_rate_is_per_minute_over_at_least_one() {
-        assert_eq!(average_rate(300, Some(0), Some(10)), Some(300));
-        assert_eq!(average_rate(300, Some(0), Some(60)), Some(300));
-        assert_eq!(average_rate(1200, Some(0), Some(599)), Some(120));
-        assert_eq!(average_rate(7, Some(100), Some(100 + 3600)), Some(0));
-        assert_eq!(average_rate(5, None, Some(10)), None);
-        assert_eq!(average_rate(u64::MAX, Some(0), Some(120)), Some(u64::MAX / 2));
-        assert_eq!(average_rate(1, Some(i64::MIN), Some(i64::MAX)), Some(0));
-    }
 
     /// A rate a minute is a count over the window, rounded up, never zero, and saturates.
     #[test]

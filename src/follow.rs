@@ -127,15 +127,12 @@ impl Announcer {
         out: &mut dyn Write,
     ) -> crate::Result<()> {
         let t = &opts.thresholds;
-        // A record holds no request times (they are kept apart, below): judged without
-        // the rate here, never on an average.
-        let records = Thresholds { client_request_rate: None, ..t.clone() };
         let mut new = Vec::new();
         for (key, c) in agg.clients.iter_mut() {
             if self.clients.contains(key) {
                 continue;
             }
-            let mut v = client_verdict(c, &records, rules);
+            let mut v = client_verdict(c, t, rules);
             if v.reasons.is_empty() || opts.spare.spare_reason(key).is_some() {
                 continue;
             }
@@ -143,7 +140,8 @@ impl Announcer {
             self.clients.insert(*key);
             new.push(announcement("block", key.to_string(), c.last_seen, v));
         }
-        // Request times are kept apart from the records (a flood may have none).
+        // Request times are kept apart from the records (a flood may have none), so the
+        // records' verdicts above hold no rate.
         for (key, times) in agg.request_times.iter_mut().flat_map(|t| t.iter_mut()) {
             if self.clients.contains(key) || opts.spare.spare_reason(key).is_some() {
                 continue;

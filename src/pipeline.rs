@@ -139,20 +139,17 @@ pub struct Worker {
 impl Worker {
     /// A worker with a fresh format cache.
     pub fn new(config: &ScanConfig) -> Worker {
+        let limits = config.limits.share(config.threads);
         Worker {
             parser: config.parser.fresh(),
             policy: config.policy.clone(),
             joiner: PartialJoiner::default(),
             max_line_bytes: config.framing.max_line_bytes,
             agg: Aggregator {
-                limits: config.limits.share(config.threads),
+                limits,
                 summary: config.summary.sharing(),
                 account_case: config.account_case,
-                request_times: config.request_times.then(|| {
-                    crate::aggregate::requests::RequestTimes::new(
-                        config.limits.share(config.threads).request_bytes,
-                    )
-                }),
+                request_times: config.request_times.then(|| RequestTimes::new(limits.request_bytes)),
                 ..Aggregator::default()
             },
             matches: None,
