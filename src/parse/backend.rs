@@ -32,6 +32,9 @@ enum Slot {
     /// A query string logged apart from the path (nginx's `$args`).
     Query,
     Request,
+    /// A request target with its query (ECS's `url.original`): the path only when no
+    /// path or request field gave one (see [`Fields::finish`]).
+    Target,
     UserAgent,
     RequestTime,
     /// ECS's `event.outcome`: `failure` joins `event.action` (see [`Fields::finish`]).
@@ -110,8 +113,9 @@ fn role_of(key: &str) -> Option<Role> {
         "method" | "request_method" | "http_method" | "http.request.method" | "req.method" => {
             (Some(Method), false)
         }
-        // Not `url.original`: it may hold the query `url.query` holds too.
         "request_uri" | "uri" | "path" | "request_path" | "url.path" | "req.url" => (Some(Path), false),
+        // Holds the query `url.query` holds too, so it is only a fallback, never joined.
+        "url.original" => (Some(Target), false),
         "request" => (Some(Request), false),
         // Not a bare `query`: applications log their database queries under it.
         "args" | "query_string" | "request_query" | "querystring" | "url.query" => (Some(Query), false),
@@ -144,6 +148,8 @@ struct Fields<'r, 'a> {
     query: Option<Cow<'a, str>>,
     /// `record.path` came from a path field, not from a whole request.
     path_field: bool,
+    /// A request target with its query ([`Slot::Target`]).
+    target: Option<Cow<'a, str>>,
     /// A client field was logged without a usable address (see
     /// [`Record::client_unreadable`]).
     client_field_unusable: bool,
@@ -164,6 +170,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             forwarded_from_header: false,
             query: None,
             path_field: false,
+            target: None,
             client_field_unusable: false,
             failed: false,
             authentication: false,
@@ -230,6 +237,7 @@ impl<'r, 'a> Fields<'r, 'a> {
                 (self.request_seen, self.path_field) = (true, true);
             }
             Slot::Query if self.query.is_none() => self.query = Some(value),
+            Slot::Target if self.target.is_none() => self.target = Some(value),
             Slot::Request => self.set_request(value),
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
@@ -266,6 +274,10 @@ impl<'r, 'a> Fields<'r, 'a> {
 
     /// Decides the record's kind: an access record has a status, a request and a client.
     fn finish(mut self) -> RecordKind {
+        // ECS shippers that parse the request less log only `url.original`.
+        if let (None, Some(target)) = (&self.record.path, self.target.take()) {
+            (self.record.path, self.request_seen, self.path_field) = (Some(target), true, false);
+        }
         if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
             self.record.path = Some(format!("{path}?{query}").into());
         }
@@ -1052,6 +1064,7 @@ mod tests {
                     "request_method", "request_time", "user", "level", "msg", "ts", "time_iso8601",
                     "http_user_agent", "event", "x", "client", "http", "source", "req",
                     "event.category", "event.outcome", "user.name", "http.request",
+                    "url", "url.original", "url.query",
                 ]),
                 proptest::sample::select(vec![
                     r#""1.2.3.4""#, r#""GET /a HTTP/1.1""#, r#""a \"b\" \u00e9 \\""#, "404", "-1", "0.25", "1e3",
@@ -1061,7 +1074,7 @@ mod tests {
                     r#"{"ip":"5.6.7.8","name":"bob"}"#, r#"{"action":"user_login","outcome":"failure"}"#,
                     r#""failure""#, r#""Authentication""#, r#"["session","AUTHENTICATION"]"#, r#"["authentication\u0000"]"#,
                     r#"{"category":["authentication"],"outcome":"failure"}"#, r#"{"category":[["authentication"]]}"#,
-                    r#"{"method":"POST"}"#,
+                    r#"{"method":"POST"}"#, r#"{"original":"/o?q=1","query":"q=1","path":"/p"}"#,
                     r#"{"response":{"status_code":404},"request":{"method":"GET","x":{"y":1}}}"#,
                     r#"{"remoteAddress":"5.6.7.8","method":"POST","url":"/login","headers":{"user-agent":"x"}}"#,
                 ]),
@@ -1194,6 +1207,26 @@ mod tests {
         assert_eq!(path(&request).as_deref(), Some("/r?id=2"));
         let app = r#"{"level":"info","path":"/api/users","query":"SELECT * FROM users WHERE id = $1"}"#;
         assert_eq!(path(app).as_deref(), Some("/api/users"));
+    }
+
+    /// ECS's `url.original` (the target with its query) is the path of a line that logs
+    /// no other: whole, not joined to `url.query` again, and after any path or request
+    /// field whatever the order.
+    #[test]
+    fn ecs_url_original_is_the_path_only_without_another() {
+        let path = |json: &str| parse_json(json.as_bytes()).unwrap().path.map(|p| p.into_owned());
+        let head = r#"{"source":{"ip":"203.0.113.9"},"http":{"response":{"status_code":404}}"#;
+        let original = format!(r#"{head},"url":{{"original":"/.env?x=1","query":"x=1"}}}}"#);
+        let record = parse_json(original.as_bytes()).unwrap();
+        assert_eq!((record.kind, record.path.as_deref()), (Some(RecordKind::Access), Some("/.env?x=1")));
+        for url in [
+            r#"{"original":"/o?x=1","path":"/p","query":"x=1"}"#,
+            r#"{"path":"/p","original":"/o?x=1","query":"x=1"}"#,
+        ] {
+            assert_eq!(path(&format!(r#"{head},"url":{url}}}"#)).as_deref(), Some("/p?x=1"));
+        }
+        let request = format!(r#"{head},"url.original":"/o","request":"GET /r HTTP/1.1"}}"#);
+        assert_eq!(path(&request).as_deref(), Some("/r"));
     }
 
     /// An access-shaped line whose client field holds no usable address says so; a line
