@@ -70,6 +70,9 @@ pub struct LokiArgs {
     /// Tenant (X-Scope-OrgID) of a multi-tenant Loki.
     #[arg(long, value_name = "ID", env = "LOGWARDEN_LOKI_TENANT", help_heading = "Loki")]
     loki_tenant: Option<String>,
+    /// `--loki-tenant` was on the command line, not only in the environment.
+    #[arg(skip)]
+    pub tenant_typed: bool,
     /// Send the token in this file as `Authorization: Bearer`.
     #[arg(long, requires = "loki", value_name = "FILE", conflicts_with = "loki_user", help_heading = "Loki")]
     loki_token_file: Option<PathBuf>,
@@ -155,7 +158,14 @@ fn check_order(start: i64, end: i64) -> anyhow::Result<()> {
 impl LokiArgs {
     /// Checks the options and builds the read; `None` without `--loki`.
     pub fn build(&self, paths: &[PathBuf], local: &LocalRules) -> anyhow::Result<Option<LokiScan>> {
-        let Some(url) = &self.loki else { return Ok(None) };
+        let Some(url) = &self.loki else {
+            if self.tenant_typed {
+                bail!(
+                    "--loki-tenant names a tenant of the Loki that --loki (or LOGWARDEN_LOKI_URL) reads; without it the scan reads files or stdin, which have no tenant"
+                );
+            }
+            return Ok(None);
+        };
         if !paths.is_empty() {
             bail!("--loki reads from Loki; give either --loki or files, not both");
         }

@@ -297,7 +297,7 @@ enum MatchOutput {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(parse_command_line()) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -305,6 +305,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The command line, as `Cli::parse` reads it, and where the Loki tenant came from: an
+/// environment variable set for every run may name one where no Loki is read, an option
+/// typed on the command line may not.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Scan(args), Some(m)) = (&mut cli.command, matches.subcommand_matches("scan")) {
+        args.loki.tenant_typed = m.value_source("loki_tenant") == Some(ValueSource::CommandLine);
+    }
+    cli
 }
 
 /// A closed pipe (`| head`) is how a reader says it has seen enough.

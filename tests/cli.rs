@@ -69,12 +69,24 @@ fn bad_options_are_errors_that_say_what_to_write() {
         (&["scan", "--collapse"][..], "--out"),
         (&["scan", "--loki-page-size", "10"][..], "--loki"),
         (&["scan", "--pushdown-slack", "2m"][..], "--loki"),
+        // Typed, it is refused as the others are (the scan would wait on stdin for a
+        // tenant it cannot use); from the environment, see below.
+        (&["scan", "--loki-tenant", "team-a"][..], "--loki"),
     ] {
         let out = logwarden().args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// A CronJob's environment may name the tenant for every run; a run over files is not
+/// refused for it.
+#[test]
+fn a_tenant_from_the_environment_does_not_stop_a_scan_of_files() {
+    let out =
+        logwarden().args(["scan", INCIDENT[0]]).env("LOGWARDEN_LOKI_TENANT", "team-a").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
