@@ -25,20 +25,7 @@ fn corpus() -> Vec<u8> {
 }
 
 fn config(threads: usize) -> ScanConfig {
-    ScanConfig {
-        framing: FramingConfig::default(),
-        threads,
-        parser: Parser::detecting(&[]),
-        policy: Arc::new(ClientPolicy::default()),
-        rules: Arc::new(RuleSet::builtin().unwrap()),
-        explain: false,
-        bytes_read: Default::default(),
-        limits: Default::default(),
-        summary: Default::default(),
-        time_range: None,
-        account_case: Default::default(),
-        request_times: false,
-    }
+    ScanConfig { threads, ..ScanConfig::new(Arc::new(RuleSet::builtin().unwrap())) }
 }
 
 fn stages(c: &mut Criterion) {

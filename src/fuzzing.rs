@@ -10,7 +10,6 @@ use crate::client::{ClientKey, ClientPolicy, SparePolicy};
 use crate::decide::{Thresholds, decide};
 use crate::detect::RuleSet;
 use crate::framing::{BufferPool, FramingConfig, frame_source};
-use crate::parse::Parser;
 use crate::parse::logformat::{Escape, LogFormat, from_nginx_conf};
 use crate::pipeline::{ScanConfig, Worker};
 use crate::remedy::blocklist::{Collapse, CurrentConfigMap, guarded_patch, merge, merge_patch};
@@ -32,20 +31,12 @@ fn config() -> &'static ScanConfig {
     static CONFIG: OnceLock<ScanConfig> = OnceLock::new();
     CONFIG.get_or_init(|| ScanConfig {
         framing: FramingConfig { chunk_bytes: 4096, max_line_bytes: 2048, eager: false },
-        threads: 1,
-        parser: Parser::detecting(&[]),
         policy: Arc::new(ClientPolicy {
             trusted_proxies: crate::client::Ranges::new(["10.0.0.0/8".parse().unwrap()]),
             ipv6_prefix: 64,
         }),
-        rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
-        explain: false,
-        bytes_read: Default::default(),
         limits: crate::aggregate::bounded::Limits { clients: 8, light: 8, accounts: 8, ..Default::default() },
-        summary: Default::default(),
-        time_range: None,
-        account_case: Default::default(),
-        request_times: false,
+        ..ScanConfig::new(Arc::new(RuleSet::builtin().expect("built-in rules compile")))
     })
 }
 

@@ -360,16 +360,10 @@ fn scan_config(input: &InputArgs) -> anyhow::Result<ScanConfig> {
             trusted_proxies: Ranges::new(input.trusted_proxy.iter().copied()),
             ipv6_prefix: input.ipv6_prefix,
         }),
-        rules: Arc::new(rules),
-        explain: false,
-        bytes_read: Default::default(),
-        summary: Default::default(),
-        time_range: None,
-        account_case: Default::default(),
-        request_times: false,
         limits: logwarden::aggregate::bounded::Limits::for_memory(
             usize::try_from(input.max_memory).unwrap_or(usize::MAX).saturating_mul(1 << 20),
         ),
+        ..ScanConfig::new(Arc::new(rules))
     })
 }
 

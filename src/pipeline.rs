@@ -51,6 +51,28 @@ pub struct ScanConfig {
     pub request_times: bool,
 }
 
+impl ScanConfig {
+    /// A scan with `rules` and otherwise the command line's defaults: one thread, every
+    /// format detected, no trusted proxy, the default memory bound, no time range, no
+    /// request times. Callers set what differs: `ScanConfig { threads: 2, ..ScanConfig::new(rules) }`.
+    pub fn new(rules: Arc<RuleSet>) -> ScanConfig {
+        ScanConfig {
+            framing: FramingConfig::default(),
+            threads: 1,
+            parser: Parser::detecting(&[]),
+            policy: Arc::new(ClientPolicy::default()),
+            rules,
+            explain: false,
+            bytes_read: Default::default(),
+            limits: Default::default(),
+            summary: Default::default(),
+            time_range: None,
+            account_case: Default::default(),
+            request_times: false,
+        }
+    }
+}
+
 /// A line that matched a detection, as `logwarden match` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatchLine {
@@ -477,24 +499,13 @@ mod tests {
         let config = ScanConfig {
             framing: FramingConfig { chunk_bytes: 4096, max_line_bytes: 2048, eager: false },
             threads: 2,
-            parser: Parser::detecting(&[]),
-            policy: Arc::new(ClientPolicy {
-                trusted_proxies: crate::client::Ranges::default(),
-                ipv6_prefix: 64,
-            }),
-            rules: Arc::new(RuleSet::builtin().expect("built-in rules compile")),
-            explain: false,
-            bytes_read: Default::default(),
             limits: crate::aggregate::bounded::Limits {
                 clients: 16,
                 light: 16,
                 accounts: 16,
                 ..Default::default()
             },
-            summary: Default::default(),
-            time_range: None,
-            account_case: Default::default(),
-            request_times: false,
+            ..ScanConfig::new(Arc::new(RuleSet::builtin().expect("built-in rules compile")))
         };
         let lines: String = (0..3000)
             .map(|i| {

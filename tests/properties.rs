@@ -9,10 +9,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use logwarden::client::{ClientPolicy, SparePolicy};
+use logwarden::client::SparePolicy;
 use logwarden::decide::{Thresholds, decide};
 use logwarden::framing::FramingConfig;
-use logwarden::parse::Parser;
 use logwarden::pipeline::{ScanConfig, scan};
 use logwarden::source::Input;
 
@@ -53,16 +52,7 @@ fn config(chunk_bytes: usize, threads: usize) -> ScanConfig {
     ScanConfig {
         framing: FramingConfig { chunk_bytes, ..FramingConfig::default() },
         threads,
-        parser: Parser::detecting(&[]),
-        policy: Arc::new(ClientPolicy::default()),
-        rules: Arc::new(logwarden::detect::RuleSet::builtin().unwrap()),
-        explain: false,
-        bytes_read: Default::default(),
-        limits: Default::default(),
-        summary: Default::default(),
-        time_range: None,
-        account_case: Default::default(),
-        request_times: false,
+        ..ScanConfig::new(Arc::new(logwarden::detect::RuleSet::builtin().unwrap()))
     }
 }
 

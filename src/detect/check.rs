@@ -8,9 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{Hit, RuleId, RuleSet};
-use crate::client::{ClientPolicy, SparePolicy};
+use crate::client::SparePolicy;
 use crate::decide::{Thresholds, decide};
-use crate::framing::FramingConfig;
 use crate::parse::Parser;
 use crate::pipeline::{ScanConfig, scan};
 use crate::source::Input;
@@ -90,20 +89,7 @@ fn single_line(
 
 /// Whether scanning the block of lines gives a reason naming the rule.
 fn aggregate_fires(set: &Arc<RuleSet>, rule_id: &str, block: &str) -> Result<bool, String> {
-    let config = ScanConfig {
-        framing: FramingConfig::default(),
-        threads: 1,
-        parser: Parser::detecting(&[]),
-        policy: Arc::new(ClientPolicy::default()),
-        rules: set.clone(),
-        explain: false,
-        bytes_read: Default::default(),
-        limits: Default::default(),
-        summary: Default::default(),
-        time_range: None,
-        account_case: Default::default(),
-        request_times: false,
-    };
+    let config = ScanConfig::new(set.clone());
     let input = Input::from_reader("example", std::io::Cursor::new(block.as_bytes().to_vec()));
     let agg = scan(vec![input], &config).map_err(|e| e.to_string())?;
     if agg.stats.unparsed > 0 {
