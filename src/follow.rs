@@ -166,8 +166,8 @@ impl Announcer {
             write_announcement(out, a, opts.ndjson).map_err(crate::Error::Output)?;
         }
         self.made.extend(new);
-        if let Some(newest) = agg.stats.last_event_time {
-            agg.evict_before(newest - t.window);
+        if let Some(reference) = agg.eviction_reference() {
+            agg.evict_before(reference - t.window);
         }
         Ok(())
     }

@@ -149,3 +149,27 @@ fn a_flood_is_announced_by_its_request_rate_while_the_stream_is_open() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(!rest.iter().any(|l| l.contains("BLOCK 198.51.100.7")), "{rest:#?}");
 }
+
+/// One line dated an hour ahead of the stream (a pod whose clock is wrong, or a time
+/// field an application filled from a request) must not evict every other client's
+/// evidence: a slow brute force after it, one failed login per check, is still
+/// announced, and the line's own client is not.
+#[test]
+fn a_line_dated_far_ahead_does_not_blind_the_stream() {
+    let mut child = spawn(&[]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    let ahead = "{\"ts\":\"2024-01-15T11:00:00Z\",\"event\":\"page.view\",\"client_ip\":\"192.0.2.77\"}\n";
+    stdin.write_all(ahead.as_bytes()).unwrap();
+    for s in 0..6 {
+        stdin.write_all(failed_login(s, "a").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        // Longer than a check's interval, so the stream is checked and evicted between
+        // any two failed logins.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let seen = wait_for(&rx, "BLOCK 198.51.100.23");
+    assert!(!seen.iter().any(|l| l.contains("192.0.2.77")), "{seen:#?}");
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -1709,7 +1709,34 @@ impl Aggregator {
     }
 }
 
+/// Last times sampled at most for [`Aggregator::eviction_reference`].
+const REFERENCE_SAMPLE: usize = 10_001;
+
 impl Aggregator {
+    /// The event time `--follow` evicts a window before: the median of the clients' and
+    /// accounts' last times (of a sample of [`REFERENCE_SAMPLE`]), never past the newest
+    /// time read. Not the newest itself: one line dated far ahead (a pod whose clock is
+    /// wrong, a time field an application filled from a request) made every other
+    /// client's evidence too old at each check, for as long as the stream ran, and
+    /// nothing was announced again. A median moves only when most clients do.
+    pub fn eviction_reference(&mut self) -> Option<i64> {
+        self.count_quiet();
+        let accounts = self.accounts.values().flat_map(|users| users.values().map(|a| a.last_seen));
+        let n =
+            self.clients.len() + self.light.len() + self.accounts.values().map(|u| u.len()).sum::<usize>();
+        let last_times =
+            self.clients.values().map(|c| c.last_seen).chain(self.light.values().map(|l| l.last_seen()));
+        let mut sample: Vec<i64> =
+            last_times.chain(accounts).step_by(n / REFERENCE_SAMPLE + 1).flatten().collect();
+        let newest = self.stats.last_event_time;
+        if sample.is_empty() {
+            return newest;
+        }
+        let middle = (sample.len() - 1) / 2;
+        let median = *sample.select_nth_unstable(middle).1;
+        Some(newest.map_or(median, |n| n.min(median)))
+    }
+
     /// Forgets evidence older than `cutoff` (event time), so that `--follow` runs for days
     /// in flat memory: window counts before it are dropped, and clients and accounts not
     /// seen since are removed. The incident's per-minute counts keep one day.
@@ -2473,5 +2500,48 @@ mod tests {
         );
         let entries: usize = agg.clients.values_mut().map(|c| c.times_4xx.busiest(600).0 as usize).sum();
         assert!(entries <= 70);
+    }
+
+    /// A 404 of `ip` at `time`, observed as the pipeline would.
+    fn observe_404(agg: &mut Aggregator, rules: &RuleSet, ip: [u8; 4], time: i64) {
+        let record = Record {
+            kind: Some(RecordKind::Access),
+            time: Some(time),
+            remote_addr: Some(std::net::IpAddr::from(ip)),
+            status: Some(404),
+            ..Record::default()
+        };
+        let at = LineRef { source: &Arc::from("s"), line: 1 };
+        let seen = Seen { source: "s", at, format: "combined", raw: b"x", record: &record, hits: &[] };
+        agg.observe(&seen, rules, &crate::client::ClientPolicy::default());
+    }
+
+    /// `--follow` evicts relative to the median client's last time: a line an hour ahead
+    /// (or a few) does not move it, it never passes the newest time, and evicting a
+    /// window before it at every check still keeps memory flat (about two windows of
+    /// one-off clients: the median lags the newest time by one).
+    #[test]
+    fn the_eviction_reference_ignores_a_few_lines_dated_ahead() {
+        let rules = RuleSet::builtin().unwrap();
+        let mut agg = Aggregator::default();
+        assert_eq!(agg.eviction_reference(), None);
+        (0..100u8).for_each(|i| observe_404(&mut agg, &rules, [203, 0, 113, i], 1_000 + i64::from(i)));
+        (0..3u8).for_each(|i| observe_404(&mut agg, &rules, [192, 0, 2, i], 4_600));
+        assert_eq!(agg.stats.last_event_time, Some(4_600));
+        let reference = agg.eviction_reference().unwrap();
+        assert!((1_000..1_100).contains(&reference), "{reference}");
+        let mut one = Aggregator::default();
+        observe_404(&mut one, &rules, [203, 0, 113, 1], 50);
+        assert_eq!(one.eviction_reference(), Some(50));
+
+        let mut follow = Aggregator::default();
+        for minute in 0..(3 * 86_400 / 60) {
+            observe_404(&mut follow, &rules, [198, 51, 100, (minute % 250) as u8], minute * 60);
+            let reference = follow.eviction_reference().unwrap();
+            assert!(reference <= minute * 60);
+            follow.evict_before(reference - 600);
+        }
+        let kept = follow.clients.len() + follow.light.len();
+        assert!((10..=25).contains(&kept), "{kept} clients kept");
     }
 }
