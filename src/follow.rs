@@ -168,6 +168,7 @@ impl Announcer {
         self.made.extend(new);
         if let Some(reference) = agg.eviction_reference() {
             agg.evict_before(reference - t.window);
+            agg.late_before = Some(reference - t.window);
         }
         Ok(())
     }

@@ -173,3 +173,30 @@ fn a_line_dated_far_ahead_does_not_blind_the_stream() {
     drop(stdin);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// Lines that come in already older than what the checks keep (a source two hours
+/// behind the others) are counted and said, not silently weighed for half a second.
+#[test]
+fn lines_older_than_what_is_kept_are_counted_as_late() {
+    let mut child = spawn(&["--output", "ndjson"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let rx = lines_of(&mut child);
+    let view = |time: &str, ip: &str| {
+        format!("{{\"ts\":\"2024-01-15T{time}Z\",\"event\":\"page.view\",\"client_ip\":\"{ip}\"}}\n")
+    };
+    for i in 1..=3 {
+        stdin.write_all(view(&format!("10:00:0{i}"), &format!("192.0.2.{i}")).as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    // Time for a few checks (one each half second): they keep from 09:50 on.
+    std::thread::sleep(Duration::from_millis(2000));
+    for i in 1..=2 {
+        stdin.write_all(view(&format!("08:00:0{i}"), &format!("198.51.100.{i}")).as_bytes()).unwrap();
+    }
+    stdin.write_all(view("09:55:00", "192.0.2.9").as_bytes()).unwrap();
+    drop(stdin);
+    let lines: Vec<serde_json::Value> = rx.iter().map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let stats = lines.last().unwrap();
+    assert_eq!((&stats["type"], &stats["late_lines"]), (&"stats".into(), &2.into()), "{stats}");
+}

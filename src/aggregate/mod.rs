@@ -375,6 +375,10 @@ pub struct Stats {
     /// [`requests`]): their busiest windows are lower bounds.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub request_times_dropped: u64,
+    /// Under `--follow`: parsed lines whose event time was already before what the
+    /// last check kept (see [`Aggregator::late_before`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late_lines: u64,
     pub sources: BTreeMap<String, SourceStats>,
     /// `unparsed`, by why: `empty`, `oversized`, `unrecognized`.
     #[serde(default)]
@@ -398,6 +402,7 @@ impl Stats {
             ("No client address", self.access_without_client_note()),
             ("Extra fields", self.extra_fields_note()),
             ("Request times", self.request_times_note()),
+            ("Late lines", self.late_lines_note()),
         ];
         notes.into_iter().filter_map(|(heading, note)| note.map(|n| (heading, n))).collect()
     }
@@ -452,6 +457,19 @@ impl Stats {
                 "the request times of {n} client(s) with the fewest requests were dropped to stay within --max-memory, \
                  so their busiest windows count only the requests after that: a flood may be counted short \
                  (raise --max-memory to keep them all)"
+            )
+        })
+    }
+
+    /// What the reports say of lines that came in already too old to be kept under
+    /// `--follow`: a source whose clock or time zone is off looks like a quiet one.
+    fn late_lines_note(&self) -> Option<String> {
+        let n = self.late_lines;
+        (n > 0).then(|| {
+            format!(
+                "{n} line(s) arrived with an event time more than --window before most clients' latest, so their \
+                 evidence counted only until the next check and a threshold they would cross may not have been \
+                 announced: is a source's clock or time zone off, or its backlog read behind the others?"
             )
         })
     }
@@ -1113,6 +1131,9 @@ pub struct Aggregator {
     /// Every client's request times, when the scan judges request rates
     /// (`--max-request-rate`; see [`requests`]).
     pub request_times: Option<requests::RequestTimes>,
+    /// Under `--follow`, what the last check evicted before: a line older than this is
+    /// counted in `stats.late_lines`.
+    pub late_before: Option<i64>,
     /// Parsed lines not yet in `stats.sources` (see [`Aggregator::settle`]).
     pub(crate) runs: Vec<ParsedRun>,
     /// Quiet lines of clients without a full record, not yet counted (see
@@ -1272,6 +1293,7 @@ impl Aggregator {
 
     fn count_parsed(&mut self, source: &str, format: &str, time: Option<i64>) {
         self.stats.untimed += u64::from(time.is_none());
+        self.stats.late_lines += u64::from(matches!((time, self.late_before), (Some(t), Some(c)) if t < c));
         self.stats.last_event_time = self.stats.last_event_time.max(time);
         self.count_parsed_line(source, format);
     }
@@ -1694,6 +1716,7 @@ impl Aggregator {
         s.outside_time_range += o.outside_time_range;
         s.access_without_client += o.access_without_client;
         s.request_times_dropped += o.request_times_dropped;
+        s.late_lines += o.late_lines;
         s.last_event_time = s.last_event_time.max(o.last_event_time);
         for (name, src) in o.sources {
             let mine = s.sources.entry(name).or_default();
