@@ -105,6 +105,11 @@ pub struct LokiArgs {
     /// it answers, used to read a nanosecond shared by many entries.
     #[arg(long, requires = "loki", default_value_t = 5000, help_heading = "Loki")]
     loki_max_entries: usize,
+    /// The server's max_query_length (Loki's default 721h): a longer window, such as a
+    /// scheduled scan's after its CronJob was suspended for weeks, is read in spans of
+    /// at most this, which Loki would otherwise refuse.
+    #[arg(long, requires = "loki", default_value = "721h", help_heading = "Loki")]
+    loki_max_query_length: String,
     /// The order pages are read in (Loki's `direction`). Either way every entry of the
     /// window is read once; backward reads the newest first.
     #[arg(long, requires = "loki", value_enum, default_value = "forward", help_heading = "Loki")]
@@ -205,12 +210,13 @@ impl LokiArgs {
             windows,
             page_size: self.loki_page_size,
             max_entries: self.loki_max_entries,
+            max_query_length: nanos(duration(&self.loki_max_query_length, "--loki-max-query-length")?),
             direction: match self.loki_direction {
                 DirectionArg::Forward => Direction::Forward,
                 DirectionArg::Backward => Direction::Backward,
             },
             state,
-            overlap_ns: i64::try_from(overlap.as_nanos()).unwrap_or(i64::MAX),
+            overlap_ns: nanos(overlap),
             pushdown,
         }))
     }
@@ -262,7 +268,7 @@ impl LokiArgs {
         }
         let Some(since) = self.since.as_deref().or(default_since) else { return Ok(None) };
         let since = duration(since, "--since")?;
-        Ok(Some(end.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))))
+        Ok(Some(end.saturating_sub(nanos(since))))
     }
 
     fn client(&self, url: &str) -> anyhow::Result<ClientConfig> {
@@ -297,6 +303,11 @@ impl LokiArgs {
 }
 
 /// A duration such as `250ms`, `90s`, `10m`, `2h`, `1d`.
+/// `d` in nanoseconds, saturating.
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 fn duration(s: &str, opt: &str) -> anyhow::Result<Duration> {
     let parsed = match s.strip_suffix("ms") {
         Some(ms) => ms.parse::<u64>().ok().filter(|&n| n > 0).map(Duration::from_millis),

@@ -72,6 +72,7 @@ fn window_scan(url: &str, page_size: usize, direction: Direction) -> LokiScan {
         windows: vec![QueryWindow { query: "{app=\"web\"}".into(), start: BASE, end: BASE + 400 * SEC }],
         page_size,
         max_entries: 5000,
+        max_query_length: 721 * 3600 * SEC,
         direction,
         state: None,
         overlap_ns: 0,
@@ -276,6 +277,49 @@ fn a_refused_limit_shows_lokis_own_message_and_exits_2() {
     assert!(err.contains("max entries limit per query exceeded"), "{err}");
     // Refused at once: a 400 is never retried.
     assert_eq!(loki.range_requests().len(), 1);
+}
+
+/// Loki refuses a range longer than its `max_query_length` (400, "the query time range
+/// exceeds the limit"; 721h by default). Told the server's limit, a scan reads a longer
+/// window in spans of at most that, every line once, and proposes what the same lines
+/// packed into a few milliseconds give: a scheduled scan resumed after its CronJob was
+/// suspended for weeks reads the gap instead of failing on it at every run.
+#[test]
+fn a_window_longer_than_lokis_max_query_length_is_read_in_spans() {
+    let day = 86_400 * SEC;
+    // One line a minute: the access log's lines cover nearly three days.
+    let loki = FakeLoki::start(support::incident_streams(&[], |i| BASE + i as i64 * 60 * SEC));
+    loki.with(|s| s.max_query_length = Some(day));
+    let scan = |extra: &[&str]| {
+        logwarden()
+            .args(["scan", "--output", "json", "--loki", &loki.url, "--loki-page-size", "500"])
+            .args(["--query", "{container=\"nginx\"}", "--query", "{container=\"backend\"}"])
+            .args(["--from", &BASE.to_string(), "--to", &(BASE + 3 * day).to_string()])
+            .args(["--loki-backoff", "5ms"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = scan(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("the query time range exceeds the limit"), "{err}");
+
+    loki.with(|s| s.log.clear());
+    let doc = json(&scan(&["--loki-max-query-length", "24h"]));
+    for q in doc["loki"].as_array().unwrap() {
+        assert_eq!(q["complete"], true, "{q}");
+    }
+    let read: u64 = doc["loki"].as_array().unwrap().iter().map(|q| q["entries"].as_u64().unwrap()).sum();
+    assert_eq!(read, 3986 + 51 + 321);
+    let spans: Vec<i64> = loki
+        .range_requests()
+        .iter()
+        .map(|r| r.params["end"].parse::<i64>().unwrap() - r.params["start"].parse::<i64>().unwrap())
+        .collect();
+    assert!(spans.len() >= 6 && spans.iter().all(|&s| s <= day), "{spans:?}");
+    let packed = json(&scan_loki(&FakeLoki::start(streams_of_incident()), &[]));
+    assert_eq!(proposals(&doc), proposals(&packed));
 }
 
 #[test]

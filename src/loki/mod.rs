@@ -46,6 +46,9 @@ pub struct LokiScan {
     pub page_size: usize,
     /// The server's `max_entries_limit_per_query`: the largest page it answers.
     pub max_entries: usize,
+    /// The server's `max_query_length`, nanoseconds: a longer window is read in spans
+    /// of at most this ([`Pager::spanning_at_most`]).
+    pub max_query_length: i64,
     pub direction: Direction,
     /// Scheduled runs: what was read before, and how far back to read again.
     pub state: Option<ScanState>,
@@ -266,13 +269,10 @@ impl<'w> QueryReader<'w> {
         client: &LokiClient,
         out: &mut Output<'_>,
     ) -> Result<(), FetchError> {
-        let pager = self.pager.insert(Pager::new(
-            self.start,
-            self.window.end,
-            scan.page_size,
-            scan.max_entries,
-            scan.direction,
-        ));
+        let pager = self.pager.insert(
+            Pager::new(self.start, self.window.end, scan.page_size, scan.max_entries, scan.direction)
+                .spanning_at_most(scan.max_query_length),
+        );
         while let Some(request) = pager.next_request() {
             let page = client.query_range(&self.window.query, request).await?;
             let fresh = pager.accept(page).map_err(|e| FetchError::Decode(e.to_string()))?;

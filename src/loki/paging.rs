@@ -10,6 +10,11 @@
 //! unless they arrive back to back. A full page that is all one timestamp cannot move the
 //! cursor; then the whole nanosecond `[T, T+1)` is asked for at the server's maximum limit,
 //! and if even that is full the window is reported as unreadable rather than skipped.
+//!
+//! Loki refuses a range longer than its `max_query_length` (721h by default: "the query
+//! time range exceeds the limit", 400), so a longer window is asked for in spans of at
+//! most that length, each read to its end before the next; a short page ends its span,
+//! not the window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,6 +81,8 @@ pub struct Pager {
     boundary: Option<Boundary>,
     /// The next request reads the boundary nanosecond whole.
     burst: bool,
+    /// The longest range one request may span (Loki's `max_query_length`), nanoseconds.
+    max_span: i64,
     done: bool,
 }
 
@@ -101,8 +108,14 @@ impl Pager {
             cursor,
             boundary: None,
             burst: false,
+            max_span: i64::MAX,
             done: start >= end,
         }
+    }
+
+    /// The same pager asking for ranges of at most `span` nanoseconds (at least one).
+    pub fn spanning_at_most(self, span: i64) -> Pager {
+        Pager { max_span: span.max(1), ..self }
     }
 
     /// The next call to make, or `None` once the window has been read.
@@ -112,8 +125,10 @@ impl Pager {
         }
         let (start, end, limit) = match (self.burst, &self.boundary) {
             (true, Some(b)) => (b.ts, b.ts + 1, self.burst_limit),
-            _ if self.direction == Direction::Forward => (self.cursor, self.end, self.limit),
-            _ => (self.start, self.cursor, self.limit),
+            _ if self.direction == Direction::Forward => {
+                (self.cursor, self.end.min(self.cursor.saturating_add(self.max_span)), self.limit)
+            }
+            _ => (self.start.max(self.cursor.saturating_sub(self.max_span)), self.cursor, self.limit),
         };
         Some(PageRequest { start, end, limit, direction: self.direction })
     }
@@ -141,7 +156,7 @@ impl Pager {
         match span {
             _ if self.burst => self.after_burst(full, request.start)?,
             Some((first, last)) if full => self.after_full_page(first, last, &fresh),
-            _ => self.done = true,
+            _ => self.after_short_page(request),
         }
         Ok(fresh)
     }
@@ -181,6 +196,14 @@ impl Pager {
         if !self.burst {
             self.cursor = if self.direction == Direction::Forward { last } else { last + 1 };
         }
+    }
+
+    /// After a page shorter than the limit: its whole range was read, which ends the
+    /// window unless the range was cut short of it (see [`Pager::spanning_at_most`]).
+    fn after_short_page(&mut self, request: PageRequest) {
+        self.boundary = None;
+        self.cursor = if self.direction == Direction::Forward { request.end } else { request.start };
+        self.done = self.cursor == if self.direction == Direction::Forward { self.end } else { self.start };
     }
 
     fn remember<'a>(&mut self, taken: impl Iterator<Item = &'a Entry>) {
@@ -236,10 +259,24 @@ mod tests {
         dir: Direction,
         salt: u64,
     ) -> Result<Vec<Entry>, PagingError> {
-        let mut pager = Pager::new(0, 1_000, limit, burst, dir);
+        read_all_spanning(all, limit, burst, dir, salt, i64::MAX)
+    }
+
+    /// [`read_all`] from a Loki whose `max_query_length` is `max_span` (a longer request
+    /// fails the test, as Loki refuses it).
+    fn read_all_spanning(
+        all: &[Entry],
+        limit: usize,
+        burst: usize,
+        dir: Direction,
+        salt: u64,
+        max_span: i64,
+    ) -> Result<Vec<Entry>, PagingError> {
+        let mut pager = Pager::new(0, 1_000, limit, burst, dir).spanning_at_most(max_span);
         let mut out = Vec::new();
         let mut calls = 0;
         while let Some(r) = pager.next_request() {
+            assert!(r.end - r.start <= max_span, "{r:?} spans more than {max_span}");
             out.extend(pager.accept(loki(all, r, salt.wrapping_add(calls)))?);
             calls += 1;
             assert!(calls < 100_000, "paging does not terminate");
@@ -300,6 +337,21 @@ mod tests {
         );
     }
 
+    /// A window longer than the server's longest range is read in spans: every request
+    /// within it, every entry once, in both directions; an empty span does not end it.
+    #[test]
+    fn a_window_longer_than_the_longest_range_is_read_in_spans() {
+        let all = vec![entry("{}", 10, "a"), entry("{}", 620, "b"), entry("{}", 999, "c")];
+        for dir in [Direction::Forward, Direction::Backward] {
+            let got = read_all_spanning(&all, 5, 5, dir, 1, 300).unwrap();
+            assert_eq!(sorted(got), sorted(all.clone()));
+        }
+        let mut pager = Pager::new(0, 1_000, 5, 5, Direction::Forward).spanning_at_most(300);
+        pager.accept(Vec::new()).unwrap();
+        assert_eq!(pager.covered(), (0, 300));
+        assert_eq!(pager.next_request().map(|r| (r.start, r.end)), Some((300, 600)));
+    }
+
     proptest! {
         #[test]
         fn every_entry_exactly_once(
@@ -307,12 +359,13 @@ mod tests {
             limit in 1usize..12,
             backward in any::<bool>(),
             salt in any::<u64>(),
+            max_span in proptest::sample::select(vec![1i64, 7, 25, 26, 333, 999, 1_000, i64::MAX]),
         ) {
             let all: Vec<Entry> = raw.iter()
                 .map(|&(s, ts, l)| entry(&format!("{{s=\"{s}\"}}"), ts * 25, &format!("line{l}")))
                 .collect();
             let dir = if backward { Direction::Backward } else { Direction::Forward };
-            let got = read_all(&all, limit, 200, dir, salt).unwrap();
+            let got = read_all_spanning(&all, limit, 200, dir, salt, max_span).unwrap();
             prop_assert_eq!(sorted(got), sorted(all));
         }
     }

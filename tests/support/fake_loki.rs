@@ -48,6 +48,8 @@ pub struct Shared {
     pub streams: Vec<FakeStream>,
     /// `max_entries_limit_per_query` (Loki's default: 5000).
     pub max_entries: usize,
+    /// `max_query_length`, nanoseconds (Loki's default: 721h; `None`: no limit, as `0`).
+    pub max_query_length: Option<i64>,
     /// Multi-tenant: requests without this `X-Scope-OrgID` get 401 `no org id`.
     pub tenant: Option<String>,
     /// Faults for the next query requests, in order.
@@ -91,6 +93,7 @@ impl FakeLoki {
         let shared = Arc::new(Mutex::new(Shared {
             streams,
             max_entries: 5000,
+            max_query_length: Some(721 * 3_600_000_000_000),
             tenant: None,
             faults: VecDeque::new(),
             fail_from: None,
@@ -398,6 +401,19 @@ fn query_range(req: &Request, s: &Shared) -> Answer {
     let start = param_time(req, "start").unwrap_or(end - 3_600_000_000_000);
     if end <= start {
         return text(400, "end timestamp must not be before or equal to start time\n");
+    }
+    // Loki's query validation: a range longer than max_query_length is refused whole,
+    // log and metric queries alike ("Query time range exceeds limit" in its errors guide).
+    if let Some(max) = s.max_query_length.filter(|&max| end - start > max) {
+        let hours = |ns: i64| format!("{}h0m0s", ns / 3_600_000_000_000);
+        return text(
+            400,
+            &format!(
+                "the query time range exceeds the limit (query length: {}, limit: {})\n",
+                hours(end - start),
+                hours(max)
+            ),
+        );
     }
     let backward = match req.params.get("direction").map(|d| d.to_ascii_lowercase()) {
         None => true,
