@@ -205,14 +205,15 @@ struct ScanArgs {
     /// Sliding window for every threshold (e.g. 90s, 10m, 1h).
     #[arg(long, default_value = "10m")]
     window: String,
-    /// 4xx answers to one client within the window that propose a block.
-    #[arg(long, default_value_t = Thresholds::default().client_4xx)]
+    /// 4xx answers to one client within the window that propose a block. At least 1: 0
+    /// would propose every client.
+    #[arg(long, default_value_t = Thresholds::default().client_4xx, value_parser = clap::value_parser!(u64).range(1..))]
     max_4xx: u64,
     /// Failed logins from one client within the window that propose a block.
-    #[arg(long, default_value_t = Thresholds::default().client_auth_failures)]
+    #[arg(long, default_value_t = Thresholds::default().client_auth_failures, value_parser = clap::value_parser!(u64).range(1..))]
     max_auth_failures: u64,
     /// Failed logins against one account within the window that propose a lock.
-    #[arg(long, default_value_t = Thresholds::default().account_auth_failures)]
+    #[arg(long, default_value_t = Thresholds::default().account_auth_failures, value_parser = clap::value_parser!(u64).range(1..))]
     max_account_failures: u64,
     /// Requests a minute from one client, over its busiest --window (100 a minute: 1000
     /// requests in 10 minutes), that propose a block: a flood. Off by default. Keeps every

@@ -62,6 +62,10 @@ fn bad_options_are_errors_that_say_what_to_write() {
         (&["scan", "--format", "apache"][..], "unknown format"),
         (&["scan", "--log-format", "$request $status"][..], "remote_addr"),
         (&["scan", "--threads", "0"][..], "--threads"),
+        // A threshold of 0 proposed every client (all 59 of the incident's access log).
+        (&["scan", "--max-4xx", "0"][..], "--max-4xx"),
+        (&["scan", "--max-auth-failures", "0"][..], "--max-auth-failures"),
+        (&["scan", "--max-account-failures", "0"][..], "--max-account-failures"),
         // Options that shape only the review bundle or a Loki read were once accepted and
         // ignored without it: a patch asked for and never written.
         (&["scan", "--preset", "ingress-nginx"][..], "--out"),

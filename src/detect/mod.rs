@@ -833,6 +833,9 @@ mod tests {
         let err = rules::compile_file("f.toml", unknown).unwrap_err();
         assert_eq!(err.line, 5, "{err}");
         assert!(err.message.contains("stauts"), "{err}");
+        let zero = "[[rule]]\nid = \"z\"\ndescription = \"d\"\ninputs = [\"access\"]\nliterals = [\"a\"]\nthreshold = 0\nexamples = [\"a\"]\ncounterexamples = [\"b\"]\n";
+        let err = rules::compile_file("f.toml", zero).unwrap_err();
+        assert!(err.message.contains("threshold = 0"), "{err}");
     }
 
     /// Only a backend-only rule whose one text condition is the message has its literals

@@ -264,6 +264,12 @@ fn compile_rule(file: &str, text: &str, spec: RuleSpec) -> Result<Rule, RuleErro
     if is_single && spec.literals.is_empty() && regex.is_some() {
         return Err(at(id_span, format!("rule {id}: a regex needs `literals` for the prefilter")));
     }
+    if spec.threshold == Some(0) {
+        return Err(at(
+            id_span,
+            format!("rule {id}: `threshold = 0` would propose every client it saw; give 1 or more"),
+        ));
+    }
     if spec.aggregate.is_some() && spec.threshold.is_none() {
         return Err(at(id_span, format!("rule {id}: an aggregate rule needs a `threshold`")));
     }
