@@ -302,12 +302,12 @@ impl LokiArgs {
     }
 }
 
-/// A duration such as `250ms`, `90s`, `10m`, `2h`, `1d`.
 /// `d` in nanoseconds, saturating.
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// A duration such as `250ms`, `90s`, `10m`, `2h`, `1d`.
 fn duration(s: &str, opt: &str) -> anyhow::Result<Duration> {
     let parsed = match s.strip_suffix("ms") {
         Some(ms) => ms.parse::<u64>().ok().filter(|&n| n > 0).map(Duration::from_millis),
