@@ -304,6 +304,7 @@ fn a_window_longer_than_lokis_max_query_length_is_read_in_spans() {
     assert_eq!(refused.status.code(), Some(2));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("the query time range exceeds the limit"), "{err}");
+    assert!(err.contains("--loki-max-query-length"), "{err}");
 
     loki.with(|s| s.log.clear());
     let doc = json(&scan(&["--loki-max-query-length", "24h"]));

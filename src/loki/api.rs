@@ -228,6 +228,9 @@ async fn classify(resp: reqwest::Response) -> Result<Transient, FetchError> {
                 " (this Loki is multi-tenant: pass --loki-tenant)"
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => " (check --loki-token-file or --loki-user)",
+            StatusCode::BAD_REQUEST if text.contains("the query time range exceeds the limit") => {
+                " (give --loki-max-query-length no longer than the limit Loki names)"
+            }
             _ => "",
         };
         Err(FetchError::Refused { status: status.as_u16(), message: format!("{}{hint}", text.trim()) })
