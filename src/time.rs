@@ -120,9 +120,14 @@ pub fn epoch_to_seconds(n: i64) -> i64 {
 pub fn parse_any(s: &[u8]) -> Option<i64> {
     parse_rfc3339(s)
         .or_else(|| parse_time_local(s))
-        .or_else(|| parse_epoch(s))
+        .or_else(|| parse_epoch(s).filter(|t| PLAUSIBLE_EPOCH.contains(t)))
         .or_else(|| parse_error_log_time(s))
 }
+
+/// The Unix seconds (2000 to 2100) a number in an application's time field is read as a
+/// time in: outside, it is a duration (`"time": 0.25`) or a count, which as a time put
+/// every event of a log in 1970, seconds apart.
+const PLAUSIBLE_EPOCH: std::ops::Range<i64> = 946_684_800..4_102_444_800;
 
 /// Formats Unix seconds as RFC 3339 UTC, for reports.
 pub fn format_rfc3339(t: i64) -> String {
@@ -278,6 +283,19 @@ mod tests {
         assert_eq!(parse_time_local(b"10/Foo/2000:13:55:36 -0700"), None);
         assert_eq!(parse_rfc3339(b"2000-10-10T20:55:36Zjunk"), None);
         assert_eq!(parse_epoch(b"12ab"), None);
+    }
+
+    /// A number in an application's time field is a time only between 2000 and 2100 (in
+    /// seconds, or scaled from ms, µs or ns); a duration is none. nginx's `$msec` is read
+    /// by `parse_epoch` itself, unfiltered.
+    #[test]
+    fn an_application_number_is_a_time_only_when_plausible() {
+        assert_eq!(parse_any(b"0.25"), None);
+        assert_eq!(parse_any(b"12"), None);
+        assert_eq!(parse_any(b"1705312800"), Some(1_705_312_800));
+        assert_eq!(parse_any(b"1705312800123"), Some(1_705_312_800));
+        assert_eq!(parse_any(b"4102444800"), None);
+        assert_eq!(parse_epoch(b"12"), Some(12));
     }
 
     #[test]

@@ -23,6 +23,9 @@ enum Slot {
     ClientHeader,
     User,
     Time,
+    /// A field that may hold the event's time or another date (`date`, `datetime`): the
+    /// time only when no [`Slot::Time`] field gave one (see [`Fields::finish`]).
+    LooseTime,
     Level,
     Message,
     Event,
@@ -93,8 +96,12 @@ fn role_of(key: &str) -> Option<Role> {
         | "true-client-ip" => (Some(ClientHeader), false),
         "username" | "user_name" | "userName" | "login" | "account" | "email" | "user_email"
         | "remote_user" | "user.name" | "user.email" => (Some(User), false),
-        "ts" | "time" | "timestamp" | "@timestamp" | "datetime" | "time_iso8601" | "time_local" | "date"
-        | "msec" => (Some(Time), false),
+        "ts" | "time" | "timestamp" | "@timestamp" | "time_iso8601" | "time_local" | "msec" => {
+            (Some(Time), false)
+        }
+        // An application may log a date of its own (a form's, a header's) beside the
+        // event's time, and keys are applied in a map's order, where `date` comes first.
+        "date" | "datetime" => (Some(LooseTime), false),
         "level" | "severity" | "lvl" | "loglevel" | "log_level" | "log.level" => (Some(Level), false),
         "msg" | "message" | "err" | "error.message" => (Some(Message), false),
         "event_type" | "eventType" | "action" | "event.action" => (Some(Event), false),
@@ -150,6 +157,8 @@ struct Fields<'r, 'a> {
     path_field: bool,
     /// A request target with its query ([`Slot::Target`]).
     target: Option<Cow<'a, str>>,
+    /// A time from a [`Slot::LooseTime`] field.
+    loose_time: Option<i64>,
     /// A client field was logged without a usable address (see
     /// [`Record::client_unreadable`]).
     client_field_unusable: bool,
@@ -171,6 +180,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             query: None,
             path_field: false,
             target: None,
+            loose_time: None,
             client_field_unusable: false,
             failed: false,
             authentication: false,
@@ -224,6 +234,9 @@ impl<'r, 'a> Fields<'r, 'a> {
             }
             Slot::User if r.user.is_none() => r.user = Some(value),
             Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
+            Slot::LooseTime if self.loose_time.is_none() => {
+                self.loose_time = time::parse_any(value.as_bytes())
+            }
             Slot::Level if r.level.is_none() => r.level = Some(lowercase(value)),
             Slot::Message if r.message.is_none() => r.message = Some(value),
             Slot::Event if r.event.is_none() => r.event = Some(value),
@@ -274,6 +287,7 @@ impl<'r, 'a> Fields<'r, 'a> {
 
     /// Decides the record's kind: an access record has a status, a request and a client.
     fn finish(mut self) -> RecordKind {
+        self.record.time = self.record.time.or(self.loose_time);
         // ECS shippers that parse the request less log only `url.original`.
         if let (None, Some(target)) = (&self.record.path, self.target.take()) {
             (self.record.path, self.request_seen, self.path_field) = (Some(target), true, false);
@@ -1207,6 +1221,27 @@ mod tests {
         assert_eq!(path(&request).as_deref(), Some("/r?id=2"));
         let app = r#"{"level":"info","path":"/api/users","query":"SELECT * FROM users WHERE id = $1"}"#;
         assert_eq!(path(app).as_deref(), Some("/api/users"));
+    }
+
+    /// The event's time comes from a time field, not from a `date` beside it (which an
+    /// application may fill from a request: a brute force whose lines each carried a
+    /// different `date` from 1910 on was in no window) nor from a duration logged as
+    /// `time`; a `date` alone is the time.
+    #[test]
+    fn the_time_comes_from_a_time_field_before_a_date_or_a_duration() {
+        let time = |json: &str| parse_json(json.as_bytes()).unwrap().time;
+        let t = Some(1_705_312_801);
+        assert_eq!(time(r#"{"time":"2024-01-15T10:00:01Z","date":"1910-01-01T00:00:00Z","msg":"x"}"#), t);
+        assert_eq!(time(r#"{"datetime":"1910-01-01T00:00:00Z","ts":1705312801,"msg":"x"}"#), t);
+        assert_eq!(time(r#"{"time":0.25,"timestamp":"2024-01-15T10:00:01Z","msg":"x"}"#), t);
+        assert_eq!(time(r#"{"date":"2024-01-15T10:00:01Z","msg":"x"}"#), t);
+        assert_eq!(logfmt_time("date=1910-01-01T00:00:00Z time=2024-01-15T10:00:01Z msg=x"), t);
+    }
+
+    fn logfmt_time(line: &str) -> Option<i64> {
+        let mut record = Record::default();
+        parse_logfmt_into(line.as_bytes(), &mut record);
+        record.time
     }
 
     /// ECS's `url.original` (the target with its query) is the path of a line that logs
