@@ -155,10 +155,8 @@ struct Fields<'r, 'a> {
     query: Option<Cow<'a, str>>,
     /// `record.path` came from a path field, not from a whole request.
     path_field: bool,
-    /// A request target with its query ([`Slot::Target`]).
-    target: Option<Cow<'a, str>>,
-    /// A time from a [`Slot::LooseTime`] field.
-    loose_time: Option<i64>,
+    /// Values taken only when no other field gave one (few lines have any).
+    fallbacks: Option<Fallbacks<'a>>,
     /// A client field was logged without a usable address (see
     /// [`Record::client_unreadable`]).
     client_field_unusable: bool,
@@ -179,8 +177,7 @@ impl<'r, 'a> Fields<'r, 'a> {
             forwarded_from_header: false,
             query: None,
             path_field: false,
-            target: None,
-            loose_time: None,
+            fallbacks: None,
             client_field_unusable: false,
             failed: false,
             authentication: false,
@@ -234,8 +231,9 @@ impl<'r, 'a> Fields<'r, 'a> {
             }
             Slot::User if r.user.is_none() => r.user = Some(value),
             Slot::Time if r.time.is_none() => r.time = time::parse_any(value.as_bytes()),
-            Slot::LooseTime if self.loose_time.is_none() => {
-                self.loose_time = time::parse_any(value.as_bytes())
+            Slot::LooseTime => {
+                let f = self.fallbacks.get_or_insert_default();
+                f.time = f.time.or_else(|| time::parse_any(value.as_bytes()));
             }
             Slot::Level if r.level.is_none() => r.level = Some(lowercase(value)),
             Slot::Message if r.message.is_none() => r.message = Some(value),
@@ -250,7 +248,7 @@ impl<'r, 'a> Fields<'r, 'a> {
                 (self.request_seen, self.path_field) = (true, true);
             }
             Slot::Query if self.query.is_none() => self.query = Some(value),
-            Slot::Target if self.target.is_none() => self.target = Some(value),
+            Slot::Target => _ = self.fallbacks.get_or_insert_default().target.get_or_insert(value),
             Slot::Request => self.set_request(value),
             Slot::UserAgent if r.user_agent.is_none() => r.user_agent = Some(value),
             Slot::RequestTime => r.request_time = value.parse().ok(),
@@ -287,10 +285,8 @@ impl<'r, 'a> Fields<'r, 'a> {
 
     /// Decides the record's kind: an access record has a status, a request and a client.
     fn finish(mut self) -> RecordKind {
-        self.record.time = self.record.time.or(self.loose_time);
-        // ECS shippers that parse the request less log only `url.original`.
-        if let (None, Some(target)) = (&self.record.path, self.target.take()) {
-            (self.record.path, self.request_seen, self.path_field) = (Some(target), true, false);
+        if let Some(fallbacks) = self.fallbacks.take() {
+            self.fall_back(fallbacks);
         }
         if let (true, Some(query), Some(path)) = (self.path_field, &self.query, &self.record.path) {
             self.record.path = Some(format!("{path}?{query}").into());
@@ -303,6 +299,26 @@ impl<'r, 'a> Fields<'r, 'a> {
         let kind = if access { RecordKind::Access } else { RecordKind::Backend };
         self.record.kind = Some(kind);
         kind
+    }
+}
+
+/// Values a line may hold that are taken only when no other field gave one.
+#[derive(Default)]
+struct Fallbacks<'a> {
+    /// A request target with its query ([`Slot::Target`]).
+    target: Option<Cow<'a, str>>,
+    /// A time from a [`Slot::LooseTime`] field.
+    time: Option<i64>,
+}
+
+impl<'a> Fields<'_, 'a> {
+    /// Takes each fallback whose field no other gave.
+    fn fall_back(&mut self, f: Fallbacks<'a>) {
+        self.record.time = self.record.time.or(f.time);
+        // ECS shippers that parse the request less log only `url.original`.
+        if let (None, Some(target)) = (&self.record.path, f.target) {
+            (self.record.path, self.request_seen, self.path_field) = (Some(target), true, false);
+        }
     }
 }
 
