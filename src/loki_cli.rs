@@ -134,6 +134,12 @@ pub struct LokiArgs {
     /// late; what was counted before is recognised and skipped.
     #[arg(long, requires = "state", default_value = "5m", help_heading = "Loki")]
     state_overlap: String,
+    /// With --state: read at most this far past where the last run ended, and leave the
+    /// rest to the next runs (each completes its part, writes its bundle and moves the
+    /// state on). After a long pause, a run that must read the whole gap may not finish
+    /// within --loki-timeout, and then no run ever does. Off by default.
+    #[arg(long, value_name = "DURATION", requires = "state", help_heading = "Loki")]
+    state_catch_up: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -217,6 +223,11 @@ impl LokiArgs {
             },
             state,
             overlap_ns: nanos(overlap),
+            catch_up_ns: self
+                .state_catch_up
+                .as_deref()
+                .map(|d| duration(d, "--state-catch-up").map(nanos))
+                .transpose()?,
             pushdown,
         }))
     }

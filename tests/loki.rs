@@ -76,6 +76,7 @@ fn window_scan(url: &str, page_size: usize, direction: Direction) -> LokiScan {
         direction,
         state: None,
         overlap_ns: 0,
+        catch_up_ns: None,
         pushdown: Vec::new(),
     }
 }
@@ -406,6 +407,32 @@ fn first_run_then_a_hanging_loki(loki: &FakeLoki, state: &std::path::Path) -> Ve
 
 fn lines_of(out: &Output) -> u64 {
     json(out)["stats"]["lines"].as_u64().unwrap()
+}
+
+/// After a pause, `--state-catch-up` reads at most that far past the last run's end: each
+/// run completes its part, saves the state and says what it left; the runs together read
+/// every line once.
+#[test]
+fn scheduled_runs_catch_up_in_steps_and_read_every_line_once() {
+    let loki = FakeLoki::start(vec![
+        FakeStream::new(&[("app", "web"), ("pod", "a")]),
+        FakeStream::new(&[("app", "web"), ("pod", "b")]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    add_lines(&loki, 0, 100, "first");
+    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 200);
+    add_lines(&loki, 100, 400, "after a pause");
+    let step = |to: i64| {
+        let out = scheduled_command(&loki, &state, to).args(["--state-catch-up", "2m"]).output().unwrap();
+        let doc = json(&out);
+        let left = doc["loki"][0]["left_to_next_run"]["from_ns"].as_i64().map(|ns| (ns - BASE) / SEC);
+        (doc["stats"]["lines"].as_u64().unwrap(), left)
+    };
+    assert_eq!(step(400), (240, Some(220)));
+    assert_eq!(step(400), (240, Some(340)));
+    assert_eq!(step(400), (120, None));
+    assert_eq!(step(400), (0, None));
 }
 
 #[test]

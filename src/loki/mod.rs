@@ -54,6 +54,9 @@ pub struct LokiScan {
     pub state: Option<ScanState>,
     /// Nanoseconds re-read before each query's previous end, for late-arriving lines.
     pub overlap_ns: i64,
+    /// With a state: read at most this far (ns) past each query's previous end, leaving
+    /// the rest to the next runs (`--state-catch-up`).
+    pub catch_up_ns: Option<i64>,
     /// Access-log selectors counted inside Loki ([`pushdown`]).
     pub pushdown: Vec<PushdownSpec>,
 }
@@ -88,6 +91,10 @@ pub struct QueryCoverage {
     pub entries: u64,
     /// Entries a previous run (`--state`) had already counted, skipped.
     pub already_counted: u64,
+    /// The part of the window asked for that `--state-catch-up` left to the next runs,
+    /// `[to, window end)`: not read, and not claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_to_next_run: Option<Missing>,
 }
 
 /// The unread part of a window.
@@ -157,7 +164,7 @@ impl LokiScan {
         let mut finished = Vec::new();
         for w in &self.windows {
             let previous = state.as_ref().and_then(|s| s.queries.get(&w.query));
-            let mut reader = QueryReader::new(w, previous, fp, self.overlap_ns);
+            let mut reader = QueryReader::new(w, previous, fp, self.overlap_ns, self.catch_up_ns);
             let result = reader.read(&self, client, &mut out).await;
             finished.push((w.query.clone(), reader.recorder.take().map(OverlapRecorder::finish)));
             if outcome.record(reader.coverage_of(result), out.gone) {
@@ -210,7 +217,7 @@ impl LokiScan {
             found.into_iter().filter_map(|s| s.labels.get("remote_addr").cloned()),
         );
         let count = QueryWindow { query: q.logql.clone(), start: spec.start, end: spec.end };
-        let mut counted = QueryReader::new(&count, None, None, 0);
+        let mut counted = QueryReader::new(&count, None, None, 0, None);
         counted.entries = candidates.len() as u64;
         counted.pages = 1;
         counted.whole = result.is_ok();
@@ -219,7 +226,7 @@ impl LokiScan {
         }
         for query in pushdown::evidence_queries(&spec.selector, &candidates) {
             let w = QueryWindow { query, start: spec.start, end: spec.end };
-            let mut reader = QueryReader::new(&w, None, None, 0);
+            let mut reader = QueryReader::new(&w, None, None, 0, None);
             let result = reader.read(self, client, out).await;
             if outcome.record(reader.coverage_of(result), out.gone) {
                 return true;
@@ -237,6 +244,8 @@ struct QueryReader<'w> {
     recorder: Option<OverlapRecorder>,
     /// Where reading starts: the window's start, or the previous run's end less the overlap.
     start: i64,
+    /// Where reading stops: the window's end, or sooner when catching up.
+    end: i64,
     pages: u64,
     entries: u64,
     already_counted: u64,
@@ -245,17 +254,30 @@ struct QueryReader<'w> {
 }
 
 impl<'w> QueryReader<'w> {
-    fn new(w: &'w QueryWindow, prev: Option<&QueryState>, fp: Option<Fingerprinter>, overlap: i64) -> Self {
+    /// A reader of `w`, continuing after `prev` (a previous run's state) less `overlap`,
+    /// and then reading at most `catch_up` past the previous end.
+    fn new(
+        w: &'w QueryWindow,
+        prev: Option<&QueryState>,
+        fp: Option<Fingerprinter>,
+        overlap: i64,
+        catch_up: Option<i64>,
+    ) -> Self {
         // A scheduled run continues where the last complete one ended, however long ago.
         let start = prev.map_or(w.start, |p| p.end_ns.saturating_sub(overlap)).min(w.end);
+        let end = match (prev, catch_up) {
+            (Some(p), Some(c)) => w.end.min(p.end_ns.saturating_add(c)).max(start),
+            _ => w.end,
+        };
         let skip = fp.map(|fp| OverlapFilter::new(prev, fp));
-        let recorder = fp.map(|fp| OverlapRecorder::new(w.end.saturating_sub(overlap), w.end, fp));
+        let recorder = fp.map(|fp| OverlapRecorder::new(end.saturating_sub(overlap), end, fp));
         QueryReader {
             window: w,
             pager: None,
             skip,
             recorder,
             start,
+            end,
             pages: 0,
             entries: 0,
             already_counted: 0,
@@ -270,7 +292,7 @@ impl<'w> QueryReader<'w> {
         out: &mut Output<'_>,
     ) -> Result<(), FetchError> {
         let pager = self.pager.insert(
-            Pager::new(self.start, self.window.end, scan.page_size, scan.max_entries, scan.direction)
+            Pager::new(self.start, self.end, scan.page_size, scan.max_entries, scan.direction)
                 .spanning_at_most(scan.max_query_length),
         );
         while let Some(request) = pager.next_request() {
@@ -306,7 +328,7 @@ impl<'w> QueryReader<'w> {
     }
 
     fn coverage(&self, error: Option<String>) -> QueryCoverage {
-        let (from, to) = (self.start, self.window.end);
+        let (from, to) = (self.start, self.end);
         let whole = if self.whole { (from, to) } else { (from, from) };
         let read = self.pager.as_ref().map_or(whole, Pager::covered);
         let missing = error.map(|reason| {
@@ -324,6 +346,13 @@ impl<'w> QueryReader<'w> {
             pages: self.pages,
             entries: self.entries,
             already_counted: self.already_counted,
+            left_to_next_run: (to < self.window.end).then(|| Missing {
+                from: rfc3339_ns(to),
+                to: rfc3339_ns(self.window.end),
+                from_ns: to,
+                to_ns: self.window.end,
+                reason: "--state-catch-up: the next runs read it".into(),
+            }),
         }
     }
 }

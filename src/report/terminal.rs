@@ -93,6 +93,13 @@ fn write_loki_coverage(out: &mut impl Write, r: &ScanReport, p: &Painter) -> io:
                 terminal_safe(&m.reason)
             )?,
         }
+        if let Some(rest) = &c.left_to_next_run {
+            writeln!(
+                out,
+                "loki {query}: [{}, {}) left to the next runs (--state-catch-up)",
+                rest.from, rest.to
+            )?;
+        }
     }
     Ok(())
 }
