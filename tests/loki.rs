@@ -409,19 +409,26 @@ fn lines_of(out: &Output) -> u64 {
     json(out)["stats"]["lines"].as_u64().unwrap()
 }
 
-/// After a pause, `--state-catch-up` reads at most that far past the last run's end: each
-/// run completes its part, saves the state and says what it left; the runs together read
-/// every line once.
-#[test]
-fn scheduled_runs_catch_up_in_steps_and_read_every_line_once() {
+/// A Loki with two pods' streams, after a first scheduled run over their first 100 s of
+/// lines (the state file is `state.json` in the directory returned).
+fn two_pods_after_a_first_run() -> (FakeLoki, tempfile::TempDir) {
     let loki = FakeLoki::start(vec![
         FakeStream::new(&[("app", "web"), ("pod", "a")]),
         FakeStream::new(&[("app", "web"), ("pod", "b")]),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
     add_lines(&loki, 0, 100, "first");
-    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 200);
+    assert_eq!(lines_of(&scheduled(&loki, &dir.path().join("state.json"), 100)), 200);
+    (loki, dir)
+}
+
+/// After a pause, `--state-catch-up` reads at most that far past the last run's end: each
+/// run completes its part, saves the state and says what it left; the runs together read
+/// every line once.
+#[test]
+fn scheduled_runs_catch_up_in_steps_and_read_every_line_once() {
+    let (loki, dir) = two_pods_after_a_first_run();
+    let state = dir.path().join("state.json");
     add_lines(&loki, 100, 400, "after a pause");
     let step = |to: i64| {
         let out = scheduled_command(&loki, &state, to).args(["--state-catch-up", "2m"]).output().unwrap();
@@ -446,14 +453,8 @@ fn scheduled_runs_catch_up_in_steps_and_read_every_line_once() {
 
 #[test]
 fn scheduled_runs_neither_skip_nor_double_count_even_after_a_failed_run() {
-    let loki = FakeLoki::start(vec![
-        FakeStream::new(&[("app", "web"), ("pod", "a")]),
-        FakeStream::new(&[("app", "web"), ("pod", "b")]),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
+    let (loki, dir) = two_pods_after_a_first_run();
     let state = dir.path().join("state.json");
-    add_lines(&loki, 0, 100, "first");
-    assert_eq!(lines_of(&scheduled(&loki, &state, 100)), 200);
     let after_first = std::fs::read(&state).unwrap();
 
     // Late lines for the end of the first window arrive, then new ones.
