@@ -1,8 +1,10 @@
 //! `scan --follow`: a live stream (`kubectl logs -f ... | logwarden scan --follow`) never
 //! ends, so proposals are announced as they happen: each block or lock is printed once,
 //! when its threshold is first crossed, with its time, reasons and evidence count. Counts
-//! older than the window are evicted, so memory stays flat over days. A stop request
-//! (Ctrl-C, SIGTERM) or the end of input ends the loop; the caller prints the summary.
+//! older than the window are evicted, so memory stays flat over days. Files named on the
+//! command line are followed as `tail -F` follows them ([`crate::source::Input::followed`]),
+//! each on a reader thread of its own. A stop request (Ctrl-C, SIGTERM) or the end of
+//! every input that can end ends the loop; the caller prints the summary.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -18,7 +20,7 @@ use crate::client::{ClientKey, SparePolicy};
 use crate::decide::{ScanReport, Thresholds, account_verdict, client_verdict, decide, rate_verdict};
 use crate::detect::{APP_REALM, RuleSet};
 use crate::framing::BufferPool;
-use crate::pipeline::{ScanConfig, Worker, spawn_reader};
+use crate::pipeline::{ScanConfig, Worker, spawn_followers};
 use crate::report::terminal_safe;
 use crate::source::Input;
 use crate::time::format_rfc3339;
@@ -81,7 +83,7 @@ pub fn follow(
     let pool = BufferPool::new();
     let mut framing = config.framing;
     framing.eager = true;
-    let (rx, _reader) = spawn_reader(inputs, config, framing, pool.clone(), 8);
+    let rx = spawn_followers(inputs, config, framing, pool.clone(), 8);
     let mut worker = Worker::new(config);
     let mut state = Announcer::default();
     let (mut last_check, mut last_redraw) = (Instant::now(), Instant::now());

@@ -373,6 +373,29 @@ pub fn spawn_reader(
     (rx, handle)
 }
 
+/// [`spawn_reader`] for `--follow`: each input read as `tail -F` reads a file
+/// ([`Input::followed`]) on a thread of its own, since a followed file never ends and
+/// the next input would never be read after it. The channel closes when every input
+/// that can end (standard input, gzip) has ended and no file is followed.
+pub fn spawn_followers(
+    inputs: Vec<Input>,
+    config: &ScanConfig,
+    framing: FramingConfig,
+    pool: BufferPool,
+    depth: usize,
+) -> Receiver<Frame> {
+    let (tx, rx) = sync_channel(depth);
+    for input in inputs.into_iter().map(Input::followed) {
+        let (tx, pool, counter) = (tx.clone(), pool.clone(), config.bytes_read.clone());
+        std::thread::spawn(move || {
+            let reader = Counting { inner: input.reader, counter };
+            // A closed channel means the scan has stopped: nothing is left to do.
+            let _ = frame_source(input.name.into(), reader, framing, &pool, &tx);
+        });
+    }
+    rx
+}
+
 /// Scans `inputs` to their end with `config.threads` parsing threads.
 pub fn scan(inputs: Vec<Input>, config: &ScanConfig) -> Result<Aggregator> {
     let pool = BufferPool::new();

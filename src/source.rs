@@ -26,6 +26,31 @@ pub struct Input {
     pub reader: Box<dyn Read + Send>,
     /// Whether the bytes were gzip-compressed.
     pub gzip: bool,
+    /// The file it was opened from, for following it (`scan --follow FILE`).
+    pub file: Option<OpenedFile>,
+}
+
+/// A file as it was opened: its path, and which file the path named then.
+pub struct OpenedFile {
+    pub path: PathBuf,
+    id: Option<FileId>,
+}
+
+/// Device and inode (Unix): the same path names another file once logrotate has moved the
+/// old one away and created a new one.
+type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// Standard input, read through its own descriptor (no lock and no 8 KiB buffer per
@@ -58,8 +83,24 @@ impl Input {
             return Err(Error::option("input", message));
         }
         let file = File::open(path).map_err(|source| Error::Input { path: path.to_path_buf(), source })?;
-        Input::sniff(path.display().to_string(), Box::new(file))
-            .map_err(|source| Error::Input { path: PathBuf::from(path), source })
+        let id = file.metadata().ok().as_ref().and_then(file_id);
+        let mut input = Input::sniff(path.display().to_string(), Box::new(file))
+            .map_err(|source| Error::Input { path: PathBuf::from(path), source })?;
+        input.file = Some(OpenedFile { path: path.to_path_buf(), id });
+        Ok(input)
+    }
+
+    /// This input read as `tail -F` reads a file (see [`FollowedFile`]): a plain file
+    /// never ends; standard input and gzip (which rotated logs are) end as before.
+    pub fn followed(self) -> Input {
+        match self.file {
+            Some(file) if !self.gzip => Input {
+                reader: Box::new(FollowedFile { file, reader: self.reader, consumed: 0 }),
+                file: None,
+                ..self
+            },
+            file => Input { file, ..self },
+        }
     }
 
     /// Wraps an already-open reader, sniffing it for gzip. Used for stdin and tests.
@@ -67,7 +108,12 @@ impl Input {
         match Input::sniff(name.to_string(), Box::new(reader)) {
             Ok(input) => input,
             // A read error while sniffing resurfaces on the first real read.
-            Err(e) => Input { name: name.to_string(), reader: Box::new(FailingReader(Some(e))), gzip: false },
+            Err(e) => Input {
+                name: name.to_string(),
+                reader: Box::new(FailingReader(Some(e))),
+                gzip: false,
+                file: None,
+            },
         }
     }
 
@@ -83,7 +129,59 @@ impl Input {
         } else {
             Box::new(buffered)
         };
-        Ok(Input { name, reader, gzip })
+        Ok(Input { name, reader, gzip, file: None })
+    }
+}
+
+/// How long a followed file at its end waits before it is looked at again.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A file read as `tail -F` reads it (`scan --follow FILE`): at its end it waits for more
+/// instead of ending. When its path names another file (logrotate moved it away and
+/// created a new one) or a shorter one (copytruncate), reading goes on from the start of
+/// what the path names now. As with `tail -F`, what is written to the old file after the
+/// switch (nginx writes there until it reopens its logs) is not read, and a file
+/// truncated and refilled past the point read between two looks is not seen as truncated.
+struct FollowedFile {
+    file: OpenedFile,
+    reader: Box<dyn Read + Send>,
+    /// Bytes read from the current file: where its end was when reading paused there.
+    consumed: u64,
+}
+
+impl Read for FollowedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.reader.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.consumed += n as u64;
+                return Ok(n);
+            }
+            if !self.reopen_if_replaced() {
+                std::thread::sleep(FOLLOW_POLL);
+            }
+        }
+    }
+}
+
+impl FollowedFile {
+    /// Whether the path now names another file than the one read, or a shorter one. A
+    /// path that names nothing (between the move and the new file) is waited for.
+    fn replaced(&self) -> bool {
+        std::fs::metadata(&self.file.path)
+            .is_ok_and(|meta| file_id(&meta) != self.file.id || meta.len() < self.consumed)
+    }
+
+    /// Reads from the start of the file the path names, if it was replaced.
+    fn reopen_if_replaced(&mut self) -> bool {
+        if !self.replaced() {
+            return false;
+        }
+        let Ok(file) = File::open(&self.file.path) else { return false };
+        self.file.id = file.metadata().ok().as_ref().and_then(file_id);
+        self.reader = Box::new(BufReader::with_capacity(256 * 1024, file));
+        self.consumed = 0;
+        true
     }
 }
 

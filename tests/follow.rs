@@ -200,3 +200,49 @@ fn lines_older_than_what_is_kept_are_counted_as_late() {
     let stats = lines.last().unwrap();
     assert_eq!((&stats["type"], &stats["late_lines"]), (&"stats".into(), &2.into()), "{stats}");
 }
+
+/// `scan --follow FILE` reads the file as `tail -F` does: lines appended later are read,
+/// and so are those of the new file after logrotate moves the old one away, and those
+/// written after a copytruncate. It ended at the file's end before.
+#[test]
+fn a_followed_file_is_read_as_it_grows_and_through_its_rotations() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let failures = |ip: &str, from: u32| -> String {
+        (from..from + 3)
+            .map(|s| {
+                format!(
+                    "{{\"ts\":\"2024-01-15T10:00:{s:02}Z\",\"event\":\"auth.failed\",\"user\":\"u{s}\",\"client_ip\":\"{ip}\"}}\n"
+                )
+            })
+            .collect()
+    };
+    let append = |text: &str| {
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append(&failures("198.51.100.23", 0));
+    let mut child = spawn(&[path.to_str().unwrap()]);
+    let rx = lines_of(&mut child);
+    // Three failed logins: below the threshold, and the file's end is not the scan's.
+    assert!(rx.recv_timeout(Duration::from_millis(1200)).is_err(), "announced below the threshold");
+    append(&failures("198.51.100.23", 3));
+    wait_for(&rx, "BLOCK 198.51.100.23");
+    // logrotate's create: the file moves away, a new one takes its name.
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&failures("203.0.113.9", 10));
+    append(&failures("203.0.113.9", 13));
+    wait_for(&rx, "BLOCK 203.0.113.9");
+    // copytruncate: the same file, emptied, then written again.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    append(&failures("192.0.2.10", 20));
+    append(&failures("192.0.2.10", 23));
+    wait_for(&rx, "BLOCK 192.0.2.10");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest = wait_for(&rx, "Proposals made while following (3)");
+    assert!(!rest.is_empty());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
