@@ -8,6 +8,11 @@
 //!   times of variable width, CRI-O writes `+00:00` offsets: both parse).
 //! - Docker json-file: `{"log":"line\n","stream":"stdout","time":"..."}`; a `log` value
 //!   without its trailing newline is a partial line.
+//! - syslog, as nginx sends it (`access_log syslog:...`) and rsyslog or journald write it:
+//!   `[<PRI>]Nov 30 07:00:00 HOST TAG[PID]: line` (no year: the line's own time counts),
+//!   and with an RFC 3339 time that has a numeric offset (rsyslog's file format,
+//!   `journalctl -o short-iso`). `HOST TAG` becomes the source. kubectl's timestamps end
+//!   in `Z`, so a kubectl line whose payload reads `main: started` is not taken for one.
 
 use std::borrow::Cow;
 
@@ -20,6 +25,7 @@ pub enum WrapperKind {
     Kubectl,
     Cri,
     Docker,
+    Syslog,
 }
 
 /// Which output stream of a container a CRI or Docker line belongs to.
@@ -32,7 +38,8 @@ pub enum Stream {
 /// A line with its wrappers taken off.
 #[derive(Debug)]
 pub struct Unwrapped<'a> {
-    /// `pod/NAME/CONTAINER` from `kubectl logs --prefix`.
+    /// `pod/NAME/CONTAINER` from `kubectl logs --prefix`, or a syslog line's `HOST TAG`:
+    /// the line's source.
     pub prefix: Option<&'a [u8]>,
     /// The wrapper's timestamp, when it had one.
     pub time: Option<i64>,
@@ -64,6 +71,8 @@ pub fn unwrap(line: &[u8]) -> Unwrapped<'_> {
     };
     if rest.starts_with(b"{\"log\":\"") {
         unwrap_docker(rest, &mut out);
+    } else if let Some((source, payload)) = split_syslog_3164(rest) {
+        (out.kind, out.prefix, out.payload) = (WrapperKind::Syslog, Some(source), Cow::Borrowed(payload));
     } else if let Some((time, after)) = split_timestamp(rest) {
         out.time = Some(time);
         match split_cri(after) {
@@ -72,6 +81,13 @@ pub fn unwrap(line: &[u8]) -> Unwrapped<'_> {
                 out.stream = Some(stream);
                 out.partial = partial;
                 out.payload = Cow::Borrowed(payload);
+            }
+            // kubectl writes UTC as `Z`; syslog writers, an offset.
+            None if !rest[..rest.len() - after.len() - 1].ends_with(b"Z")
+                && let Some((source, payload)) = split_syslog_source(after) =>
+            {
+                (out.kind, out.prefix, out.payload) =
+                    (WrapperKind::Syslog, Some(source), Cow::Borrowed(payload));
             }
             None => {
                 out.kind = WrapperKind::Kubectl;
@@ -121,6 +137,61 @@ fn split_timestamp(line: &[u8]) -> Option<(i64, &[u8])> {
     }
     let end = memchr::memchr(b' ', &line[..line.len().min(40)])?;
     Some((parse_rfc3339(&line[..end])?, &line[end + 1..]))
+}
+
+/// The month abbreviations of an RFC 3164 syslog time.
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+
+/// `[<PRI>]Mmm dd hh:mm:ss HOST TAG[PID]: ` at the start of `line`: the source (`HOST
+/// TAG`) and the payload. The time has no year, so it is not kept.
+fn split_syslog_3164(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = strip_priority(line);
+    // The first byte rules out most lines (an address, a `{`, a year) at once.
+    if !matches!(line.first(), Some(b'J' | b'F' | b'M' | b'A' | b'S' | b'O' | b'N' | b'D')) {
+        return None;
+    }
+    let head = line.get(..16)?;
+    let day_ok = matches!(head[4], b' ' | b'1'..=b'3') && head[5].is_ascii_digit();
+    let clock_ok = head[9] == b':'
+        && head[12] == b':'
+        && [7, 8, 10, 11, 13, 14].iter().all(|&i| head[i].is_ascii_digit());
+    let shaped =
+        MONTHS.iter().any(|m| head[..3] == m[..]) && head[3] == b' ' && head[6] == b' ' && head[15] == b' ';
+    (shaped && day_ok && clock_ok).then_some(())?;
+    split_syslog_source(&line[16..])
+}
+
+/// A syslog priority, `<0>` to `<191>`, taken off the front of `line` if there is one.
+fn strip_priority(line: &[u8]) -> &[u8] {
+    let Some(rest) = line.strip_prefix(b"<") else { return line };
+    let digits = rest.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+    match rest.get(digits) {
+        Some(b'>') if (1..=3).contains(&digits) => &rest[digits + 1..],
+        _ => line,
+    }
+}
+
+/// `HOST TAG: ` or `HOST TAG[PID]: ` at the start of `s`: `HOST TAG` (one slice) and what
+/// follows the colon. A host is up to 255 bytes without spaces; a tag (a program name)
+/// up to 48 letters, digits and `_-./`.
+fn split_syslog_source(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let host = memchr::memchr(b' ', &s[..s.len().min(256)])?;
+    if host == 0 || !s[..host].iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    let rest = &s[host + 1..];
+    let tag = rest.iter().take(49).take_while(|b| b.is_ascii_alphanumeric() || b"_-./".contains(b)).count();
+    if tag == 0 || tag > 48 {
+        return None;
+    }
+    let mut after = &rest[tag..];
+    if let Some(pid) = after.strip_prefix(b"[") {
+        let digits = pid.iter().take_while(|b| b.is_ascii_digit()).count();
+        after = pid.get(digits..).filter(|_| (1..=10).contains(&digits))?.strip_prefix(b"]")?;
+    }
+    let payload = after.strip_prefix(b": ")?;
+    Some((&s[..host + 1 + tag], payload))
 }
 
 fn split_cri(after: &[u8]) -> Option<(Stream, bool, &[u8])> {
@@ -200,6 +271,43 @@ impl PartialJoiner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// nginx's own syslog lines, rsyslog's two file formats and journalctl's: the
+    /// payload and `HOST TAG` as the source; the time only where it has a year.
+    #[test]
+    fn syslog_headers_are_taken_off() {
+        let access = "198.51.100.23 - - [15/Jan/2024:10:00:00 +0000] \"GET / HTTP/1.1\" 401 0 \"-\" \"x\"";
+        for (line, source, time) in [
+            (format!("<190>Jan 15 10:00:00 web1 nginx: {access}"), "web1 nginx", None),
+            (
+                format!("Jan  5 10:00:00 web-1.example.com nginx[1234]: {access}"),
+                "web-1.example.com nginx",
+                None,
+            ),
+            (
+                format!("2024-01-15T10:00:00.123456+00:00 web1 nginx: {access}"),
+                "web1 nginx",
+                Some(1_705_312_800),
+            ),
+            (format!("2024-01-15T10:00:00+0000 web1 nginx[77]: {access}"), "web1 nginx", Some(1_705_312_800)),
+        ] {
+            let u = unwrap(line.as_bytes());
+            assert_eq!(u.kind, WrapperKind::Syslog, "{line}");
+            assert_eq!((u.prefix, u.time), (Some(source.as_bytes()), time), "{line}");
+            assert_eq!(&*u.payload, access.as_bytes(), "{line}");
+        }
+        // Not syslog: a combined line, the error log, a kubectl timestamp (`Z`) before a
+        // line that reads like a tag, a month name in prose.
+        for line in [
+            access,
+            "2024/01/15 10:23:45 [error] 31#31: *7 open() failed",
+            "2024-01-15T10:00:00.123456789Z main: started",
+            "Jan 15 10:00:00 is when it failed",
+            "Dec 15 10:00:00 web1 : empty tag",
+        ] {
+            assert_ne!(unwrap(line.as_bytes()).kind, WrapperKind::Syslog, "{line}");
+        }
+    }
 
     #[test]
     fn kubectl_prefix_and_timestamps() {
