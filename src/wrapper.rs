@@ -152,7 +152,7 @@ fn split_syslog_3164(line: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     let head = line.get(..16)?;
-    let day_ok = matches!(head[4], b' ' | b'1'..=b'3') && head[5].is_ascii_digit();
+    let day_ok = matches!(head[4], b' ' | b'0'..=b'3') && head[5].is_ascii_digit();
     let clock_ok = head[9] == b':'
         && head[12] == b':'
         && [7, 8, 10, 11, 13, 14].iter().all(|&i| head[i].is_ascii_digit());
@@ -279,6 +279,7 @@ mod tests {
         let access = "198.51.100.23 - - [15/Jan/2024:10:00:00 +0000] \"GET / HTTP/1.1\" 401 0 \"-\" \"x\"";
         for (line, source, time) in [
             (format!("<190>Jan 15 10:00:00 web1 nginx: {access}"), "web1 nginx", None),
+            (format!("Jan 05 10:00:00 web1 nginx[1234]: {access}"), "web1 nginx", None),
             (
                 format!("Jan  5 10:00:00 web-1.example.com nginx[1234]: {access}"),
                 "web-1.example.com nginx",
