@@ -238,6 +238,9 @@ impl<'r, 'a> Fields<'r, 'a> {
             Slot::Level if r.level.is_none() => r.level = Some(lowercase(value)),
             Slot::Message if r.message.is_none() => r.message = Some(value),
             Slot::Event if r.event.is_none() => r.event = Some(value),
+            Slot::Event if r.other_event.is_none() && r.event.as_ref() != Some(&value) => {
+                r.other_event = Some(value)
+            }
             Slot::Status if r.status.is_none() => {
                 r.status = parse_status(value.as_bytes());
                 self.status_seen = r.status.is_some();
@@ -1258,6 +1261,16 @@ mod tests {
         let mut record = Record::default();
         parse_logfmt_into(line.as_bytes(), &mut record);
         record.time
+    }
+
+    /// Two keys naming events with different names keep both: the first a map orders
+    /// (`action`) as the event, the other beside it; the same name twice is one.
+    #[test]
+    fn a_second_event_name_is_kept_beside_the_first() {
+        let r = parse_json(br#"{"event":"auth.failed","action":"login","user":"bob"}"#).unwrap();
+        assert_eq!((r.event.as_deref(), r.other_event.as_deref()), (Some("login"), Some("auth.failed")));
+        let same = parse_json(br#"{"event":"login","action":"login"}"#).unwrap();
+        assert_eq!((same.event.as_deref(), same.other_event.as_deref()), (Some("login"), None));
     }
 
     /// ECS's `url.original` (the target with its query) is the path of a line that logs

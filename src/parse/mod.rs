@@ -66,6 +66,9 @@ pub struct Record<'a> {
     pub user_agent: Option<Cow<'a, str>>,
     /// An application's event name (`event`, `action`, ...).
     pub event: Option<Cow<'a, str>>,
+    /// A second, different event name from another of those keys (`"action": "login"`
+    /// beside `"event": "auth.failed"`): a rule's `event` condition holds for either.
+    pub other_event: Option<Cow<'a, str>>,
     /// An application's or the error log's message text.
     pub message: Option<Cow<'a, str>>,
     /// Log level, lower-cased.
