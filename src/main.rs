@@ -246,8 +246,9 @@ struct ScanArgs {
     #[arg(long)]
     fail_on_findings: bool,
     /// Keep reading a live stream: announce each proposal when its threshold is crossed,
-    /// print the summary on Ctrl-C, SIGTERM or end of input. Files are followed as
-    /// `tail -F` follows them, through logrotate's moves and truncations.
+    /// print the summary on Ctrl-C, SIGTERM or end of input. Files are read from their
+    /// start, then followed as `tail -F -n +1` follows them, through logrotate's moves and
+    /// truncations.
     #[arg(long)]
     follow: bool,
     /// With --follow on a terminal: redraw the summary this often.
