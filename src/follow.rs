@@ -168,9 +168,9 @@ impl Announcer {
             write_announcement(out, a, opts.ndjson).map_err(crate::Error::Output)?;
         }
         self.made.extend(new);
-        if let Some(reference) = agg.eviction_reference() {
-            agg.evict_before(reference - t.window);
-            agg.late_before = Some(reference - t.window);
+        if let Some(cutoff) = agg.eviction_reference().map(|reference| reference - t.window) {
+            agg.evict_before(cutoff);
+            agg.late_before = Some(cutoff);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -362,8 +362,7 @@ pub fn spawn_reader(
     let handle = std::thread::spawn(move || {
         let mut bytes = 0;
         for input in inputs {
-            let reader = Counting { inner: input.reader, counter: counter.clone() };
-            match frame_source(input.name.into(), reader, framing, &pool, &tx) {
+            match frame_input(input, counter.clone(), framing, &pool, &tx) {
                 Ok(n) => bytes += n,
                 Err(_abandoned) => break,
             }
@@ -387,13 +386,22 @@ pub fn spawn_followers(
     let (tx, rx) = sync_channel(depth);
     for input in inputs.into_iter().map(Input::followed) {
         let (tx, pool, counter) = (tx.clone(), pool.clone(), config.bytes_read.clone());
-        std::thread::spawn(move || {
-            let reader = Counting { inner: input.reader, counter };
-            // A closed channel means the scan has stopped: nothing is left to do.
-            let _ = frame_source(input.name.into(), reader, framing, &pool, &tx);
-        });
+        // A closed channel means the scan has stopped: nothing is left to do.
+        std::thread::spawn(move || _ = frame_input(input, counter, framing, &pool, &tx));
     }
     rx
+}
+
+/// Frames `input` into `tx`, adding the bytes read to `counter` (for a progress display).
+fn frame_input(
+    input: Input,
+    counter: Arc<AtomicU64>,
+    framing: FramingConfig,
+    pool: &BufferPool,
+    tx: &SyncSender<Frame>,
+) -> std::result::Result<u64, crate::framing::Abandoned> {
+    let reader = Counting { inner: input.reader, counter };
+    frame_source(input.name.into(), reader, framing, pool, tx)
 }
 
 /// Scans `inputs` to their end with `config.threads` parsing threads.

@@ -805,9 +805,7 @@ fn conditions_hold(rule: &Rule, f: &mut Fields<'_, '_>) -> bool {
         && w.error_event.is_none_or(|e| r.error_event == Some(e))
         && w.malformed_request.is_none_or(|want| r.method.is_none() == want)
         && text_matches(&w.user_agent, r.user_agent.as_deref())
-        && w.event
-            .as_ref()
-            .is_none_or(|re| [&r.event, &r.other_event].into_iter().flatten().any(|e| re.is_match(e)))
+        && (text_matches(&w.event, r.event.as_deref()) || text_matches(&w.event, r.other_event.as_deref()))
         && text_matches(&w.message, r.message.as_deref())
         && (w.path.is_none() || text_matches(&w.path, f.path()))
         && (w.query.is_none() || text_matches(&w.query, f.query()))

@@ -24,7 +24,7 @@ enum Slot {
     User,
     Time,
     /// A field that may hold the event's time or another date (`date`, `datetime`): the
-    /// time only when no [`Slot::Time`] field gave one (see [`Fields::finish`]).
+    /// time only when no [`Slot::Time`] field gave one (see [`Fields::fall_back`]).
     LooseTime,
     Level,
     Message,
@@ -36,7 +36,7 @@ enum Slot {
     Query,
     Request,
     /// A request target with its query (ECS's `url.original`): the path only when no
-    /// path or request field gave one (see [`Fields::finish`]).
+    /// path or request field gave one (see [`Fields::fall_back`]).
     Target,
     UserAgent,
     RequestTime,
